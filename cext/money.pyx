@@ -1,0 +1,148 @@
+# cython: language_level=3
+"""Exact yuan -> fen conversion of decimal text (Arrow string buffers).
+
+Kernels read an Arrow ``large_string`` array as its raw buffers (data bytes, int64 offsets,
+validity as one byte per row) and write into caller-allocated outputs.
+"""
+from libc.stdint cimport int8_t, int64_t, uint8_t
+
+cdef enum:
+    ST_OK = 0
+    ST_NULL = 1
+    ST_MALFORMED = 2
+    ST_NEGATIVE = 3
+    ST_TOO_LARGE = 4
+
+# 10**15 fen = 10 trillion yuan: no single admission costs that; beyond it int64 maths is at risk.
+cdef int64_t FEN_LIMIT = 1000000000000000
+
+
+cdef inline bint _is_space(uint8_t c) noexcept nogil:
+    return c == 32 or c == 9 or c == 13 or c == 10
+
+
+cdef inline int8_t _parse_one(const uint8_t[::1] data, int64_t start, int64_t stop,
+                              int64_t* result) noexcept nogil:
+    """Parse data[start:stop] as decimal yuan; store fen rounded half-up in *result."""
+    cdef int64_t i = start, j
+    cdef int64_t end = stop
+    cdef bint negative = False
+    cdef int64_t mant_start, mant_end, dot = -1
+    cdef int64_t n_digits = 0, n_int = 0
+    cdef int64_t exp = 0, exp_sign = 1, p, k = 0
+    cdef int64_t acc = 0, last_p = 0
+    cdef int d, round_digit = 0
+    cdef bint any_digit_used = False
+    cdef uint8_t c
+
+    while i < end and _is_space(data[i]):
+        i += 1
+    while end > i and _is_space(data[end - 1]):
+        end -= 1
+    if i == end:
+        return ST_NULL
+    if data[i] == 45:  # '-'
+        negative = True
+        i += 1
+    elif data[i] == 43:  # '+'
+        i += 1
+    mant_start = i
+    while i < end:
+        c = data[i]
+        if 48 <= c <= 57:
+            n_digits += 1
+            if dot < 0:
+                n_int += 1
+        elif c == 46:  # '.'
+            if dot >= 0:
+                return ST_MALFORMED
+            dot = i
+        elif c == 44 and dot < 0:  # ',' thousands separator before the point
+            pass
+        else:
+            break
+        i += 1
+    mant_end = i
+    if n_digits == 0:
+        return ST_MALFORMED
+    if i < end:
+        if data[i] != 101 and data[i] != 69:  # 'e' / 'E'
+            return ST_MALFORMED
+        i += 1
+        if i < end and (data[i] == 45 or data[i] == 43):
+            if data[i] == 45:
+                exp_sign = -1
+            i += 1
+        if i == end:
+            return ST_MALFORMED
+        while i < end:
+            c = data[i]
+            if not (48 <= c <= 57):
+                return ST_MALFORMED
+            exp = exp * 10 + (c - 48)
+            if exp > 400:
+                return ST_TOO_LARGE if exp_sign > 0 else ST_MALFORMED
+            i += 1
+        exp *= exp_sign
+
+    # Each mantissa digit k has decimal position p = n_int - 1 - k + exp (0 = yuan, -2 = fen).
+    for j in range(mant_start, mant_end):
+        c = data[j]
+        if not (48 <= c <= 57):
+            continue
+        d = c - 48
+        p = n_int - 1 - k + exp
+        k += 1
+        if p >= -2:
+            acc = acc * 10 + d
+            last_p = p
+            any_digit_used = True
+            if acc > FEN_LIMIT:
+                return ST_TOO_LARGE
+        elif p == -3:
+            round_digit = d
+            break
+        else:
+            break
+    if any_digit_used:
+        while last_p > -2:
+            acc *= 10
+            last_p -= 1
+            if acc > FEN_LIMIT:
+                return ST_TOO_LARGE
+    if round_digit >= 5:
+        acc += 1
+    if negative and acc != 0:
+        result[0] = -acc
+        return ST_NEGATIVE
+    result[0] = acc
+    return ST_OK
+
+
+def parse_fen(const uint8_t[::1] data, const int64_t[::1] offsets,
+              const uint8_t[::1] valid, int64_t[::1] out, int8_t[::1] status):
+    """Parse decimal yuan strings into integer fen, rounding half up at the fen.
+
+    Parameters
+    ----------
+    data : uint8[:]
+        The string bytes (an Arrow ``large_string`` data buffer, sliced to the array).
+    offsets : int64[:]
+        ``n + 1`` offsets into ``data``.
+    valid : uint8[:]
+        1 where the row is not null.
+    out : int64[:]
+        Fen per row (written; 0 where the status is not OK or NEGATIVE).
+    status : int8[:]
+        0 ok, 1 null or empty, 2 malformed, 3 negative (``out`` holds the value), 4 too large.
+    """
+    cdef Py_ssize_t n = out.shape[0], r
+    cdef int64_t value
+    with nogil:
+        for r in range(n):
+            value = 0
+            if valid[r] == 0:
+                status[r] = ST_NULL
+            else:
+                status[r] = _parse_one(data, offsets[r], offsets[r + 1], &value)
+            out[r] = value if (status[r] == ST_OK or status[r] == ST_NEGATIVE) else 0

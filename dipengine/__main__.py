@@ -1,0 +1,3 @@
+from dipengine.cli import run
+
+run()

@@ -1,0 +1,1 @@
+"""Compiled kernels (built from ``cext/``). Called only from the modules of ``dipengine``."""

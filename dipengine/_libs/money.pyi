@@ -1,0 +1,10 @@
+import numpy as np
+import numpy.typing as npt
+
+def parse_fen(
+    data: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    valid: npt.NDArray[np.uint8],
+    out: npt.NDArray[np.int64],
+    status: npt.NDArray[np.int8],
+) -> None: ...
