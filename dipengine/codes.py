@@ -82,7 +82,9 @@ def proc_class_heuristic(procs) -> pa.Array:
     (biopsies, endoscopies), everything else is surgery. A rule set's ``procedures.csv``
     overrides this.
     """
-    chapter = pc.cast(pc.utf8_slice_codeunits(procs, 0, 2), pa.int32(), safe=False)
+    head = pc.utf8_slice_codeunits(procs, 0, 2)
+    head = pc.if_else(pc.match_substring_regex(head, r"^[0-9]{2}$"), head, pa.scalar(None, pa.string()))
+    chapter = pc.cast(head, pa.int32())
     sub = pc.utf8_slice_codeunits(procs, 3, 4)
     diagnostic = pc.or_(
         pc.and_(pc.greater_equal(chapter, 87), pc.less_equal(chapter, 91)),
