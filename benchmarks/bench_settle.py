@@ -1,0 +1,196 @@
+"""Annual settlement end to end from Parquet (read -> validate -> group -> score -> settle).
+
+asv: ``TimeSettle`` (sizes kept small for CI; ``DIPENGINE_BENCH_PROFILE=large`` adds 5M).
+Script: ``python benchmarks/bench_settle.py [--cases 5000000] [--dir /tmp/dipengine-bench]``
+generates the input once (vectorised, cached), then times ``settle`` in a fresh process and
+prints the wall time, cases per second and peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "grouper_rules" / "demo"
+N_HOSPITALS = 200
+
+POLICY = """region = "440200"
+year = 2027
+score_scale = 1000
+[budget]
+employee = {employee}
+resident = {resident}
+reserve_rate = 0.03
+include_remote = "in_province"
+[point_value]
+settlement_method = "fund_plus_personal"
+budget_value = 8.0
+[level_coefficients]
+1 = 0.80
+2 = 0.90
+3 = 1.00
+basic_group = 1.00
+[deviation]
+low_ratio = 0.5
+high_ratio = 2.0
+extreme_ratio = 5.0
+high_formula = "ratio_minus_1"
+apply_level_coef_to_outliers = false
+blank_group_factor = 0.7
+[settlement]
+monthly_method = "points"
+monthly_advance_rate = 0.95
+quality_deposit = 0.05
+bands = [
+  {{ upper = 0.80, rule = "partial_retention", share = 0.80 }},
+  {{ upper = 1.00, rule = "pay_due" }},
+  {{ upper = 1.10, rule = "share_overspend", fund_share = 0.5 }},
+  {{ rule = "cap", cap_over = 0.10, fund_share = 0.5 }},
+]
+"""
+
+
+def _groups():
+    import pyarrow.csv as pcsv
+
+    g = pcsv.read_csv(RULES / "groups.csv", convert_options=pcsv.ConvertOptions(
+        column_types={"dx_key": pa.string(), "proc_expr": pa.string()}, strings_can_be_null=False))
+    rows = [r for r in g.to_pylist()
+            if r["group_type"] in ("core", "basic") and "+" not in (r["proc_expr"] or "")]
+    return rows
+
+
+def make_region(directory: Path, n: int, seed: int = 42) -> dict:
+    """Write ``cases.parquet`` (n cases, contract §2), ``hospitals.csv`` and a pricing dir."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    groups = _groups()
+    gi = rng.integers(0, len(groups), n)
+    dx = pa.array([r["dx_key"] + "00" for r in groups]).take(pa.array(gi))
+    proc_vals = [(r["proc_expr"] or "").split("/")[0] or None for r in groups]
+    proc = pa.array(proc_vals, pa.string()).take(pa.array(gi))
+    avg = np.array([r["avg_cost"] for r in groups])[gi]
+    cost_fen = np.maximum(100, np.round(avg * rng.lognormal(0.0, 0.45, n) * 100)).astype(np.int64)
+    fund_fen = (cost_fen * rng.uniform(0.55, 0.8, n)).astype(np.int64)
+    patient_fen = cost_fen - fund_fen
+    hid = rng.integers(0, N_HOSPITALS, n)
+    admit = np.datetime64("2027-01-01") + rng.integers(0, 340, n).astype("timedelta64[D]")
+    los = rng.integers(1, 20, n)
+    ids = pc.binary_join_element_wise("C", pc.cast(pa.array(np.arange(n)), pa.string()), "")
+    region = np.array(["440200", "440300", "110100"])[rng.choice(3, n, p=[0.9, 0.07, 0.03])]
+
+    def yuan(fen):
+        """Exact decimal128(18, 2) yuan whose unscaled value is the fen amount."""
+        words = np.empty((len(fen), 2), dtype=np.int64)
+        words[:, 0] = fen
+        words[:, 1] = fen >> 63
+        return pa.Array.from_buffers(pa.decimal128(18, 2), len(fen), [None, pa.py_buffer(words)])
+
+    table = pa.table({
+        "case_id": ids,
+        "hospital_id": pc.binary_join_element_wise("H", pc.cast(pa.array(hid), pa.string()), ""),
+        "insurance_type": pa.array(np.array(["employee", "resident"])[rng.choice(2, n, p=[0.6, 0.4])]),
+        "insured_region": pa.array(region),
+        "age": pa.array(rng.integers(1, 95, n).astype(np.int32)),
+        "admit_date": pa.array(admit),
+        "discharge_date": pa.array(admit + los.astype("timedelta64[D]")),
+        "main_dx": dx,
+        "main_proc": proc,
+        "total_cost": yuan(cost_fen),
+        "fund_paid": yuan(fund_fen),
+        "patient_paid": yuan(patient_fen),
+    })
+    pq.write_table(table, directory / "cases.parquet", row_group_size=1 << 20)
+    levels = rng.integers(1, 4, N_HOSPITALS)
+    with open(directory / "hospitals.csv", "w", encoding="utf-8") as f:
+        f.write("hospital_id,name,level,region\n")
+        for i in range(N_HOSPITALS):
+            f.write(f"H{i},hospital {i},{levels[i]},440200\n")
+    pricing = directory / "pricing"
+    pricing.mkdir(exist_ok=True)
+    emp = int(fund_fen[table["insurance_type"].to_numpy(zero_copy_only=False) == "employee"].sum() // 100)
+    res = int(fund_fen.sum() // 100) - emp
+    (pricing / "policy.toml").write_text(POLICY.format(employee=emp, resident=res), encoding="utf-8")
+    with open(pricing / "same_level_avg.csv", "w", encoding="utf-8") as f:
+        f.write("dip_code,level,avg_cost\n")
+        for r in groups:
+            for lvl, k in ((1, 0.8), (2, 0.9), (3, 1.0)):
+                f.write(f"{r['dip_code']},{lvl},{r['avg_cost'] * k:.2f}\n")
+    return {"cases": directory / "cases.parquet", "hospitals": directory / "hospitals.csv", "pricing": pricing}
+
+
+def run_settle(directory: Path, out: Path | None = None):
+    from dipengine.settlement import settle
+
+    res = settle(directory / "cases.parquet", RULES, directory / "pricing", directory / "hospitals.csv", "2027")
+    if out is not None:
+        res.write(out)
+    return res
+
+
+class TimeSettle:
+    """asv benchmark: annual settlement end to end."""
+
+    params = [[100_000] + ([5_000_000] if os.environ.get("DIPENGINE_BENCH_PROFILE") == "large" else [])]
+    param_names = ["n_cases"]
+    timeout = 600
+
+    def setup_cache(self):
+        base = Path(os.environ.get("DIPENGINE_BENCH_DIR", "/tmp/dipengine-bench"))
+        for n in self.params[0]:
+            d = base / f"n{n}"
+            if not (d / "cases.parquet").exists():
+                make_region(d, n)
+        return str(base)
+
+    def time_settle_annual(self, base, n):
+        run_settle(Path(base) / f"n{n}")
+
+    def peakmem_settle_annual(self, base, n):
+        run_settle(Path(base) / f"n{n}")
+
+    def track_total_points(self, base, n):
+        return run_settle(Path(base) / f"n{n}").manifest["total_points"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cases", type=int, default=5_000_000)
+    ap.add_argument("--dir", default="/tmp/dipengine-bench")
+    ap.add_argument("--only-run", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    d = Path(args.dir) / f"n{args.cases}"
+    if args.only_run:
+        t0 = time.perf_counter()
+        res = run_settle(d, out=d / "annual")
+        dt = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        m = res.manifest
+        print(f"settled {args.cases:,} cases in {dt:.1f} s ({args.cases / dt:,.0f} cases/s), "
+              f"peak RSS {peak:,.0f} MiB")
+        for pool, info in m["pools"].items():
+            print(f"  {pool}: {info['n_cases']:,} cases, point value {info['point_value_yuan']}, "
+                  f"reconciled {info['reconciled_to_budget']}")
+        print(f"  match_path: {m['counts']['match_path']}")
+        return
+    if not (d / "cases.parquet").exists():
+        t0 = time.perf_counter()
+        make_region(d, args.cases)
+        print(f"generated {args.cases:,} cases in {time.perf_counter() - t0:.1f} s -> {d}")
+    # time in a fresh process so the peak RSS is the settlement's own
+    subprocess.run([sys.executable, __file__, "--cases", str(args.cases), "--dir", args.dir, "--only-run"],
+                   check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+if __name__ == "__main__":
+    main()

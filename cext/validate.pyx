@@ -1,0 +1,243 @@
+# cython: language_level=3
+"""Kernels of the case validator.
+
+``SeenSet`` is an exact set of byte strings that survives across record batches, so that the
+second and later occurrences of a ``case_id`` in a whole run are found in one pass, in O(total
+bytes), without a Python loop per row. Strings arrive as Arrow ``large_string`` buffers (data
+bytes, int64 offsets, one validity byte per row).
+"""
+import numpy as np
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+cdef uint64_t FNV_OFFSET = 14695981039346656037ULL
+cdef uint64_t FNV_PRIME = 1099511628211ULL
+
+
+cdef inline uint64_t _hash(const uint8_t* p, int64_t n) noexcept nogil:
+    """FNV-1a 64 with a final avalanche (splitmix64), so low bits index the table well."""
+    cdef uint64_t h = FNV_OFFSET
+    cdef int64_t i
+    for i in range(n):
+        h ^= p[i]
+        h *= FNV_PRIME
+    h ^= h >> 30
+    h *= 0xbf58476d1ce4e5b9ULL
+    h ^= h >> 27
+    h *= 0x94d049bb133111ebULL
+    h ^= h >> 31
+    return h
+
+
+cdef class SeenSet:
+    """Set of the strings seen so far in a run (open addressing, linear probing).
+
+    Keys are copied into an arena, so the caller's buffers may be freed after each call.
+    Memory is about (key bytes + 28) per distinct key.
+    """
+    cdef object _arena      # uint8: key bytes, back to back
+    cdef object _starts     # int64: start of key k in the arena (k + 1 entries used)
+    cdef object _hashes     # uint64: hash of key k
+    cdef object _slots      # int32: key number per slot, -1 empty; size is a power of two
+    cdef int64_t _count
+    cdef int64_t _nbytes
+
+    def __cinit__(self):
+        self._arena = np.zeros(1 << 16, dtype=np.uint8)
+        self._starts = np.zeros(1 << 12, dtype=np.int64)
+        self._hashes = np.zeros(1 << 12, dtype=np.uint64)
+        self._slots = np.full(1 << 13, -1, dtype=np.int32)
+        self._count = 0
+        self._nbytes = 0
+
+    def __len__(self):
+        return self._count
+
+    cdef void _reserve(self, int64_t more_keys, int64_t more_bytes) except *:
+        cdef int64_t need_keys = self._count + more_keys
+        cdef int64_t cap
+        if need_keys > 0x3FFFFFFF:
+            raise OverflowError("SeenSet holds at most 2**30 distinct keys")
+        if self._nbytes + more_bytes > self._arena.shape[0]:
+            cap = self._arena.shape[0]
+            while cap < self._nbytes + more_bytes:
+                cap *= 2
+            grown = np.zeros(cap, dtype=np.uint8)
+            grown[: self._nbytes] = self._arena[: self._nbytes]
+            self._arena = grown
+        if need_keys + 1 > self._starts.shape[0]:
+            cap = self._starts.shape[0]
+            while cap < need_keys + 1:
+                cap *= 2
+            starts = np.zeros(cap, dtype=np.int64)
+            starts[: self._count + 1] = self._starts[: self._count + 1]
+            self._starts = starts
+            hashes = np.zeros(cap, dtype=np.uint64)
+            hashes[: self._count] = self._hashes[: self._count]
+            self._hashes = hashes
+        if 2 * need_keys > self._slots.shape[0]:
+            cap = self._slots.shape[0]
+            while 2 * need_keys > cap:
+                cap *= 2
+            self._slots = np.full(cap, -1, dtype=np.int32)
+            self._rehash()
+
+    cdef void _rehash(self) except *:
+        cdef int32_t[::1] slots = self._slots
+        cdef uint64_t[::1] hashes = self._hashes
+        cdef uint64_t mask = slots.shape[0] - 1
+        cdef uint64_t s
+        cdef int64_t k
+        with nogil:
+            for k in range(self._count):
+                s = hashes[k] & mask
+                while slots[s] != -1:
+                    s = (s + 1) & mask
+                slots[s] = <int32_t>k
+
+    def mark(self, const uint8_t[::1] data, const int64_t[::1] offsets,
+             const uint8_t[::1] valid, uint8_t[::1] out):
+        """Mark rows whose string was seen before (in an earlier row or an earlier call).
+
+        Parameters
+        ----------
+        data : uint8[:]
+            String bytes (Arrow ``large_string`` data buffer).
+        offsets : int64[:]
+            ``n + 1`` offsets into ``data``.
+        valid : uint8[:]
+            1 where the row is not null; null rows are never marked and not remembered.
+        out : uint8[:]
+            Written: 1 where the row repeats an earlier string, else 0.
+        """
+        cdef Py_ssize_t n = out.shape[0], r
+        if n == 0:
+            return
+        self._reserve(n, offsets[n] - offsets[0])
+        cdef uint8_t[::1] arena = self._arena
+        cdef int64_t[::1] starts = self._starts
+        cdef uint64_t[::1] hashes = self._hashes
+        cdef int32_t[::1] slots = self._slots
+        cdef uint64_t mask = slots.shape[0] - 1
+        cdef uint64_t h, s
+        cdef int64_t a, length, k
+        cdef bint found
+        cdef const uint8_t* base = &data[0] if data.shape[0] > 0 else NULL
+        with nogil:
+            for r in range(n):
+                out[r] = 0
+                if valid[r] == 0:
+                    continue
+                a = offsets[r]
+                length = offsets[r + 1] - a
+                h = _hash(base + a, length)
+                s = h & mask
+                found = False
+                while slots[s] != -1:
+                    k = slots[s]
+                    if (hashes[k] == h and starts[k + 1] - starts[k] == length
+                            and (length == 0 or memcmp(&arena[starts[k]], base + a, length) == 0)):
+                        found = True
+                        break
+                    s = (s + 1) & mask
+                if found:
+                    out[r] = 1
+                    continue
+                k = self._count
+                if length > 0:
+                    memcpy(&arena[self._nbytes], base + a, length)
+                self._nbytes += length
+                starts[k + 1] = self._nbytes
+                hashes[k] = h
+                slots[s] = <int32_t>k
+                self._count += 1
+
+
+cdef inline int _sep_len(const uint8_t* p, int64_t left) noexcept nogil:
+    """Length in bytes of a list separator at p (``|``, ``,``, full-width ``，`` or ``｜``), else 0."""
+    if p[0] == 124 or p[0] == 44:  # '|' ','
+        return 1
+    if left >= 3 and p[0] == 0xEF:
+        if p[1] == 0xBC and p[2] == 0x8C:  # U+FF0C
+            return 3
+        if p[1] == 0xBD and p[2] == 0x9C:  # U+FF5C
+            return 3
+    return 0
+
+
+cdef inline bint _blank(uint8_t c) noexcept nogil:
+    return c == 32 or c == 9 or c == 13 or c == 10
+
+
+cdef int64_t _split_pass(const uint8_t* data, const int64_t[::1] offsets, const uint8_t[::1] valid,
+                         uint8_t* out_data, int64_t* out_offsets, int32_t* counts) noexcept nogil:
+    """Split every row; with out_data NULL only count. Returns the number of elements."""
+    cdef Py_ssize_t n = offsets.shape[0] - 1, r
+    cdef int64_t i, stop, a, b, k = 0, pos = 0
+    cdef int s
+    for r in range(n):
+        if counts != NULL:
+            counts[r] = 0
+        if valid[r] == 0:
+            continue
+        i = offsets[r]
+        stop = offsets[r + 1]
+        a = i
+        while True:
+            s = _sep_len(data + i, stop - i) if i < stop else -1
+            if s != 0:
+                # element [a, i): trim blanks, keep when not empty
+                b = i
+                while a < b and _blank(data[a]):
+                    a += 1
+                while b > a and _blank(data[b - 1]):
+                    b -= 1
+                if b > a:
+                    if out_data != NULL:
+                        memcpy(out_data + pos, data + a, b - a)
+                        pos += b - a
+                        out_offsets[k + 1] = pos
+                        counts[r] += 1
+                    k += 1
+                if s < 0:
+                    break
+                i += s
+                a = i
+            else:
+                i += 1
+    return k
+
+
+def split_codes(const uint8_t[::1] data, const int64_t[::1] offsets, const uint8_t[::1] valid):
+    """Split text cells on ``|``, ``,``, ``，`` or ``｜`` into trimmed, non-empty elements.
+
+    Parameters
+    ----------
+    data, offsets, valid
+        An Arrow ``large_string`` array as raw buffers (``n + 1`` offsets; 1 byte per row).
+
+    Returns
+    -------
+    elem_data : uint8 ndarray
+        The element bytes, back to back.
+    elem_offsets : int64 ndarray
+        ``n_elements + 1`` offsets into ``elem_data``.
+    counts : int32 ndarray
+        Elements per row (0 for null rows).
+    """
+    cdef Py_ssize_t n = offsets.shape[0] - 1
+    cdef int64_t total, nbytes = offsets[n] - offsets[0] if n > 0 else 0
+    cdef const uint8_t* base = &data[0] if data.shape[0] > 0 else NULL
+    counts_arr = np.zeros(max(n, 0), dtype=np.int32)
+    cdef int32_t[::1] counts = counts_arr
+    with nogil:
+        total = _split_pass(base, offsets, valid, NULL, NULL, NULL)
+    elem_data_arr = np.empty(max(nbytes, 1), dtype=np.uint8)
+    elem_offsets_arr = np.zeros(total + 1, dtype=np.int64)
+    cdef uint8_t[::1] elem_data = elem_data_arr
+    cdef int64_t[::1] elem_offsets = elem_offsets_arr
+    if n > 0:
+        with nogil:
+            _split_pass(base, offsets, valid, &elem_data[0], &elem_offsets[0], &counts[0])
+    return elem_data_arr[: elem_offsets_arr[total]], elem_offsets_arr, counts_arr

@@ -1,0 +1,11 @@
+import numpy as np
+import numpy.typing as npt
+
+def accumulate_cap(
+    order: npt.NDArray[np.int64],
+    patient: npt.NDArray[np.int64],
+    raw_fen: npt.NDArray[np.int64],
+    cap_fen: npt.NDArray[np.int64],
+    out_fen: npt.NDArray[np.int64],
+    out_reached: npt.NDArray[np.int8],
+) -> None: ...

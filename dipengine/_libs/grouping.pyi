@@ -1,0 +1,21 @@
+import numpy as np
+import numpy.typing as npt
+
+def group_cases(
+    sub_off: npt.NDArray[np.int64], sub_cand: npt.NDArray[np.int32],
+    g_type: npt.NDArray[np.int8], g_rank: npt.NDArray[np.int8], g_avg_fen: npt.NDArray[np.int64],
+    g_term_off: npt.NDArray[np.int64], term_off: npt.NDArray[np.int64], term_codes: npt.NDArray[np.int32],
+    comp_lookup: npt.NDArray[np.int32], blank: int,
+    aux_off: npt.NDArray[np.int64], aux_sub: npt.NDArray[np.int8], aux_coef: npt.NDArray[np.float64],
+    band_lo: npt.NDArray[np.int32], band_hi: npt.NDArray[np.int32], cci_cuts: npt.NDArray[np.int32],
+    match_all: int, sev_los: int, death_mode: int, cons_max_class: int, cons_max_level: int,
+    pre_reason: npt.NDArray[np.int8], excluded: npt.NDArray[np.int8], sub_id: npt.NDArray[np.int32],
+    cat: npt.NDArray[np.int32], p_off: npt.NDArray[np.int64], p_full: npt.NDArray[np.int32],
+    p_base: npt.NDArray[np.int32], p_class: npt.NDArray[np.int8], p_level: npt.NDArray[np.int8],
+    has_main: npt.NDArray[np.int8], total_fen: npt.NDArray[np.int64], dmode: npt.NDArray[np.int8],
+    los: npt.NDArray[np.int32], age_key: npt.NDArray[np.int32], d_off: npt.NDArray[np.int64],
+    d_cci_cat: npt.NDArray[np.int32], d_cci_w: npt.NDArray[np.int32], d_sev: npt.NDArray[np.int8],
+    out_group: npt.NDArray[np.int32], out_path: npt.NDArray[np.int8], out_reason: npt.NDArray[np.int8],
+    out_class: npt.NDArray[np.int8], out_aux: npt.NDArray[np.int8], out_coef: npt.NDArray[np.float64],
+    n_threads: int = ...,
+) -> None: ...

@@ -1,0 +1,19 @@
+import numpy as np
+import numpy.typing as npt
+
+class SeenSet:
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def mark(
+        self,
+        data: npt.NDArray[np.uint8],
+        offsets: npt.NDArray[np.int64],
+        valid: npt.NDArray[np.uint8],
+        out: npt.NDArray[np.uint8],
+    ) -> None: ...
+
+def split_codes(
+    data: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    valid: npt.NDArray[np.uint8],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.int32]]: ...

@@ -1,0 +1,754 @@
+"""Patient-side benefits (参保人待遇): fund benefit and patient share per admission.
+
+Rules come from ``benefits.csv`` in the pricing tables (contract §5), one table per insured
+region: remote care uses the **insured** region's policy on the treating region's bill
+(dip-rules §8). The calculation per admission (dip-rules §8.1)::
+
+    total_cost_fen
+      - out_of_catalogue_cost_fen                              -> patient
+      - class_b_self_fen = half_up(class_b_cost_fen x rate)     -> patient   (rounding step 1)
+      = policy_scope_fen
+      - deductible_fen = min(deductible, policy scope)          -> patient   (first / repeat admission)
+      = eligible_fen
+    raw fund  = half_up(sum over bands of portion_fen x ratio)            (rounding step 2)
+    fund_benefit_fen = min(raw fund, annual cap - benefit already used this year)
+    patient_share_fen = out-of-catalogue + class B self-pay + deductible
+                        + (eligible - raw fund) + cap_cut_fen            (= total - fund, to the fen)
+
+Ratios and rates are held as exact integers of parts per million (ppm), so both rounding
+steps are exact integer arithmetic: ``(amount_fen * ppm + 500_000) // 1_000_000``.
+Nothing else rounds. Other funds (大病保险, 医疗救助) are not modelled: what the basic fund does
+not pay (the capped part included) is in ``patient_share_fen``.
+
+Matching rule of a case to a rule (a group of band rows with the same key): ``insured_region``,
+``insurance_type``, ``level`` (of the treating hospital) and ``locality`` must be equal;
+``person_type`` and ``filing`` match exactly or by ``*``, and the most specific row wins:
+exact/exact, then exact person_type with ``filing=*`` or ``person_type=*`` with exact filing
+(a table offering both of these for one case without the exact/exact row is rejected as
+ambiguous at load time), then ``*``/``*``. A case no rule matches gets ``benefit_note``
+``NO_BENEFIT_RULE`` (or ``NO_BENEFIT_TABLE`` when no loaded table covers its insured region),
+fund benefit 0 and the whole bill as patient share: the basic fund pays nothing it has no rule
+for (as an unfiled remote patient claims by hand later).
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dipengine._libs.benefits import accumulate_cap
+from dipengine.errors import DataError
+from dipengine.io import read_table, sha256_file
+
+INSURANCE_TYPES = ("employee", "resident")
+PERSON_TYPES = ("in_service", "retired", "student", "child", "other")
+LEVELS = (1, 2, 3)
+LOCALITIES = ("local", "in_province", "cross_province")
+FILINGS = ("none", "long_term", "referral", "emergency", "temporary")
+ANY = "*"
+
+COLUMNS = (
+    "insured_region", "insurance_type", "person_type", "level", "locality", "filing",
+    "deductible", "deductible_repeat", "band_upper", "ratio", "annual_cap", "class_b_self_rate",
+)
+OPTIONAL_COLUMNS = ("note",)  # free text, e.g. the notice a row was transcribed from
+PPM = 1_000_000
+_HALF = PPM // 2
+
+# benefit_note codes (0 = computed normally)
+NOTE_NAMES = [None, "REJECTED", "UNKNOWN_HOSPITAL", "NO_BENEFIT_TABLE", "NO_BENEFIT_RULE",
+              "COSTS_EXCEED_TOTAL"]
+REJECTED, UNKNOWN_HOSPITAL, NO_BENEFIT_TABLE, NO_BENEFIT_RULE, COSTS_EXCEED_TOTAL = 1, 2, 3, 4, 5
+
+_YUAN = re.compile(r"^[0-9]+(\.[0-9]{1,2})?$")
+_RATE = re.compile(r"^[0-9]+(\.[0-9]{1,6})?$")
+_REGION = re.compile(r"^[0-9]{6}$")
+
+
+@dataclass(frozen=True)
+class BenefitRules:
+    """Loaded, validated benefit tables of one or more insured regions.
+
+    A *rule* is the set of band rows sharing one key ``(insured_region, insurance_type,
+    person_type, level, locality, filing)``; rules are numbered 0..n-1.
+
+    Attributes
+    ----------
+    regions : tuple of str
+        Insured regions covered, in load order; position = region code in ``lookup``.
+    keys : dict
+        ``(region, insurance_type, person_type or '*', level, locality, filing or '*') -> rule``.
+    lookup : int32 ndarray, shape (n_regions, 2, 5, 3, 3, 5)
+        Rule resolved for every concrete case key (``*`` and precedence applied), -1 = none;
+        axes in the order of :data:`INSURANCE_TYPES`, :data:`PERSON_TYPES`, :data:`LEVELS`,
+        :data:`LOCALITIES`, :data:`FILINGS`.
+    deductible_fen, deductible_repeat_fen, annual_cap_fen : int64 ndarray
+        Per rule, fen.
+    class_b_ppm : int64 ndarray
+        Per rule, 乙类 first self-pay rate in parts per million.
+    band_offsets : int64 ndarray
+        ``n_rules + 1`` offsets into the band arrays (bands of a rule in ascending order).
+    band_upper_fen : int64 ndarray
+        Upper end of each band, fen of eligible cost (policy scope above the deductible);
+        -1 = no upper end (always the last band of a rule).
+    band_ratio_ppm : int64 ndarray
+        Fund share inside each band, parts per million.
+    sources : list of str
+        ``file:line`` of each rule's first row (for traces and messages).
+    files : dict
+        ``path -> sha256`` of every table read.
+    """
+
+    regions: tuple
+    keys: dict
+    lookup: np.ndarray
+    deductible_fen: np.ndarray
+    deductible_repeat_fen: np.ndarray
+    annual_cap_fen: np.ndarray
+    class_b_ppm: np.ndarray
+    band_offsets: np.ndarray
+    band_upper_fen: np.ndarray
+    band_ratio_ppm: np.ndarray
+    sources: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)
+
+    @property
+    def n_rules(self) -> int:
+        return len(self.deductible_fen)
+
+    def match(self, insured_region, insurance_type, person_type, level, locality, filing) -> int:
+        """Rule number for one case key by the documented precedence (-1 when none).
+
+        Plain dictionary look-ups, written independently of :attr:`lookup` (the twin of the
+        vectorised matching).
+        """
+        for p, f in ((person_type, filing), (person_type, ANY), (ANY, filing), (ANY, ANY)):
+            rule = self.keys.get((insured_region, insurance_type, p, level, locality, f))
+            if rule is not None:
+                return rule
+        return -1
+
+    def bands(self, rule: int) -> list[tuple[int | None, int]]:
+        """``[(upper_fen or None, ratio_ppm), ...]`` of one rule, ascending."""
+        a, b = int(self.band_offsets[rule]), int(self.band_offsets[rule + 1])
+        return [(None if self.band_upper_fen[k] < 0 else int(self.band_upper_fen[k]),
+                 int(self.band_ratio_ppm[k])) for k in range(a, b)]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _fail(message, where, column=None, value=None):
+    raise DataError(message, file=where, column=column, value=value)
+
+
+def _yuan_fen(text: str, where: str, column: str) -> int:
+    if not _YUAN.match(text):
+        _fail("not an amount in yuan (digits, at most 2 decimals, >= 0)", where, column, text)
+    return int(Decimal(text) * 100)
+
+
+def _rate_ppm(text: str, where: str, column: str) -> int:
+    if not _RATE.match(text):
+        _fail("not a rate (a decimal in [0, 1], at most 6 decimals)", where, column, text)
+    ppm = int(Decimal(text) * PPM)
+    if ppm > PPM:
+        _fail("rate outside [0, 1]", where, column, text)
+    return ppm
+
+
+def _benefits_file(path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "benefits.csv"
+    if not p.exists():
+        raise DataError("benefits table not found", file=p)
+    return p
+
+
+def _check_manifest(csv_path: Path) -> None:
+    """Verify ``benefits.csv`` against the dir's ``manifest.toml`` when there is one."""
+    from dipengine.manifest import read_manifest
+
+    mpath = csv_path.parent / "manifest.toml"
+    if not mpath.exists():
+        return
+    manifest = read_manifest(csv_path.parent)
+    files = manifest.get("files", {})
+    if not isinstance(files, dict) or csv_path.name not in files:
+        raise DataError(f"{csv_path.name} is not listed in the [files] table of manifest.toml",
+                        file=mpath)
+    digest = sha256_file(csv_path)
+    if files[csv_path.name] != digest:
+        raise DataError(f"sha256 mismatch: manifest says {files[csv_path.name]}, file is {digest}",
+                        file=csv_path)
+
+
+def _parse_table(csv_path: Path) -> dict:
+    """Rows of one benefits.csv grouped by key: ``key -> [(line, row fields...)]``."""
+    table = read_table(str(csv_path))
+    names = table.column_names
+    for col in COLUMNS:
+        if col not in names:
+            raise DataError("required column missing", file=csv_path, column=col)
+    for col in names:
+        if col not in COLUMNS and col not in OPTIONAL_COLUMNS:
+            raise DataError("unknown column (allowed: " + ", ".join(COLUMNS + OPTIONAL_COLUMNS) + ")",
+                            file=csv_path, column=col)
+    if table.num_rows == 0:
+        raise DataError("benefits table has no rows", file=csv_path)
+    cols = {c: table[c].to_pylist() for c in COLUMNS}
+    groups: dict = {}
+    for i in range(table.num_rows):
+        where = f"{csv_path}:{i + 2}"
+        v = {c: ("" if cols[c][i] is None else str(cols[c][i]).strip()) for c in COLUMNS}
+        if not _REGION.match(v["insured_region"]):
+            _fail("insured_region must be a 6-digit pooling-region code", where, "insured_region",
+                  v["insured_region"])
+        for col, allowed in (("insurance_type", INSURANCE_TYPES), ("person_type", PERSON_TYPES + (ANY,)),
+                             ("locality", LOCALITIES), ("filing", FILINGS + (ANY,))):
+            if v[col] not in allowed:
+                _fail("unknown value (allowed: " + ", ".join(allowed) + ")", where, col, v[col])
+        if v["level"] not in ("1", "2", "3"):
+            _fail("level must be 1, 2 or 3", where, "level", v["level"])
+        for col in ("deductible", "deductible_repeat", "ratio", "annual_cap", "class_b_self_rate"):
+            if v[col] == "":
+                _fail("empty value", where, col)
+        row = (
+            i + 2,
+            _yuan_fen(v["deductible"], where, "deductible"),
+            _yuan_fen(v["deductible_repeat"], where, "deductible_repeat"),
+            None if v["band_upper"] == "" else _yuan_fen(v["band_upper"], where, "band_upper"),
+            _rate_ppm(v["ratio"], where, "ratio"),
+            _yuan_fen(v["annual_cap"], where, "annual_cap"),
+            _rate_ppm(v["class_b_self_rate"], where, "class_b_self_rate"),
+        )
+        if row[3] is not None and row[3] <= 0:
+            _fail("band_upper must be positive (or empty for the top band)", where, "band_upper",
+                  v["band_upper"])
+        key = (v["insured_region"], v["insurance_type"], v["person_type"], int(v["level"]),
+               v["locality"], v["filing"])
+        groups.setdefault(key, []).append(row)
+    return groups
+
+
+def _check_rule(csv_path: Path, key, rows) -> None:
+    first = rows[0]
+    for r in rows[1:]:
+        for k, col in ((1, "deductible"), (2, "deductible_repeat"), (5, "annual_cap"),
+                       (6, "class_b_self_rate")):
+            if r[k] != first[k]:
+                _fail(f"differs from line {first[0]} of the same rule; every band row of a rule "
+                      "must repeat the same value", f"{csv_path}:{r[0]}", col)
+    prev = 0
+    for j, r in enumerate(rows):
+        upper = r[3]
+        if upper is None:
+            if j != len(rows) - 1:
+                _fail("a band without upper end must be the last band of its rule (bands in "
+                      "ascending order; a second open band overlaps)", f"{csv_path}:{r[0]}", "band_upper")
+        elif upper <= prev:
+            _fail("bands not ascending (or overlapping) within the rule", f"{csv_path}:{r[0]}",
+                  "band_upper", f"{upper / 100:.2f}")
+        else:
+            prev = upper
+    if rows[-1][3] is not None:
+        _fail("the last band of a rule needs an empty band_upper (no upper end); use ratio 0 "
+              "for a band the fund does not pay", f"{csv_path}:{rows[-1][0]}", "band_upper")
+
+
+def load_benefits(pricing_dirs) -> BenefitRules:
+    """Load and validate ``benefits.csv`` from one or more pricing dirs.
+
+    Parameters
+    ----------
+    pricing_dirs : path or list of paths
+        Pricing dirs (``benefits.csv`` inside) or the CSV files themselves. Each insured region
+        may be defined in one file only. A ``manifest.toml`` beside a table must list it with
+        its sha256.
+
+    Raises
+    ------
+    DataError
+        Naming ``file:line``, column and value: a missing or unknown column, an unknown enum
+        value, a ratio or rate outside [0, 1], a malformed amount, band rows of one rule that
+        disagree on deductible/cap/rate, bands not ascending or overlapping, a last band with an
+        upper end, an ambiguous ``*`` combination, a region defined twice, a sha256 mismatch.
+    """
+    if isinstance(pricing_dirs, (str, Path)):
+        pricing_dirs = [pricing_dirs]
+    if not pricing_dirs:
+        raise DataError("no pricing dir given for the benefits tables")
+    all_rules: dict = {}
+    region_file: dict = {}
+    files: dict = {}
+    for d in pricing_dirs:
+        csv_path = _benefits_file(d)
+        _check_manifest(csv_path)
+        groups = _parse_table(csv_path)
+        for key, rows in groups.items():
+            _check_rule(csv_path, key, rows)
+        for region in sorted({k[0] for k in groups}):
+            if region in region_file:
+                raise DataError(f"insured region defined twice (also in {region_file[region]})",
+                                file=csv_path, column="insured_region", value=region)
+            region_file[region] = str(csv_path)
+        for key, rows in groups.items():
+            all_rules[key] = (csv_path, rows)
+        files[str(csv_path)] = sha256_file(csv_path)
+
+    regions = tuple(region_file)
+    keys: dict = {}
+    ded, ded_rep, cap, cb, offsets, uppers, ratios, sources = [], [], [], [], [0], [], [], []
+    for rule, (key, (csv_path, rows)) in enumerate(all_rules.items()):
+        keys[key] = rule
+        first = rows[0]
+        ded.append(first[1])
+        ded_rep.append(first[2])
+        cap.append(first[5])
+        cb.append(first[6])
+        for r in rows:
+            uppers.append(-1 if r[3] is None else r[3])
+            ratios.append(r[4])
+        offsets.append(len(uppers))
+        sources.append(f"{csv_path}:{first[0]}")
+
+    lookup = np.full((len(regions), len(INSURANCE_TYPES), len(PERSON_TYPES), len(LEVELS),
+                      len(LOCALITIES), len(FILINGS)), -1, dtype=np.int32)
+    for (ri, region), (ii, ins), (pi, person), (li, level), (ci, loc), (fi, filing) in itertools.product(
+            enumerate(regions), enumerate(INSURANCE_TYPES), enumerate(PERSON_TYPES), enumerate(LEVELS),
+            enumerate(LOCALITIES), enumerate(FILINGS)):
+        def get(p, f):
+            return keys.get((region, ins, p, level, loc, f))
+
+        rule = get(person, filing)
+        if rule is None:
+            a, b = get(person, ANY), get(ANY, filing)
+            if a is not None and b is not None:
+                raise DataError(
+                    f"ambiguous rows: {sources[a]} (person_type={person}, filing=*) and {sources[b]} "
+                    f"(person_type=*, filing={filing}) both match {ins}/{person}/level {level}/{loc}/"
+                    f"{filing}; add a row with both values exact",
+                    file=region_file[region], column="person_type")
+            rule = a if a is not None else b
+        if rule is None:
+            rule = get(ANY, ANY)
+        if rule is not None:
+            lookup[ri, ii, pi, li, ci, fi] = rule
+
+    as64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    return BenefitRules(
+        regions=regions, keys=keys, lookup=lookup,
+        deductible_fen=as64(ded), deductible_repeat_fen=as64(ded_rep), annual_cap_fen=as64(cap),
+        class_b_ppm=as64(cb), band_offsets=as64(offsets), band_upper_fen=as64(uppers),
+        band_ratio_ppm=as64(ratios), sources=sources, files=files,
+    )
+
+
+# --------------------------------------------------------------------------- batch path
+
+
+def _half_up_ppm(amount_ppm):
+    """Fen x ppm products -> fen, half up (non-negative inputs)."""
+    return (amount_ppm + _HALF) // PPM
+
+
+def _column(table: pa.Table, name: str, typ) -> pa.Array:
+    """A column as one Arrow array of type ``typ`` (all nulls when absent)."""
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, typ)
+    col = table[name]
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if col.type != typ:
+        col = col.cast(typ)
+    return col
+
+
+def _codes(values: pa.Array, vocabulary) -> np.ndarray:
+    """Index of each value in ``vocabulary`` (-1 when absent or null), vectorised."""
+    idx = pc.index_in(values, value_set=pa.array(list(vocabulary), values.type))
+    return np.asarray(pc.fill_null(idx, -1), dtype=np.int64)
+
+
+def _locality_codes(insured: pa.Array, treating: pa.Array) -> np.ndarray:
+    """0 local, 1 in-province, 2 cross-province, -1 unknown (contract §3)."""
+    same = pc.equal(insured, treating)
+    same_prov = pc.equal(pc.utf8_slice_codeunits(insured, 0, 2), pc.utf8_slice_codeunits(treating, 0, 2))
+    code = np.where(np.asarray(pc.fill_null(same, False)), 0,
+                    np.where(np.asarray(pc.fill_null(same_prov, False)), 1, 2))
+    known = np.asarray(pc.and_(pc.is_valid(insured), pc.is_valid(treating)))
+    return np.where(known, code, -1).astype(np.int64)
+
+
+def admission_order(patient_id: pa.Array, year: np.ndarray, discharge: np.ndarray,
+                    admit: np.ndarray, case_id: pa.Array, rows: np.ndarray):
+    """Sort ``rows`` by (patient, year, discharge, admit, case_id), all vectorised.
+
+    Returns
+    -------
+    order : int64 ndarray
+        ``rows`` in admission order.
+    patient_year : int64 ndarray (length of the table)
+        A code per row, equal for the admissions of one patient in one year (-1 off ``rows``).
+    admission_no : int32 ndarray (length of the table)
+        1 for the patient's first admission of the year, 2, 3, ... (0 off ``rows``).
+    """
+    n = len(year)
+    enc = pc.dictionary_encode(patient_id)
+    pid = np.asarray(pc.fill_null(enc.indices, -1), dtype=np.int64)
+    no_pid = pid < 0
+    # a case without patient_id is its own patient
+    pid = np.where(no_pid, len(enc.dictionary) + np.arange(n), pid)
+    order = rows
+    if len(rows):
+        # year follows from the discharge date, so (patient, discharge) is one int64 key
+        d, a = discharge[rows], admit[rows]
+        dmin = d.min()
+        k1 = pid[rows] * (d.max() - dmin + 1) + (d - dmin)
+        k2 = a - a.min()
+        span2 = int(k2.max()) + 1
+        if int(k1.max()) < (1 << 62) // span2:  # one int64 key sorts faster than lexsort
+            idx = np.argsort(k1 * span2 + k2, kind="stable")
+        else:
+            idx = np.lexsort((k2, k1))
+        s1, s2 = k1[idx], k2[idx]
+        eq = (s1[1:] == s1[:-1]) & (s2[1:] == s2[:-1])
+        if eq.any():
+            # same patient, same discharge and admission day (rare): case_id decides
+            tie = np.zeros(len(idx), dtype=bool)
+            tie[1:] |= eq
+            tie[:-1] |= eq
+            rank = np.zeros(len(rows), dtype=np.int64)
+            sub = pc.take(pc.fill_null(case_id, ""), pa.array(rows[idx[tie]]))
+            rank[idx[tie]] = np.asarray(pc.rank(sub, sort_keys="ascending", tiebreaker="first"))
+            idx = np.lexsort((rank, k2, k1))
+        order = rows[idx]
+    patient_year = np.full(n, -1, dtype=np.int64)
+    admission_no = np.zeros(n, dtype=np.int32)
+    if len(order):
+        p, y = pid[order], year[order]
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = (p[1:] != p[:-1]) | (y[1:] != y[:-1])
+        gid = np.cumsum(new) - 1
+        starts = np.flatnonzero(new)
+        patient_year[order] = gid
+        admission_no[order] = (np.arange(len(order)) - starts[gid] + 1).astype(np.int32)
+    return order.astype(np.int64), patient_year, admission_no
+
+
+def _as_table(cases) -> pa.Table:
+    if isinstance(cases, pa.RecordBatch):
+        return pa.Table.from_batches([cases])
+    if isinstance(cases, pa.Table):
+        return cases
+    return read_table(cases)
+
+
+def _hospital_table(hospitals) -> pa.Table:
+    if isinstance(hospitals, pa.Table) and "level" in hospitals.column_names \
+            and hospitals.schema.field("level").type == pa.int8():
+        return hospitals
+    from dipengine.hospitals import read_hospitals
+
+    return read_hospitals(hospitals)
+
+
+def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
+    """Fund benefit and patient share of every case (dip-rules §8, contract §1 ``benefits``).
+
+    Parameters
+    ----------
+    cases : pa.Table, pa.RecordBatch or pandas.DataFrame
+        The normalised case table (docs/architecture.md). Uses ``case_id, hospital_id,
+        patient_id, insurance_type, person_type, insured_region, remote_filing, admit_date,
+        discharge_date, total_cost_fen`` and, when present, ``out_of_catalogue_cost_fen``,
+        ``class_b_cost_fen`` (null = 0), ``fund_paid_fen`` and ``reason`` (rows with a reason
+        are rejected).
+    rules : BenefitRules
+        From :func:`load_benefits`.
+    hospitals : path or pa.Table
+        The registry (:func:`dipengine.hospitals.read_hospitals`): level and region of the
+        treating hospital.
+
+    Returns
+    -------
+    pa.Table
+        One row per case, input order: ``case_id``, ``locality`` (string), ``policy_scope_fen``,
+        ``deductible_fen`` (deductible applied, at most the policy scope), ``fund_benefit_fen``,
+        ``patient_share_fen``, ``cap_reached`` (bool: the patient's benefit this year, this
+        admission included, reached the cap), ``admission_no`` (int32, 1 = first admission of
+        the patient in the discharge year), ``class_b_self_fen``, ``eligible_fen``,
+        ``cap_cut_fen`` (benefit the cap took away), ``fund_diff_fen`` (recorded
+        ``fund_paid_fen`` minus ``fund_benefit_fen``; null without a record) and
+        ``benefit_note`` (null, or a code of :data:`NOTE_NAMES`). Money int64 fen. Rejected
+        rows have nulls; rows without a rule have fund 0 and the whole bill as patient share.
+    """
+    t = _as_table(cases)
+    hosp = _hospital_table(hospitals)
+    n = t.num_rows
+    s = pa.string()
+    case_id = _column(t, "case_id", s)
+    reason = _column(t, "reason", s)
+    ok = ~np.asarray(pc.is_valid(reason)) if n else np.zeros(0, bool)
+
+    # treating hospital: level and region
+    h = _codes(_column(t, "hospital_id", s), hosp["hospital_id"].combine_chunks().to_pylist())
+    known_h = h >= 0
+    h_safe = np.where(known_h, h, 0)
+    level = np.where(known_h, hosp["level"].to_numpy().astype(np.int64)[h_safe] if hosp.num_rows else 0, 0)
+    h_region = pc.take(hosp["region"].combine_chunks(), pa.array(h_safe)) if hosp.num_rows else pa.nulls(n, s)
+    h_region = pc.if_else(pa.array(known_h), h_region, pa.scalar(None, s))
+    insured = _column(t, "insured_region", s)
+    loc = _locality_codes(insured, h_region)
+
+    # rule per case through the dense lookup
+    region_c = _codes(insured, rules.regions)
+    ins_c = _codes(_column(t, "insurance_type", s), INSURANCE_TYPES)
+    person = pc.fill_null(_column(t, "person_type", s), "other")
+    person_c = _codes(person, PERSON_TYPES)
+    filing = pc.fill_null(_column(t, "remote_filing", s), "none")
+    filing_c = _codes(filing, FILINGS)
+    level_c = level - 1
+    valid_key = (region_c >= 0) & (ins_c >= 0) & (person_c >= 0) & (level_c >= 0) & (loc >= 0) & (filing_c >= 0)
+    rule = np.full(n, -1, dtype=np.int64)
+    if len(rules.regions) and valid_key.any():
+        idx = np.ravel_multi_index(
+            tuple(np.where(valid_key, c, 0) for c in (region_c, ins_c, person_c, level_c, loc, filing_c)),
+            rules.lookup.shape)
+        rule = np.where(valid_key, rules.lookup.reshape(-1)[idx], -1).astype(np.int64)
+
+    note = np.zeros(n, dtype=np.int8)
+    note[rule < 0] = NO_BENEFIT_RULE
+    note[(region_c < 0)] = NO_BENEFIT_TABLE
+    note[~known_h] = UNKNOWN_HOSPITAL
+    note[~ok] = REJECTED
+
+    # money (null out-of-catalogue / class B = none of it)
+    total = np.asarray(pc.fill_null(_column(t, "total_cost_fen", pa.int64()), 0), dtype=np.int64)
+    ooc = np.asarray(pc.fill_null(_column(t, "out_of_catalogue_cost_fen", pa.int64()), 0), dtype=np.int64)
+    cb = np.asarray(pc.fill_null(_column(t, "class_b_cost_fen", pa.int64()), 0), dtype=np.int64)
+    r_safe = np.where(rule >= 0, rule, 0)
+    has_rule = (note == 0) & (rule >= 0)
+    cb_self = _half_up_ppm(cb * (rules.class_b_ppm[r_safe] if rules.n_rules else 0))
+    scope = total - ooc - cb_self
+    note[has_rule & (scope < 0)] = COSTS_EXCEED_TOTAL
+    has_rule &= scope >= 0
+
+    # admission order per patient and year, over every accepted case
+    discharge = _column(t, "discharge_date", pa.date32())
+    admit = _column(t, "admit_date", pa.date32())
+    year = np.asarray(pc.fill_null(pc.year(discharge), -1), dtype=np.int64)
+    d_days = np.asarray(pc.fill_null(discharge.cast(pa.int32()), 0), dtype=np.int64)
+    a_days = np.asarray(pc.fill_null(admit.cast(pa.int32()), 0), dtype=np.int64)
+    order, patient_year, admission_no = admission_order(
+        _column(t, "patient_id", s), year, d_days, a_days, case_id, np.flatnonzero(ok).astype(np.int64))
+
+    ded = np.where(admission_no <= 1, rules.deductible_fen[r_safe] if rules.n_rules else 0,
+                   rules.deductible_repeat_fen[r_safe] if rules.n_rules else 0)
+    ded = np.minimum(ded, np.maximum(scope, 0))
+    eligible = np.maximum(scope - ded, 0)
+
+    # segmented ratios: one pass per band position (a handful), vectorised over cases
+    acc = np.zeros(n, dtype=np.int64)
+    if rules.n_rules:
+        start = rules.band_offsets[r_safe]
+        count = rules.band_offsets[r_safe + 1] - start
+        lower = np.zeros(n, dtype=np.int64)
+        for k in range(int(np.max(np.diff(rules.band_offsets)))):
+            live = count > k
+            b = np.where(live, start + k, 0)
+            upper = rules.band_upper_fen[b]
+            top = np.where(upper < 0, eligible, np.minimum(eligible, upper))
+            portion = np.where(live, np.maximum(top - lower, 0), 0)
+            acc += portion * rules.band_ratio_ppm[b]
+            lower = np.where(live & (upper >= 0), upper, lower)
+    raw = np.where(has_rule, _half_up_ppm(acc), 0)
+
+    # annual cap along each patient's admissions (Cython walk of the sorted order)
+    fund = np.zeros(n, dtype=np.int64)
+    reached = np.zeros(n, dtype=np.int8)
+    walk = order[has_rule[order]]
+    cap = rules.annual_cap_fen[r_safe] if rules.n_rules else np.zeros(n, np.int64)
+    accumulate_cap(walk, patient_year, raw, np.ascontiguousarray(cap, dtype=np.int64), fund, reached)
+    cap_cut = raw - fund
+
+    patient = np.where(has_rule, ooc + cb_self + ded + (eligible - raw) + cap_cut, total)
+
+    def col(values, mask, typ=pa.int64()):
+        return pa.array(values, typ, mask=~mask)
+
+    fund_paid = _column(t, "fund_paid_fen", pa.int64())
+    fund_out = col(np.where(has_rule, fund, 0), ok)
+    diff = pc.subtract(fund_paid, fund_out)
+    loc_names = pa.array(list(LOCALITIES) + [None], s)
+    locality = pc.take(loc_names, pa.array(np.where(loc >= 0, loc, 3)))
+    return pa.table({
+        "case_id": case_id,
+        "locality": locality,
+        "policy_scope_fen": col(scope, has_rule),
+        "deductible_fen": col(ded, has_rule),
+        "fund_benefit_fen": fund_out,
+        "patient_share_fen": col(patient, ok),
+        "cap_reached": pa.array(reached.astype(bool), pa.bool_(), mask=~ok),
+        "admission_no": col(admission_no, ok, pa.int32()),
+        "class_b_self_fen": col(cb_self, has_rule),
+        "eligible_fen": col(eligible, has_rule),
+        "cap_cut_fen": col(cap_cut, has_rule),
+        "fund_diff_fen": diff,
+        "benefit_note": pa.array(NOTE_NAMES, s).take(pa.array(note.astype(np.int64))),
+    })
+
+
+# --------------------------------------------------------------------------- pure-Python twin
+
+
+def accumulate_cap_py(order, patient, raw_fen, cap_fen):
+    """Readable twin of the Cython :func:`accumulate_cap`: returns ``(fund, reached)`` dicts by row."""
+    fund, reached = {}, {}
+    used, prev = 0, None
+    for i in order:
+        if patient[i] != prev:
+            used, prev = 0, patient[i]
+        f = min(raw_fen[i], max(cap_fen[i] - used, 0))
+        fund[i] = f
+        used += f
+        reached[i] = used >= cap_fen[i]
+    return fund, reached
+
+
+def locality_of(insured_region: str | None, hospital_region: str | None) -> str | None:
+    """``local``, ``in_province`` or ``cross_province`` (contract §3); None when unknown."""
+    if not insured_region or not hospital_region:
+        return None
+    if insured_region == hospital_region:
+        return "local"
+    return "in_province" if insured_region[:2] == hospital_region[:2] else "cross_province"
+
+
+def benefit_case(case: dict, rules: BenefitRules, level: int | None, hospital_region: str | None,
+                 *, admission_no: int = 1, cap_used_fen: int = 0) -> dict:
+    """Benefits of one admission, plain Python (the twin of :func:`compute_benefits`).
+
+    Parameters
+    ----------
+    case : dict
+        Normalised fields: ``insured_region, insurance_type, person_type, remote_filing,
+        total_cost_fen, out_of_catalogue_cost_fen, class_b_cost_fen`` (None = default/0).
+    rules : BenefitRules
+    level, hospital_region : treating hospital (None = unknown hospital).
+    admission_no : int
+        1 for the first admission of the year (full deductible), else the repeat deductible.
+    cap_used_fen : int
+        Fund benefit the patient already received this year, fen.
+
+    Returns
+    -------
+    dict
+        ``locality, rule, policy_scope_fen, deductible_fen, class_b_self_fen, eligible_fen,
+        raw_fund_fen, fund_benefit_fen, cap_cut_fen, patient_share_fen, cap_reached,
+        benefit_note`` and ``trace`` (list of str).
+    """
+    total = case.get("total_cost_fen") or 0
+    out = {"locality": locality_of(case.get("insured_region"), hospital_region), "rule": -1,
+           "policy_scope_fen": None, "deductible_fen": None, "class_b_self_fen": None,
+           "eligible_fen": None, "raw_fund_fen": 0, "fund_benefit_fen": 0, "cap_cut_fen": None,
+           "patient_share_fen": total, "cap_reached": False, "benefit_note": None, "trace": []}
+    trace = out["trace"]
+    if level is None:
+        out["benefit_note"] = NOTE_NAMES[UNKNOWN_HOSPITAL]
+        trace.append("benefits: treating hospital unknown, no benefit computed")
+        return out
+    region = case.get("insured_region")
+    if region not in rules.regions:
+        out["benefit_note"] = NOTE_NAMES[NO_BENEFIT_TABLE]
+        trace.append(f"benefits: no benefits table for insured region {region!r}")
+        return out
+    person = case.get("person_type") or "other"
+    filing = case.get("remote_filing") or "none"
+    rule = rules.match(region, case.get("insurance_type"), person, level, out["locality"], filing)
+    if rule < 0:
+        out["benefit_note"] = NOTE_NAMES[NO_BENEFIT_RULE]
+        trace.append(f"benefits: no rule for {region}/{case.get('insurance_type')}/{person}/level {level}/"
+                     f"{out['locality']}/{filing}; fund pays nothing")
+        return out
+    out["rule"] = rule
+    trace.append(f"benefits: rule {rules.sources[rule]} ({region}/{case.get('insurance_type')}/{person}/"
+                 f"level {level}/{out['locality']}/{filing})")
+    ooc = case.get("out_of_catalogue_cost_fen") or 0
+    cb = case.get("class_b_cost_fen") or 0
+    cb_self = (cb * int(rules.class_b_ppm[rule]) + _HALF) // PPM
+    scope = total - ooc - cb_self
+    if scope < 0:
+        out["benefit_note"] = NOTE_NAMES[COSTS_EXCEED_TOTAL]
+        trace.append("benefits: out-of-catalogue + class B self-pay exceed the total cost")
+        return out
+    first = admission_no <= 1
+    ded = int(rules.deductible_fen[rule] if first else rules.deductible_repeat_fen[rule])
+    ded = min(ded, scope)
+    eligible = scope - ded
+    acc, lower = 0, 0
+    for upper, ratio in rules.bands(rule):
+        top = eligible if upper is None else min(eligible, upper)
+        if top > lower:
+            acc += (top - lower) * ratio
+        if upper is not None:
+            lower = upper
+    raw = (acc + _HALF) // PPM
+    cap = int(rules.annual_cap_fen[rule])
+    fund = min(raw, max(cap - cap_used_fen, 0))
+    out.update(policy_scope_fen=scope, deductible_fen=ded, class_b_self_fen=cb_self, eligible_fen=eligible,
+               raw_fund_fen=raw, fund_benefit_fen=fund, cap_cut_fen=raw - fund,
+               patient_share_fen=ooc + cb_self + ded + (eligible - raw) + (raw - fund),
+               cap_reached=cap_used_fen + fund >= cap)
+    trace.append(f"benefits: policy scope {scope / 100:.2f} = total {total / 100:.2f} - out-of-catalogue "
+                 f"{ooc / 100:.2f} - class B self-pay {cb_self / 100:.2f}; deductible {ded / 100:.2f} "
+                 f"({'first' if first else 'repeat'} admission); fund {fund / 100:.2f}"
+                 + (f" (cap cut {(raw - fund) / 100:.2f})" if raw > fund else ""))
+    return out
+
+
+def reference_benefits(rows: list[dict], rules: BenefitRules, hospitals: dict) -> list[dict]:
+    """Pure-Python twin of :func:`compute_benefits` over a list of normalised case dicts.
+
+    ``hospitals`` maps ``hospital_id -> (level, region)``. Sorts admissions with Python's
+    ``sorted`` and walks them in plain Python; slow, for tests only.
+    """
+    import datetime as dt
+
+    def key(i):
+        r = rows[i]
+        pid = r.get("patient_id")
+        d = r.get("discharge_date")
+        a = r.get("admit_date")
+        return ((0, pid) if pid is not None else (1, i), d.year if d else -1,
+                d or dt.date.min, a or dt.date.min, r.get("case_id") or "")
+
+    accepted = [i for i, r in enumerate(rows) if r.get("reason") is None]
+    out: list = [None] * len(rows)
+    last_patient, no, used = None, 0, 0
+    for i in sorted(accepted, key=key):
+        k = key(i)[:2]
+        if k != last_patient:
+            last_patient, no, used = k, 0, 0
+        no += 1
+        r = rows[i]
+        level, region = hospitals.get(r.get("hospital_id"), (None, None))
+        res = benefit_case(r, rules, level, region, admission_no=no, cap_used_fen=used)
+        used += res["fund_benefit_fen"]
+        res["admission_no"] = no
+        out[i] = res
+    for i, r in enumerate(rows):
+        if out[i] is None:
+            level, region = hospitals.get(r.get("hospital_id"), (None, None))
+            out[i] = {"locality": locality_of(r.get("insured_region"), region), "policy_scope_fen": None,
+                      "deductible_fen": None, "fund_benefit_fen": None, "patient_share_fen": None,
+                      "cap_reached": None, "admission_no": None, "benefit_note": NOTE_NAMES[REJECTED]}
+    return out

@@ -1,0 +1,72 @@
+"""``dipengine settle``: monthly pre-settlement or annual clearing of a pooling region."""
+from __future__ import annotations
+
+import click
+
+from dipengine.cli._common import echo_counts, progress_bar
+
+
+def _yuan(fen) -> str:
+    if fen is None:
+        return "-"
+    sign = "-" if fen < 0 else ""
+    fen = abs(int(fen))
+    return f"{sign}{fen // 100:,}.{fen % 100:02d}"
+
+
+@click.command("settle")
+@click.option("--rules", "rules_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Rule-set directory (groups.csv, manifest.toml, ...).")
+@click.option("--pricing", "pricing_dir", required=True, type=click.Path(exists=True),
+              help="Pricing directory: policy.toml and same_level_avg.csv (+ manifest.toml).")
+@click.option("--hospitals", "hospitals_path", required=True, type=click.Path(exists=True),
+              help="Hospital registry (hospitals.csv).")
+@click.option("--input", "inputs", required=True, multiple=True,
+              help="Case file(s): Parquet, CSV, Arrow IPC, a directory or glob; repeat for several.")
+@click.option("--period", required=True,
+              help="YYYY-MM for a monthly pre-settlement, YYYY for the annual clearing.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory (cases.parquet, hospitals.parquet/.csv, manifest.json); replaced whole.")
+@click.option("--monthly", "monthly_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Annual only: output directories of the monthly runs, whose payments are netted off.")
+@click.option("--threads", "n_threads", type=int, default=None, help="Grouping threads (default: all).")
+def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, monthly_dirs, n_threads):
+    """Group, score and settle the cases of PERIOD; write case results and hospital statements."""
+    from dipengine.settlement import parse_period, settle
+
+    kind, _, _ = parse_period(period)
+    callback, close = progress_bar(None, "reading")
+    try:
+        result = settle(list(inputs), rules_dir, pricing_dir, hospitals_path, period,
+                        monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads)
+    finally:
+        close()
+    result.write(out_dir)
+    m = result.manifest
+    title = "monthly pre-settlement" if kind == "monthly" else "annual clearing"
+    click.echo(f"{title} {period}: {m['counts']['cases']:,} cases, {m['counts']['in_pool']:,} in the pools, "
+               f"{m['counts']['special_review']:,} flagged for special review")
+    echo_counts("cases by match path:", m["counts"]["match_path"])
+    for pool, info in m["pools"].items():
+        pv = info["point_value_yuan"]
+        line = (f"{pool}: {info['n_cases']:,} cases, {info['points']:,.4f} points, "
+                f"budget value {info['budget_value_yuan']:.4f}")
+        if kind == "annual":
+            raw = info.get("settlement_value_raw_yuan")
+            line += f", settlement value {'-' if pv is None else f'{pv:.4f}'}"
+            if info.get("clamped"):
+                line += f" (clamped from {raw:.4f})"
+        click.echo(line + " yuan/point")
+        if kind == "annual" and info.get("total_cost_budget_fen") is not None:
+            status = "reconciled to the fen" if info["reconciled_to_budget"] else "not reconciled (clamped)"
+            click.echo(f"  total-cost budget {_yuan(info['total_cost_budget_fen'])}, "
+                       f"standard {_yuan(info['hospital_standard_fen'])}: {status}")
+    sums = m["sums"]["hospitals"]
+    click.echo(f"standard {_yuan(sums['standard_fen'])}, fund due {_yuan(sums['fund_due_fen'])}, "
+               f"recorded {_yuan(sums['recorded_fen'])} yuan")
+    if kind == "annual":
+        click.echo(f"clearing {_yuan(sums['clearing_fen'])}, paid monthly {_yuan(sums['monthly_paid_fen'])}, "
+                   f"final transfers {_yuan(sums['final_fen'])} yuan")
+    else:
+        click.echo(f"paid now {_yuan(sums['monthly_paid_fen'])}, deposit withheld {_yuan(sums['deposit_fen'])} yuan")
+    click.echo(f"wrote {out_dir}")

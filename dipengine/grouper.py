@@ -1,0 +1,419 @@
+"""The DIP grouper front end: strings to integer codes through Arrow, then the Cython kernel.
+
+:func:`group` takes the normalised case table (``reader.read_cases`` output) and returns the
+grouping columns of contract §6.1, one row per case in input order. Codes are mapped to the
+rule set's vocabulary per distinct value (``pc.index_in`` on a dictionary's uniques, then
+``take``), never per row in Python; :func:`group_arrays` exposes the integer results
+(``group_index`` etc.) for settlement. The pure-Python twin is :mod:`dipengine.reference`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dipengine import codes as _codes
+from dipengine import reasons as _reasons
+from dipengine.io import read_table
+from dipengine.rules import TREAT_CLASSES, RuleSet, category_number, cci_category_names, load_rules, longest_prefix
+
+MATCH_PATHS = ("core", "basic", "comprehensive", "blank", "excluded", "rejected")
+OUTPUT_COLUMNS = ("case_id", "dip_code", "dip_name", "group_type", "match_path", "treat_class", "base_score",
+                  "aux_subtype", "aux_coef", "reason", "reason_detail")
+# 医保版 extension of a procedure code: "51.2300x001" -> base "51.2300" ("56.0x00" has none)
+_EXT = r"^([0-9]{2}\.[0-9A-Zx]{4})x[0-9]+$"
+_MARK = 127  # pre-reason marker: the reader already rejected the row
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _strings(col, n) -> pa.Array:
+    if col is None:
+        return pa.nulls(n, pa.string())
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    return col.cast(pa.string())
+
+
+def _code_column(col, n) -> pa.DictionaryArray:
+    """Dictionary-encoded, normalised codes (normalisation runs on the uniques only)."""
+    arr = _strings(col, n)
+    return _codes.normalize(pc.dictionary_encode(arr))
+
+
+def _code_lists(col, n) -> pa.ListArray:
+    """list<string> of normalised codes; a ``|``/``,`` separated string column is split."""
+    if col is None:
+        return pa.array([[]] * n, pa.list_(pa.string()))
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type):
+        col = pc.split_pattern_regex(col.cast(pa.string()), r"[|,]")
+    flat = pc.list_flatten(col)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int32)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = _codes.normalize(pc.dictionary_encode(_strings(flat, len(flat)))).dictionary_decode()
+    return pa.ListArray.from_arrays(pa.array(offsets), values.cast(pa.string()))
+
+
+def _ints(col, n, dtype, default=None) -> pa.Array:
+    if col is None:
+        return pa.array(np.full(n, default), dtype) if default is not None else pa.nulls(n, dtype)
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    out = pc.cast(col, dtype)
+    return pc.fill_null(out, default) if default is not None else out
+
+
+def prepare_cases(cases) -> pa.Table:
+    """The columns the groupers read, typed and normalised (shared by both groupers).
+
+    Returns ``case_id, main_dx, main_proc`` (dictionary<string>), ``other_dx, other_procs``
+    (list<string>), ``total_cost_fen`` (int64, 0 when null), ``discharge_mode`` (int8,
+    default 1), ``los, age, age_days`` (int32, nullable), ``reason, reason_detail`` (string;
+    empty -> null). Absent columns take those defaults; codes are put in 医保版 normal form.
+    """
+    t = read_table(cases)
+    n = t.num_rows
+
+    def col(name):
+        return t[name] if name in t.column_names else None
+
+    def text(name):
+        arr = _strings(col(name), n)
+        return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+    return pa.table({
+        "case_id": _strings(col("case_id"), n),
+        "main_dx": _code_column(col("main_dx"), n),
+        "main_proc": _code_column(col("main_proc"), n),
+        "other_dx": _code_lists(col("other_dx"), n),
+        "other_procs": _code_lists(col("other_procs"), n),
+        "total_cost_fen": _ints(col("total_cost_fen"), n, pa.int64(), 0),
+        "discharge_mode": _ints(col("discharge_mode"), n, pa.int8(), 1),
+        "los": _ints(col("los"), n, pa.int32()),
+        "age": _ints(col("age"), n, pa.int32()),
+        "age_days": _ints(col("age_days"), n, pa.int32()),
+        "reason": text("reason"),
+        "reason_detail": text("reason_detail"),
+    })
+
+
+# --------------------------------------------------------------------------- messages
+# The same texts are written by dipengine.reference (the agreement tests compare them).
+
+def detail_missing() -> str:
+    return "main_dx is empty"
+
+
+def detail_invalid(code: str) -> str:
+    return f"main_dx {code!r} is not a well-formed ICD-10 医保版 code"
+
+
+def detail_excluded(code: str, prefix: str) -> str:
+    return f"main_dx {code!r} is on the not-groupable list (excluded_dx.csv {prefix!r})"
+
+
+def detail_no_group(code: str) -> str:
+    return f"main_dx {code!r}: no group matched and the rule set has no blank group"
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _np(arr, dtype, fill) -> np.ndarray:
+    if pa.types.is_boolean(arr.type):
+        arr = pc.cast(arr, pa.int8())
+        fill = int(fill)
+    return np.ascontiguousarray(pc.fill_null(arr, fill).to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _proc_maps(u: pa.Array, rs: RuleSet):
+    """Per distinct procedure code: full id, base id, class rank (-1 not counted), level."""
+    comp = rs.compiled
+    base = pc.replace_substring_regex(u, _EXT, r"\1")
+    full_id = _np(pc.index_in(u, value_set=comp.proc_vocab), np.int32, -1)
+    base_id = _np(pc.index_in(base, value_set=comp.proc_vocab), np.int32, -1)
+    pcodes = rs.procedures["code"]
+    row = _np(pc.index_in(u, value_set=pcodes), np.int32, -1)
+    row_b = _np(pc.index_in(base, value_set=pcodes), np.int32, -1)
+    row = np.where(row >= 0, row, row_b)
+    cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
+    listed_cls = np.array([cls_rank[c] for c in rs.procedures["class"].to_pylist()] + [0], np.int8)
+    listed_lvl = np.append(rs.procedures["level"].to_numpy(zero_copy_only=False), 0).astype(np.int8)
+    heur = _codes.proc_class_heuristic(u)
+    heur_cls = np.array([cls_rank.get(c, 0) for c in heur.to_pylist()], np.int8)  # per unique
+    cls = np.where(row >= 0, listed_cls[row], heur_cls).astype(np.int8)
+    lvl = np.where(row >= 0, listed_lvl[row], 0).astype(np.int8)
+    dropped = longest_prefix(u, rs.excluded_proc["code"].to_pylist()) >= 0
+    cls[dropped | np.asarray(pc.is_null(u).to_numpy(zero_copy_only=False), bool)] = -1
+    return full_id, base_id, cls, lvl
+
+
+def _map_dict(d: pa.DictionaryArray, per_unique: list[np.ndarray], fills: list):
+    """Per-row values of per-unique arrays (``fills`` where the row is null)."""
+    idx = _np(d.indices, np.int64, -1)
+    null = idx < 0
+    idx[null] = 0
+    out = []
+    for arr, fill in zip(per_unique, fills):
+        a = np.append(arr, fill)[np.where(null, len(arr), idx)] if len(arr) else np.full(len(idx), fill, arr.dtype)
+        out.append(np.ascontiguousarray(a, dtype=arr.dtype))
+    return out
+
+
+def _flat_dict(lists: pa.ListArray):
+    flat = pc.list_flatten(lists)
+    lengths = _np(pc.list_value_length(lists), np.int64, 0)
+    return pc.dictionary_encode(flat), lengths
+
+
+@dataclass
+class GroupArrays:
+    """Integer results of the kernel, one entry per case (see ``docs/grouping.md``).
+
+    group_index int32 (row of ``rules.groups``, -1 none); match_path int8 (index into
+    :data:`MATCH_PATHS`); reason int8 (:mod:`dipengine.reasons`, 127 = kept from the input);
+    case_class int8 (rank in ``TREAT_CLASSES``, -1 when not grouped); aux_index int8 (index in
+    ``rules.subtypes``, -1 none); aux_coef float64 (1.0 none).
+    """
+
+    group_index: np.ndarray
+    match_path: np.ndarray
+    reason: np.ndarray
+    case_class: np.ndarray
+    aux_index: np.ndarray
+    aux_coef: np.ndarray
+
+
+def _pad(a: np.ndarray) -> np.ndarray:
+    return a if len(a) else np.zeros(1, a.dtype)
+
+
+def encode(prep: pa.Table, rs: RuleSet) -> dict:
+    """Integer arrays of the kernel's case inputs, from a :func:`prepare_cases` table."""
+    comp = rs.compiled
+    n = prep.num_rows
+    dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
+    u = dx.dictionary
+    main = _codes.main_code(u)
+    sub_u = _np(pc.index_in(_codes.subcategory(u), value_set=comp.sub_vocab), np.int32, -1)
+    cat_u = np.array([category_number(c) for c in _codes.category(u).to_pylist()], np.int32) if len(u) else np.zeros(0, np.int32)
+    valid_u = _np(_codes.is_valid_dx(u), np.int8, -1)
+    excl_u = (longest_prefix(main, rs.excluded_dx["code"].to_pylist()) >= 0).astype(np.int8)
+    sub_id, cat, valid, excluded = _map_dict(dx, [sub_u, cat_u, valid_u, excl_u], [-1, -1, -1, 0])
+    pre = np.zeros(n, np.int8)
+    pre[valid == 0] = _reasons.INVALID_DX
+    pre[valid == -1] = _reasons.MISSING_FIELD
+    pre[_np(pc.is_valid(prep["reason"]), bool, False)] = _MARK
+
+    # procedures: CSR over [main_proc] + other_procs
+    mp = prep["main_proc"].combine_chunks() if isinstance(prep["main_proc"], pa.ChunkedArray) else prep["main_proc"]
+    m_full, m_base, m_cls, m_lvl = _map_dict(mp, list(_proc_maps(mp.dictionary, rs)), [-1, -1, -1, 0])
+    has_main = _np(pc.is_valid(mp), np.int8, 0)
+    op = prep["other_procs"].combine_chunks() if isinstance(prep["other_procs"], pa.ChunkedArray) else prep["other_procs"]
+    od, olen = _flat_dict(op)
+    o_full, o_base, o_cls, o_lvl = _map_dict(od, list(_proc_maps(od.dictionary, rs)), [-1, -1, -1, 0])
+    counts = olen + has_main
+    p_off = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=p_off[1:])
+    is_main = np.zeros(int(p_off[-1]), bool)
+    is_main[p_off[:-1][has_main == 1]] = True
+    cols = []
+    for m, o, dt in ((m_full, o_full, np.int32), (m_base, o_base, np.int32), (m_cls, o_cls, np.int8), (m_lvl, o_lvl, np.int8)):
+        a = np.empty(len(is_main), dt)
+        a[is_main] = m[has_main == 1]
+        a[~is_main] = o
+        cols.append(a)
+
+    # secondary diagnoses: CCI category and weight, severity level
+    sd = prep["other_dx"].combine_chunks() if isinstance(prep["other_dx"], pa.ChunkedArray) else prep["other_dx"]
+    dd, dlen = _flat_dict(sd)
+    du = _codes.main_code(dd.dictionary)
+    cci_names = cci_category_names(rs)
+    cat_index = {c: k for k, c in enumerate(comp.cci_categories)}
+    cci_row = longest_prefix(du, rs.cci_weights["dx_prefix"].to_pylist())
+    cci_cat_of_row = np.array([cat_index[c] for c in cci_names] + [-1], np.int32)
+    cci_w_of_row = np.append(rs.cci_weights["weight"].to_numpy(zero_copy_only=False), 0).astype(np.int32)
+    sev_row = longest_prefix(du, rs.severity_dx["dx_prefix"].to_pylist())
+    sev_of_row = np.append(rs.severity_dx["level"].to_numpy(zero_copy_only=False), 0).astype(np.int8)
+    d_cat, d_w, d_sev = _map_dict(dd, [cci_cat_of_row[cci_row], cci_w_of_row[cci_row], sev_of_row[sev_row]], [-1, 0, 0])
+    d_off = np.zeros(n + 1, np.int64)
+    np.cumsum(dlen, out=d_off[1:])
+
+    age = _np(prep["age"], np.int32, -1)
+    age_days = _np(prep["age_days"], np.int32, -1)
+    age_key = np.where(age < 0, -1, np.where((age == 0) & (age_days >= 0), age_days,
+                                             np.where(age == 0, -1, age.astype(np.int64) * 365))).astype(np.int32)
+    return {
+        "pre_reason": pre, "excluded": excluded, "sub_id": sub_id, "cat": cat,
+        "p_off": p_off, "p_full": _pad(cols[0]), "p_base": _pad(cols[1]), "p_class": _pad(cols[2]),
+        "p_level": _pad(cols[3]), "has_main": has_main,
+        "total_fen": _np(prep["total_cost_fen"], np.int64, 0), "dmode": _np(prep["discharge_mode"], np.int8, 1),
+        "los": _np(prep["los"], np.int32, -1), "age_key": age_key,
+        "d_off": d_off, "d_cci_cat": _pad(d_cat), "d_cci_w": _pad(d_w), "d_sev": _pad(d_sev),
+    }
+
+
+def effective_threads(n_threads, n_cases: int) -> int:
+    """Threads to use: ``n_threads`` if given, else OMP_NUM_THREADS or the CPUs available;
+    one thread for small batches (under 20,000 cases)."""
+    if n_threads is not None:
+        return max(1, int(n_threads))
+    if n_cases < 20_000:
+        return 1
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_kernel(enc: dict, rs: RuleSet, n_threads: int = 1) -> GroupArrays:
+    """Run the Cython kernel on encoded cases (numpy arrays only; usable from benchmarks)."""
+    from dipengine._libs.grouping import group_cases
+
+    c = rs.compiled
+    n = len(enc["pre_reason"])
+    out = GroupArrays(np.full(n, -1, np.int32), np.zeros(n, np.int8), np.zeros(n, np.int8),
+                      np.full(n, -1, np.int8), np.full(n, -1, np.int8), np.ones(n, np.float64))
+    group_cases(
+        _pad(c.sub_off), _pad(c.sub_cand), _pad(c.g_type), _pad(c.g_rank), _pad(c.g_avg_fen),
+        _pad(c.g_term_off), _pad(c.term_off), _pad(c.term_codes), c.comp_lookup, int(c.blank),
+        _pad(c.aux_off), _pad(c.aux_sub), _pad(c.aux_coef), _pad(c.band_lo), _pad(c.band_hi), c.cci_cuts,
+        c.match_all, c.severity_min_los, c.death_mode, c.cons_max_class, c.cons_max_level,
+        enc["pre_reason"], enc["excluded"], enc["sub_id"], enc["cat"], enc["p_off"], enc["p_full"], enc["p_base"],
+        enc["p_class"], enc["p_level"], enc["has_main"], enc["total_fen"], enc["dmode"], enc["los"], enc["age_key"],
+        enc["d_off"], enc["d_cci_cat"], enc["d_cci_w"], enc["d_sev"],
+        out.group_index, out.match_path, out.reason, out.case_class, out.aux_index, out.aux_coef,
+        n_threads=int(n_threads),
+    )
+    return out
+
+
+def group_arrays(cases, rules, *, n_threads=None) -> GroupArrays:
+    """Group and return the integer results (for settlement): see :class:`GroupArrays`."""
+    rs = rules if isinstance(rules, RuleSet) else load_rules(rules)
+    prep = cases if _is_prepared(cases) else prepare_cases(cases)
+    return run_kernel(encode(prep, rs), rs, effective_threads(n_threads, prep.num_rows))
+
+
+def _is_prepared(t) -> bool:
+    return isinstance(t, pa.Table) and t.column_names == [
+        "case_id", "main_dx", "main_proc", "other_dx", "other_procs", "total_cost_fen", "discharge_mode",
+        "los", "age", "age_days", "reason", "reason_detail"]
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _detail_texts(u: pa.Array, rs: RuleSet):
+    """Per distinct main_dx: texts for INVALID_DX, EXCLUDED_DX and NO_GROUP."""
+    main = _codes.main_code(u)
+    prefixes = rs.excluded_dx["code"].to_pylist()
+    row = longest_prefix(main, prefixes)
+    vals = u.to_pylist()
+    inv = [detail_invalid(v) if v is not None else None for v in vals]
+    exc = [detail_excluded(v, prefixes[r]) if r >= 0 and v is not None else None for v, r in zip(vals, row)]
+    nog = [detail_no_group(v) if v is not None else None for v in vals]
+    return pa.array(inv, pa.string()), pa.array(exc, pa.string()), pa.array(nog, pa.string())
+
+
+def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet) -> pa.Table:
+    """The contract §6.1 columns from the kernel results (vectorised)."""
+    n = prep.num_rows
+    gi = res.group_index
+    none = gi < 0
+    gidx = pa.array(gi, mask=none)
+    groups = rs.groups
+    path = res.match_path
+    blank = path == 3
+    case_cls = pa.array(TREAT_CLASSES).take(pa.array(res.case_class, mask=res.case_class < 0))
+    treat = pc.if_else(pa.array(blank), case_cls, groups["treat_class"].combine_chunks().take(gidx))
+    treat = pc.if_else(pc.equal(treat, ""), pa.scalar(None, pa.string()), treat)
+    score = groups["score"].to_numpy()
+    base_score = np.where(none, 0.0, score[np.where(none, 0, gi)] if len(score) else 0.0)
+    subtypes = pa.array(rs.subtypes, pa.string())
+    aux = subtypes.take(pa.array(res.aux_index, mask=res.aux_index < 0))
+
+    reason_in = prep["reason"].combine_chunks() if isinstance(prep["reason"], pa.ChunkedArray) else prep["reason"]
+    own = np.where(res.reason == _MARK, 0, res.reason)
+    reason = pc.coalesce(reason_in, _reasons.to_strings(own))
+
+    dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
+    inv_u, exc_u, nog_u = _detail_texts(dx.dictionary, rs)
+    idx = dx.indices
+    new = pa.nulls(n, pa.string())
+    for code, texts in ((_reasons.INVALID_DX, inv_u), (_reasons.EXCLUDED_DX, exc_u), (_reasons.NO_GROUP, nog_u)):
+        mask = own == code
+        if mask.any():
+            new = pc.if_else(pa.array(mask), texts.take(idx), new)
+    if (own == _reasons.MISSING_FIELD).any():
+        new = pc.if_else(pa.array(own == _reasons.MISSING_FIELD), pa.scalar(detail_missing()), new)
+    old = prep["reason_detail"].combine_chunks() if isinstance(prep["reason_detail"], pa.ChunkedArray) else prep["reason_detail"]
+    detail = pc.coalesce(pc.binary_join_element_wise(old, new, pa.scalar("; ")), old, new)
+
+    return pa.table({
+        "case_id": prep["case_id"],
+        "dip_code": groups["dip_code"].combine_chunks().take(gidx),
+        "dip_name": groups["dip_name"].combine_chunks().take(gidx),
+        "group_type": groups["group_type"].combine_chunks().take(gidx),
+        "match_path": pa.array(MATCH_PATHS, pa.string()).take(pa.array(path.astype(np.int64))),
+        "treat_class": treat,
+        "base_score": pa.array(base_score, pa.float64()),
+        "aux_subtype": aux,
+        "aux_coef": pa.array(res.aux_coef, pa.float64()),
+        "reason": reason.cast(pa.string()),
+        "reason_detail": detail,
+    })
+
+
+def group(cases, rules, *, n_threads=None, explain=False):
+    """Group cases into DIP groups (dip-rules §2-3; contract §6.1).
+
+    Parameters
+    ----------
+    cases : pa.Table, pa.RecordBatch or pandas.DataFrame
+        The normalised case table (``reader.read_cases``); missing optional columns take
+        the defaults of :func:`prepare_cases`.
+    rules : RuleSet or path
+        A loaded rule set (compiled once) or its directory.
+    n_threads : int, optional
+        Kernel threads (default: all available; one for small batches). Results never
+        depend on it.
+    explain : bool
+        Also return a ``trace`` column (text, from the pure-Python reference; slow, meant for
+        a few cases).
+
+    Returns
+    -------
+    Same kind as ``cases``: ``case_id, dip_code, dip_name, group_type, match_path,
+    treat_class, base_score`` (float64 points, 0.0 when no group), ``aux_subtype``,
+    ``aux_coef`` (float64, 1.0 when none), ``reason``, ``reason_detail`` — one row per case,
+    in input order.
+    """
+    rs = rules if isinstance(rules, RuleSet) else load_rules(rules)
+    prep = prepare_cases(cases)
+    res = run_kernel(encode(prep, rs), rs, effective_threads(n_threads, prep.num_rows))
+    out = assemble(prep, res, rs)
+    if explain:
+        from dipengine.reference import group_case
+
+        traces = ["\n".join(group_case(c, rs)["trace"]) for c in prep.to_pylist()]
+        out = out.append_column("trace", pa.array(traces, pa.string()))
+    if isinstance(cases, pa.RecordBatch):
+        return out.combine_chunks().to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
+    if type(cases).__name__ == "DataFrame":
+        return out.to_pandas()
+    return out

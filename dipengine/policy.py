@@ -1,0 +1,486 @@
+"""Settlement policies: ``pricing_tables/<region>/<year>/policy.toml`` + ``same_level_avg.csv``.
+
+A policy holds every settlement parameter of one pooling region and year (contract §5,
+dip-rules §9). It is parsed strictly: a missing required key, a value of the wrong type or
+outside its range, and an unknown key (a typo) are all reported together in one
+:class:`~dipengine.errors.RuleSetError` naming each parameter, e.g.
+``policy.toml: missing [deviation] high_ratio``. Nothing is evaluated, nothing unpickled.
+
+The few keys beyond contract §5 (documented in ``docs/policy-format.md``) are optional; when one
+is absent its documented default is used and recorded in :attr:`Policy.defaults_applied`, which
+the settlement manifest reports, so no value is ever invented silently.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dipengine.errors import DataError, RuleSetError
+from dipengine.io import read_table, sha256_file
+from dipengine.manifest import read_manifest, verify_files
+from dipengine.money import yuan_to_fen
+
+POOLS = ("employee", "resident")
+LEVELS = (1, 2, 3)
+INCLUDE_REMOTE = ("none", "in_province", "all")
+SETTLEMENT_METHODS = ("fund_plus_personal", "fund_over_share")
+HIGH_FORMULAS = ("ratio_minus_1", "ratio_minus_2_plus_coef")
+EXTREME_RULES = ("high_formula", "review_normal_pay")
+MONTHLY_METHODS = ("points", "recorded_advance")
+BAND_RULES = {
+    "partial_retention": ("share",),
+    "pay_due": (),
+    "share_overspend": ("fund_share",),
+    "cap": ("cap_over", "fund_share"),
+}
+
+#: Optional keys beyond contract §5 and their documented defaults (docs/policy-format.md).
+OPTIONAL_DEFAULTS = {
+    ("deviation", "extreme_rule"): "high_formula",
+    ("deviation", "low_inclusive"): False,
+}
+
+
+@dataclass(frozen=True)
+class Band:
+    """One surplus/overspend band; applies for ``R <= upper`` (``upper`` None: no upper end)."""
+
+    upper: float | None
+    rule: str
+    share: float | None = None
+    fund_share: float | None = None
+    cap_over: float | None = None
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """Cost-deviation parameters; the ratio thresholds are per hospital level (1, 2, 3)."""
+
+    low_ratio: dict
+    high_ratio: dict
+    extreme_ratio: dict
+    high_formula: str
+    apply_level_coef_to_outliers: bool
+    blank_group_factor: float
+    extreme_rule: str
+    low_inclusive: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The parsed settlement policy of one region and year.
+
+    Attributes
+    ----------
+    budget_fen : dict
+        Fund budget per pool (``employee``, ``resident``), int fen, before the reserve.
+    budget_value : dict
+        Budget point value per pool, yuan per point (float).
+    level_coef : dict
+        Level coefficient by hospital level 1, 2, 3; ``basic_group_coef`` for basic groups.
+    same_level_avg : pa.Table
+        ``dip_code`` string, ``level`` int8, ``avg_cost_fen`` int64.
+    sha256 : dict
+        File name -> sha256 of ``policy.toml`` and ``same_level_avg.csv``.
+    defaults_applied : list of str
+        Optional keys that were absent and took their documented default.
+    """
+
+    path: Path
+    region: str
+    year: int
+    score_scale: float
+    budget_fen: dict
+    reserve_rate: float
+    include_remote: str
+    settlement_method: str
+    band: tuple | None
+    budget_value: dict
+    level_coef: dict
+    basic_group_coef: float
+    deviation: Deviation
+    monthly_method: str
+    monthly_advance_rate: float
+    quality_deposit: float
+    bands: tuple
+    same_level_avg: pa.Table
+    sha256: dict = field(default_factory=dict)
+    defaults_applied: tuple = ()
+
+    def fund_available_fen(self, pool: str) -> int:
+        """Fund budget of ``pool`` net of the reserve, int fen (half up)."""
+        exact = Decimal(self.budget_fen[pool]) * (1 - Decimal(repr(self.reserve_rate)))
+        return int(exact.quantize(Decimal(1), rounding="ROUND_HALF_UP"))
+
+    def as_dict(self) -> dict:
+        """The parameters as plain JSON-able values (for the settlement manifest)."""
+        d = self.deviation
+        return {
+            "region": self.region,
+            "year": self.year,
+            "score_scale": self.score_scale,
+            "budget_fen": dict(self.budget_fen),
+            "reserve_rate": self.reserve_rate,
+            "include_remote": self.include_remote,
+            "settlement_method": self.settlement_method,
+            "band": list(self.band) if self.band else None,
+            "budget_value_yuan": dict(self.budget_value),
+            "level_coefficients": {str(k): v for k, v in self.level_coef.items()},
+            "basic_group": self.basic_group_coef,
+            "deviation": {
+                "low_ratio": {str(k): v for k, v in d.low_ratio.items()},
+                "high_ratio": {str(k): v for k, v in d.high_ratio.items()},
+                "extreme_ratio": {str(k): v for k, v in d.extreme_ratio.items()},
+                "high_formula": d.high_formula,
+                "apply_level_coef_to_outliers": d.apply_level_coef_to_outliers,
+                "blank_group_factor": d.blank_group_factor,
+                "extreme_rule": d.extreme_rule,
+                "low_inclusive": d.low_inclusive,
+            },
+            "monthly_method": self.monthly_method,
+            "monthly_advance_rate": self.monthly_advance_rate,
+            "quality_deposit": self.quality_deposit,
+            "bands": [{k: v for k, v in b.__dict__.items() if v is not None} for b in self.bands],
+            "defaults_applied": list(self.defaults_applied),
+        }
+
+
+class _Reader:
+    """Pulls typed values out of the TOML document, collecting every problem."""
+
+    def __init__(self, doc: dict, fname: str):
+        self.doc = doc
+        self.fname = fname
+        self.problems: list[str] = []
+        self.used: dict[str | None, set] = {}
+        self.defaults: list[str] = []
+
+    @staticmethod
+    def _where(section, key):
+        return f"[{section}] {key}" if section else key
+
+    def _raw(self, section, key, required=True):
+        self.used.setdefault(section, set()).add(key)
+        table = self.doc if section is None else self.doc.get(section)
+        if table is None or not isinstance(table, dict) or key not in table:
+            if required:
+                self.problems.append(f"missing {self._where(section, key)}")
+            return None
+        return table[key]
+
+    def bad(self, section, key, why):
+        self.problems.append(f"invalid {self._where(section, key)}: {why}")
+
+    def number(self, section, key, *, lo=None, hi=None, lo_open=False, required=True, value=None,
+               name=None):
+        v = self._raw(section, key, required) if value is None else value
+        shown = name or key
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            self.bad(section, shown, f"{v!r} is not a finite number")
+            return None
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            self.bad(section, shown, f"{v!r} must be {'>' if lo_open else '>='} {lo}")
+            return None
+        if hi is not None and v > hi:
+            self.bad(section, shown, f"{v!r} must be <= {hi}")
+            return None
+        return float(v)
+
+    def choice(self, section, key, options, *, required=True):
+        v = self._raw(section, key, required)
+        if v is None:
+            if not required:
+                default = OPTIONAL_DEFAULTS[(section, key)]
+                self.defaults.append(f"[{section}] {key} = {default!r}")
+                return default
+            return None
+        if v not in options:
+            self.bad(section, key, f"{v!r} is not one of {', '.join(options)}")
+            return None
+        return v
+
+    def boolean(self, section, key, *, required=True):
+        v = self._raw(section, key, required)
+        if v is None:
+            if not required:
+                default = OPTIONAL_DEFAULTS[(section, key)]
+                self.defaults.append(f"[{section}] {key} = {str(default).lower()}")
+                return default
+            return None
+        if not isinstance(v, bool):
+            self.bad(section, key, f"{v!r} is not true or false")
+            return None
+        return v
+
+    def per_level(self, section, key, *, lo_open=True):
+        """A number, or a table ``{1 = .., 2 = .., 3 = ..}`` of one number per level."""
+        v = self._raw(section, key)
+        if v is None:
+            return None
+        if isinstance(v, dict):
+            out = {}
+            keys = {str(k) for k in v}
+            if keys != {"1", "2", "3"}:
+                self.bad(section, key, f"per-level table needs exactly the keys 1, 2, 3 (has {sorted(keys)})")
+                return None
+            for lvl in LEVELS:
+                x = self.number(section, key, lo=0, lo_open=lo_open, value=v[str(lvl)],
+                                name=f"{key}.{lvl}")
+                if x is None:
+                    return None
+                out[lvl] = x
+            return out
+        x = self.number(section, key, lo=0, lo_open=lo_open, value=v)
+        return None if x is None else {lvl: x for lvl in LEVELS}
+
+    def unknown_keys(self, allowed_top: set):
+        for key, val in self.doc.items():
+            if isinstance(val, dict):
+                if key not in self.used:
+                    self.problems.append(f"unknown section [{key}]")
+                    continue
+                for sub in val:
+                    if sub not in self.used[key]:
+                        self.problems.append(f"unknown key [{key}] {sub}")
+            elif key not in self.used.get(None, set()) and key not in allowed_top:
+                self.problems.append(f"unknown key {key}")
+
+
+def _yuan_to_fen_exact(v) -> int | None:
+    try:
+        d = Decimal(str(v)) * 100
+    except InvalidOperation:
+        return None
+    if d != d.to_integral_value():
+        return None
+    return int(d)
+
+
+def _parse_bands(r: _Reader) -> tuple:
+    raw = r._raw("settlement", "bands")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        r.bad("settlement", "bands", "must be a non-empty list of tables")
+        return ()
+    bands = []
+    prev = -math.inf
+    for i, b in enumerate(raw):
+        name = f"bands[{i}]"
+        if not isinstance(b, dict):
+            r.bad("settlement", name, "must be a table { upper = .., rule = .. }")
+            return ()
+        rule = b.get("rule")
+        if rule not in BAND_RULES:
+            r.bad("settlement", f"{name}.rule", f"{rule!r} is not one of {', '.join(BAND_RULES)}")
+            continue
+        allowed = {"upper", "rule", *BAND_RULES[rule]}
+        for k in b:
+            if k not in allowed:
+                r.problems.append(f"unknown key [settlement] {name}.{k} (rule {rule} takes "
+                                  f"{', '.join(sorted(allowed))})")
+        params = {}
+        for k in BAND_RULES[rule]:
+            if k not in b:
+                r.problems.append(f"missing [settlement] {name}.{k} (needed by rule {rule})")
+                continue
+            params[k] = r.number("settlement", k, lo=0, hi=1, value=b[k], name=f"{name}.{k}")
+        upper = None
+        if "upper" in b:
+            upper = r.number("settlement", "upper", lo=0, value=b["upper"], name=f"{name}.upper")
+            if upper is not None and upper <= prev:
+                r.bad("settlement", f"{name}.upper", f"{upper!r} must be above the previous band's upper")
+            prev = upper if upper is not None else prev
+        if upper is None and i != len(raw) - 1 and "upper" not in b:
+            r.bad("settlement", name, "only the last band may have no upper end")
+        bands.append(Band(upper=upper, rule=rule, **params))
+    if bands and raw and isinstance(raw[-1], dict) and "upper" in raw[-1]:
+        r.bad("settlement", f"bands[{len(raw) - 1}]", "the last band must have no upper end "
+              "(it takes every R above the previous band)")
+    return tuple(bands)
+
+
+def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
+    """Check a policy document; return the keyword arguments of :class:`Policy` (no tables).
+
+    Raises
+    ------
+    RuleSetError
+        Listing every missing, invalid or unknown parameter.
+    """
+    r = _Reader(doc, fname)
+    region = r._raw(None, "region")
+    if region is not None and not (isinstance(region, str) and len(region) == 6 and region.isdigit()):
+        r.bad(None, "region", f"{region!r} is not a 6-digit region code (write it quoted)")
+    year = r._raw(None, "year")
+    if year is not None and (isinstance(year, bool) or not isinstance(year, int) or not 1990 <= year <= 2200):
+        r.bad(None, "year", f"{year!r} is not a year")
+    score_scale = r.number(None, "score_scale", lo=0, lo_open=True)
+
+    budget_fen = {}
+    for pool in POOLS:
+        v = r.number("budget", pool, lo=0)
+        if v is not None:
+            fen = _yuan_to_fen_exact(r.doc["budget"][pool])
+            if fen is None:
+                r.bad("budget", pool, "must be yuan with at most 2 decimals")
+            budget_fen[pool] = fen
+    reserve_rate = r.number("budget", "reserve_rate", lo=0, hi=1)
+    if reserve_rate == 1.0:
+        r.bad("budget", "reserve_rate", "1.0 would leave no budget")
+    include_remote = r.choice("budget", "include_remote", INCLUDE_REMOTE)
+
+    settlement_method = r.choice("point_value", "settlement_method", SETTLEMENT_METHODS)
+    band = None
+    raw_band = r._raw("point_value", "band", required=False)
+    if raw_band is not None:
+        if (not isinstance(raw_band, list) or len(raw_band) != 2
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in raw_band)
+                or not 0 < raw_band[0] <= 1 <= raw_band[1]):
+            r.bad("point_value", "band", f"{raw_band!r} must be [lo, hi] with 0 < lo <= 1 <= hi")
+        else:
+            band = (float(raw_band[0]), float(raw_band[1]))
+    bv = r.number("point_value", "budget_value", lo=0, lo_open=True)
+    budget_value = {}
+    for pool in POOLS:
+        own = r.number("point_value", f"budget_value_{pool}", lo=0, lo_open=True, required=False)
+        budget_value[pool] = own if own is not None else bv
+
+    level_coef = {}
+    for lvl in LEVELS:
+        level_coef[lvl] = r.number("level_coefficients", str(lvl), lo=0, lo_open=True)
+    basic = r.number("level_coefficients", "basic_group", lo=0, lo_open=True)
+
+    low = r.per_level("deviation", "low_ratio")
+    high = r.per_level("deviation", "high_ratio")
+    extreme = r.per_level("deviation", "extreme_ratio")
+    if low and high and extreme:
+        for lvl in LEVELS:
+            if not low[lvl] < 1 < high[lvl] < extreme[lvl]:
+                r.bad("deviation", "low_ratio/high_ratio/extreme_ratio",
+                      f"level {lvl} needs low < 1 < high < extreme (got {low[lvl]}, {high[lvl]}, {extreme[lvl]})")
+    deviation = dict(
+        low_ratio=low,
+        high_ratio=high,
+        extreme_ratio=extreme,
+        high_formula=r.choice("deviation", "high_formula", HIGH_FORMULAS),
+        apply_level_coef_to_outliers=r.boolean("deviation", "apply_level_coef_to_outliers"),
+        blank_group_factor=r.number("deviation", "blank_group_factor", lo=0),
+        extreme_rule=r.choice("deviation", "extreme_rule", EXTREME_RULES, required=False),
+        low_inclusive=r.boolean("deviation", "low_inclusive", required=False),
+    )
+
+    monthly_method = r.choice("settlement", "monthly_method", MONTHLY_METHODS)
+    advance = r.number("settlement", "monthly_advance_rate", lo=0, hi=1)
+    deposit = r.number("settlement", "quality_deposit", lo=0, hi=1)
+    bands = _parse_bands(r)
+
+    # Descriptive top-level strings a pricing builder may add; never used in calculations.
+    r.unknown_keys(allowed_top={"name", "source", "description", "version", "notes"})
+    if r.problems:
+        raise RuleSetError(f"{len(r.problems)} problem(s): " + "; ".join(r.problems),
+                           problems=r.problems, file=fname)
+    return dict(
+        region=region,
+        year=year,
+        score_scale=score_scale,
+        budget_fen=budget_fen,
+        reserve_rate=reserve_rate,
+        include_remote=include_remote,
+        settlement_method=settlement_method,
+        band=band,
+        budget_value=budget_value,
+        level_coef=level_coef,
+        basic_group_coef=basic,
+        deviation=Deviation(**deviation),
+        monthly_method=monthly_method,
+        monthly_advance_rate=advance,
+        quality_deposit=deposit,
+        bands=bands,
+        defaults_applied=tuple(r.defaults),
+    )
+
+
+def read_same_level_avg(source, name="same_level_avg.csv") -> pa.Table:
+    """Read ``same_level_avg.csv`` (``dip_code, level, avg_cost`` yuan) strictly.
+
+    Returns ``dip_code`` string, ``level`` int8, ``avg_cost_fen`` int64 (exact, half up).
+    """
+    t = read_table(source)
+    for col in ("dip_code", "level", "avg_cost"):
+        if col not in t.column_names:
+            raise DataError("required column missing", file=name, column=col)
+    extra = [c for c in t.column_names if c not in ("dip_code", "level", "avg_cost")]
+    if extra:
+        raise DataError("unknown column", file=name, column=extra[0])
+    code = pc.utf8_trim_whitespace(t["dip_code"].cast(pa.string()))
+    empty = np.asarray(pc.fill_null(pc.equal(code, ""), True).combine_chunks())
+    if empty.any():
+        raise DataError("empty value", file=name, column="dip_code", row=int(np.flatnonzero(empty)[0]) + 2)
+    lvl_txt = pc.utf8_trim_whitespace(t["level"].cast(pa.string()))
+    ok = np.asarray(pc.fill_null(pc.is_in(lvl_txt, pa.array(["1", "2", "3"])), False).combine_chunks())
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        raise DataError("level must be 1, 2 or 3", file=name, column="level", value=lvl_txt[i].as_py(), row=i + 2)
+    fen, status = yuan_to_fen(t["avg_cost"])
+    bad = (status != 0) | (fen <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError("avg_cost must be a positive amount in yuan", file=name, column="avg_cost",
+                        value=t["avg_cost"][i].as_py(), row=i + 2)
+    out = pa.table({"dip_code": code, "level": lvl_txt.cast(pa.int8()), "avg_cost_fen": pa.array(fen)})
+    keys = pc.binary_join_element_wise(out["dip_code"], lvl_txt, "|")
+    if pc.count_distinct(keys).as_py() != out.num_rows:
+        vc = pc.value_counts(keys).to_pylist()
+        dup = next(d["values"] for d in vc if d["counts"] > 1)
+        raise DataError("duplicate dip_code and level", file=name, column="dip_code", value=dup)
+    return out.combine_chunks()
+
+
+def load_policy(path) -> Policy:
+    """Load ``policy.toml`` and ``same_level_avg.csv`` from a pricing directory (or the toml path).
+
+    When the directory holds ``manifest.toml``, every file it lists must match its sha256.
+
+    Raises
+    ------
+    DataError
+        A missing or malformed file, a sha256 mismatch or a bad parameter (one message naming
+        each problem; :class:`~dipengine.errors.RuleSetError` carries the list).
+    """
+    path = Path(path)
+    directory = path.parent if path.suffix == ".toml" else path
+    toml_path = path if path.suffix == ".toml" else directory / "policy.toml"
+    if not toml_path.exists():
+        raise DataError("policy file not found", file=toml_path)
+    if (directory / "manifest.toml").exists():
+        problems = verify_files(directory, read_manifest(directory))
+        if problems:
+            raise RuleSetError("; ".join(f"{f}: {m}" for f, m in problems),
+                               problems=problems, file=directory / "manifest.toml")
+    try:
+        doc = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"malformed TOML ({e})", file=toml_path) from None
+    kwargs = parse_policy(doc, fname=str(toml_path))
+    sla_path = directory / "same_level_avg.csv"
+    if not sla_path.exists():
+        raise DataError("same-level cost table not found (the deviation reference)", file=sla_path)
+    sla = read_same_level_avg(sla_path, name=str(sla_path))
+    sha = {"policy.toml": sha256_file(toml_path), "same_level_avg.csv": sha256_file(sla_path)}
+    return Policy(path=directory, same_level_avg=sla, sha256=sha, **kwargs)
+
+
+def policy_from_dict(doc: dict, same_level_avg: pa.Table, *, path=".") -> Policy:
+    """Build a :class:`Policy` from a parsed ``policy.toml`` document and a same-level table
+    (``dip_code``, ``level`` int8, ``avg_cost_fen`` int64), with the checks of :func:`load_policy`."""
+    return Policy(path=Path(path), same_level_avg=same_level_avg, **parse_policy(doc))

@@ -1,0 +1,1140 @@
+"""Read and validate inpatient cases into the normalised case table (contract §2 and §7).
+
+:func:`read_cases` returns one row per input row, in input order, with every contract column
+in its Arrow type (docs/architecture.md), money as exact int64 fen, codes in the 医保版 normal
+form, and a ``reason`` (contract §7) plus a ``reason_detail`` naming column and value on every
+rejected row. A bad row never raises; a bad *file* (missing required column, unreadable file,
+a column of an impossible type) raises :class:`~dipengine.errors.DataError` before any row is
+returned. :func:`iter_cases` streams the same rows batch by batch.
+
+Everything is vectorised: string columns are dictionary-encoded and normalised once per
+distinct value, numbers and dates are parsed per distinct value or by kernels, duplicate
+``case_id`` detection runs in the :class:`dipengine._libs.validate.SeenSet` kernel, whose state
+is carried across batches. :func:`read_cases_reference` is the slow row-by-row twin.
+
+Choices made here (see docs/validate.md):
+
+- ``los`` missing (column absent or cell empty) is derived as ``discharge - admit`` days with a
+  minimum of 1 (a same-day stay counts as one day, 结算清单 rule); a given ``los`` may differ
+  from that by at most 1 day (both counting conventions pass).
+- Enumerations are matched after trimming, ``sex`` upper-cased, the others lower-cased.
+- Null ``person_type``/``remote_filing``/``discharge_mode`` cells take the defaults
+  ``other``/``none``/1, as an absent column does.
+- ``other_dx``/``other_procs`` are never null: an empty or null cell is an empty list.
+- With a code list, a diagnosis passes when it, or its main code before a dagger ``+``, equals
+  a listed code or the main code of a listed dagger pair.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.dataset as ds
+
+from dipengine import codes as _codes
+from dipengine import io as _io
+from dipengine import reasons as R
+from dipengine.errors import DataError
+from dipengine.money import MALFORMED, NEGATIVE, NULL, OK, TOO_LARGE, yuan_to_fen
+
+MAX_CASE_FEN = 10_000_000 * 100
+"""Largest plausible amount of one inpatient settlement, in fen (10 million yuan).
+
+The costliest stays (long ICU stays with ECMO, transplants) cost a few million yuan; a larger
+figure is a keying or unit error (fen entered as yuan), so it is ``BAD_AMOUNT``.
+"""
+
+CONSISTENCY_FEN = 100
+"""fund_paid + patient_paid may differ from total_cost by at most this many fen (1 yuan)."""
+
+MAX_AGE = 130
+MAX_AGE_DAYS = 365
+LOS_TOLERANCE_DAYS = 1
+
+SEXES = ("M", "F", "U")
+INSURANCE_TYPES = ("employee", "resident")
+PERSON_TYPES = ("in_service", "retired", "student", "child", "other")
+REMOTE_FILINGS = ("none", "long_term", "referral", "emergency", "temporary")
+DISCHARGE_MODES = (1, 2, 3, 4, 5, 9)
+
+REQUIRED = (
+    "case_id", "hospital_id", "insurance_type", "insured_region", "age",
+    "admit_date", "discharge_date", "main_dx", "total_cost",
+)
+MONEY = ("total_cost", "fund_paid", "patient_paid", "out_of_catalogue_cost", "class_b_cost")
+LIST_SEPARATORS = r"[|,，｜]"
+DICTIONARY_COLUMNS = (
+    "hospital_id", "insurance_type", "person_type", "insured_region", "remote_filing", "sex", "age",
+    "age_days", "los", "discharge_mode", "admit_date", "discharge_date", "main_dx", "main_proc",
+)
+"""Low-cardinality columns: read from Parquet as dictionaries and normalised per distinct value."""
+
+SCHEMA = pa.schema(
+    [
+        ("case_id", pa.string()),
+        ("hospital_id", pa.string()),
+        ("patient_id", pa.string()),
+        ("insurance_type", pa.string()),
+        ("person_type", pa.string()),
+        ("insured_region", pa.string()),
+        ("remote_filing", pa.string()),
+        ("sex", pa.string()),
+        ("age", pa.int32()),
+        ("age_days", pa.int32()),
+        ("los", pa.int32()),
+        ("admit_date", pa.date32()),
+        ("discharge_date", pa.date32()),
+        ("discharge_mode", pa.int8()),
+        ("main_dx", pa.string()),
+        ("main_proc", pa.string()),
+        ("other_dx", pa.list_(pa.string())),
+        ("other_procs", pa.list_(pa.string())),
+        ("total_cost_fen", pa.int64()),
+        ("fund_paid_fen", pa.int64()),
+        ("patient_paid_fen", pa.int64()),
+        ("out_of_catalogue_cost_fen", pa.int64()),
+        ("class_b_cost_fen", pa.int64()),
+        ("reason", pa.string()),
+        ("reason_detail", pa.string()),
+    ]
+)
+"""The normalised columns, in output order; extra input columns follow them."""
+
+INPUT_COLUMNS = frozenset(
+    [f.name for f in SCHEMA if not f.name.endswith("_fen") and f.name not in ("reason", "reason_detail")]
+    + list(MONEY)
+)
+"""Contract §2 input column names (everything else is an extra column, carried through)."""
+
+WARNING = 99  # pseudo reason code of a warning: listed last in reason_detail, sets no reason
+
+_NULL_STR = pa.scalar(None, pa.string())
+
+
+# --------------------------------------------------------------------------------------------
+# column kinds and the file-level type check
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_dictionary(t):
+        return _kind(t.value_type)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    if pa.types.is_null(t):
+        return "null"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "float"
+    if pa.types.is_date(t) or pa.types.is_timestamp(t):
+        return "date"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return "list" if _kind(t.value_type) in ("text", "null", "int") else "other"
+    return "other"
+
+
+_ALLOWED = {
+    **{c: ("text", "int", "null") for c in ("case_id", "hospital_id", "patient_id", "insured_region")},
+    **{c: ("text", "null") for c in ("insurance_type", "person_type", "remote_filing", "sex")},
+    **{c: ("text", "int", "float", "null") for c in ("age", "age_days", "los", "discharge_mode")},
+    **{c: ("text", "date", "null") for c in ("admit_date", "discharge_date")},
+    **{c: ("text", "null") for c in ("main_dx", "main_proc")},
+    **{c: ("text", "list", "null") for c in ("other_dx", "other_procs")},
+    **{c: ("text", "int", "float", "null") for c in MONEY},
+}
+
+
+def check_schema(schema: pa.Schema, file="input") -> None:
+    """Raise :class:`DataError` if a required column is missing or a column cannot be read as its type."""
+    names = set(schema.names)
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise DataError(
+            "required column missing" + (f" (also {', '.join(missing[1:])})" if len(missing) > 1 else ""),
+            file=file, column=missing[0],
+        )
+    for field in schema:
+        allowed = _ALLOWED.get(field.name)
+        if allowed is not None and _kind(field.type) not in allowed:
+            raise DataError(f"column of type {field.type} cannot be read as {_expect(field.name)}",
+                            file=file, column=field.name)
+
+
+def _expect(name: str) -> str:
+    if name in ("age", "age_days", "los", "discharge_mode"):
+        return "an integer"
+    if name in MONEY:
+        return "an amount in yuan"
+    if name in ("admit_date", "discharge_date"):
+        return "a date"
+    if name in ("other_dx", "other_procs"):
+        return "a list of codes"
+    return "text"
+
+
+# --------------------------------------------------------------------------------------------
+# small vectorised helpers
+
+def _np_bool(arr) -> np.ndarray:
+    """Arrow boolean (nulls -> False) as a numpy bool array."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _take(values: pa.Array, idx: np.ndarray) -> pa.Array:
+    """values[idx] with idx == -1 giving null."""
+    if len(idx) == 0:
+        return values.slice(0, 0)
+    neg = idx < 0
+    return values.take(pa.array(np.where(neg, 0, idx), mask=neg if neg.any() else None))
+
+
+def _encode(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Distinct values (as string) and per-row indices into them (-1 for null)."""
+    if pa.types.is_null(col.type):
+        col = col.cast(pa.string())
+    if not pa.types.is_dictionary(col.type):
+        col = pc.dictionary_encode(col)
+    uniques = col.dictionary
+    if not pa.types.is_string(uniques.type):
+        uniques = uniques.cast(pa.string())
+    if len(uniques) == 0:  # all null: one null "value" keeps indexing by idx >= 0 safe
+        uniques = pa.nulls(1, pa.string())
+    idx = col.indices.to_numpy(zero_copy_only=False) if col.indices.null_count == 0 else \
+        pc.fill_null(col.indices, -1).to_numpy(zero_copy_only=False)
+    return uniques, idx.astype(np.int32, copy=False)
+
+
+def _clean_text(arr: pa.Array) -> pa.Array:
+    """Trim whitespace; empty -> null."""
+    arr = pc.utf8_trim_whitespace(arr)
+    return pc.if_else(pc.equal(arr, ""), _NULL_STR, arr)
+
+
+def _quote(values: pa.Array) -> pa.Array:
+    return pc.binary_join_element_wise("'", values.cast(pa.string()), "'", "", null_handling="replace",
+                                       null_replacement="")
+
+
+def _cat(*parts) -> pa.Array:
+    return pc.binary_join_element_wise(*parts, "", null_handling="replace", null_replacement="")
+
+
+def _raw_text(col: pa.Array) -> pa.Array:
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if _kind(col.type) == "list":
+        return pc.binary_join(col.cast(pa.list_(pa.string())), "|")
+    return pc.utf8_trim_whitespace(col.cast(pa.string()))
+
+
+class _Checks:
+    """Defects found in one batch: (reason code, row mask, detail builder)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.items: list[tuple[int, np.ndarray, Callable[[np.ndarray], pa.Array]]] = []
+
+    def add(self, code: int, mask: np.ndarray, detail: Callable[[np.ndarray], pa.Array]) -> None:
+        if mask.any():
+            self.items.append((code, mask, detail))
+
+    def value(self, code: int, mask, column: str, raw, text: str) -> None:
+        """A defect whose detail is ``column: 'value' text``; ``raw`` is the per-row value text
+        (an Arrow array, or a function returning one, called only when some row is flagged)."""
+        def detail(idx):
+            values = raw() if callable(raw) else raw
+            return _cat(f"{column}: ", _quote(values.take(pa.array(idx))), f" {text}")
+
+        self.add(code, mask, detail)
+
+    def result(self) -> tuple[pa.Array, pa.Array]:
+        """``reason`` and ``reason_detail`` columns: first defect by precedence, all details joined."""
+        n = self.n
+        items = sorted(self.items, key=lambda it: it[0])  # stable: detail order = precedence order
+        code = np.zeros(n, dtype=np.int8)
+        for c, mask, _ in reversed(items):
+            if c != WARNING:
+                code[mask] = c
+        reason = R.to_strings(code)
+        if not items:
+            return reason, pa.nulls(n, pa.string())
+        flagged = np.zeros(n, dtype=bool)
+        for _, mask, _ in items:
+            flagged |= mask
+        rows = np.flatnonzero(flagged)
+        parts = []
+        for c, mask, detail in items:
+            sub = np.flatnonzero(mask[rows])
+            text = detail(rows[sub])
+            if c == WARNING:
+                text = _cat("warning: ", text)
+            pos = np.full(len(rows), -1, dtype=np.int64)
+            pos[sub] = np.arange(len(sub))
+            parts.append(_take(text, pos))
+        joined = pc.binary_join_element_wise(*parts, "; ", null_handling="skip")
+        where = np.full(n, -1, dtype=np.int64)
+        where[rows] = np.arange(len(rows))
+        return reason, _take(joined, where)
+
+
+# --------------------------------------------------------------------------------------------
+# column parsers: each returns per-row numpy/Arrow arrays and registers its defects
+
+def _text_column(col, n):
+    """Plain text column: trimmed, empty -> null (no dictionary: for high-cardinality ids)."""
+    if col is None:
+        return pa.nulls(n, pa.string())
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    return _clean_text(col.cast(pa.string()))
+
+
+def _enum_column(col, n, name, allowed, checks, default=None, case=None):
+    """Low-cardinality text column checked against ``allowed``; nulls take ``default``."""
+    if col is None:
+        return pa.nulls(n, pa.string()) if default is None else pa.repeat(pa.scalar(default, pa.string()), n)
+    uniques, idx = _encode(col)
+    u = _clean_text(uniques)
+    if case == "upper":
+        u = pc.utf8_upper(u)
+    elif case == "lower":
+        u = pc.utf8_lower(u)
+    if default is not None:
+        u = pc.fill_null(u, default)
+        idx = np.where(idx < 0, len(u), idx)
+        u = pa.concat_arrays([u, pa.array([default], pa.string())])
+    if allowed is not None:
+        bad_u = _np_bool(pc.invert(pc.is_in(u, pa.array(allowed, pa.string()))))
+        bad_u &= _np_bool(pc.is_valid(u))
+        bad = (idx >= 0) & bad_u[np.maximum(idx, 0)]
+        out = _take(u, idx)
+        checks.value(R.BAD_VALUE, bad, name, out, f"is not one of {', '.join(map(str, allowed))}")
+        return out
+    return _take(u, idx)
+
+
+def _int_column(col, n):
+    """Parse an integer column. Returns (value int64, present bool, bad bool); value 0 where absent/bad.
+
+    ``present``: the cell is not null/empty. ``bad``: present but not an integer (or beyond int32).
+    """
+    if col is None or pa.types.is_null(col.type):
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    kind = _kind(col.type)
+    if kind == "text":
+        uniques, idx = _encode(col)
+        u = _clean_text(uniques)
+        is_num = _np_bool(pc.match_substring_regex(u, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"))
+        fu = pc.if_else(pa.array(is_num), u, _NULL_STR).cast(pa.float64())
+        fu = np.where(is_num, pc.fill_null(fu, np.nan).to_numpy(zero_copy_only=False), np.inf)
+        j = np.maximum(idx, 0)
+        present = (idx >= 0) & _np_bool(pc.is_valid(u))[j]
+        v = fu[j]  # inf marks text that is not a number
+    else:
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        f = col.cast(pa.float64())
+        v = pc.fill_null(f, np.nan).to_numpy(zero_copy_only=False)
+        present = ~np.isnan(v)
+    integral = np.isfinite(v) & (np.floor(v) == v) & (np.abs(v) < 2**31)
+    bad = present & ~integral
+    value = np.where(present & integral, v, 0).astype(np.int64)
+    return value, present, bad
+
+
+_DATE_RE = r"^[12][0-9]{3}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
+
+
+def _date_column(col, n):
+    """Parse a date column. Returns (days since 1970-01-01 int64, present bool, bad bool)."""
+    zero = np.zeros(n, dtype=np.int64)
+    if col is None or pa.types.is_null(col.type):
+        return zero, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    if _kind(col.type) == "date":
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
+        d = col.cast(pa.date32()) if not pa.types.is_date32(col.type) else col
+        present = _np_bool(pc.is_valid(d))
+        days = pc.fill_null(d.cast(pa.int32()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return days, present, np.zeros(n, dtype=bool)
+    uniques, idx = _encode(col)
+    u = _clean_text(uniques)
+    head = pc.utf8_slice_codeunits(u, 0, 10)
+    shaped = pc.match_substring_regex(u, _DATE_RE)
+    ts = pc.strptime(pc.if_else(shaped, head, _NULL_STR), "%Y-%m-%d", "s", error_is_null=True)
+    # strptime rolls 2027-02-30 over to March: a date is good only if it prints back the same.
+    back = pc.strftime(ts, "%Y-%m-%d")
+    good_u = _np_bool(pc.equal(back, head))
+    days_u = pc.fill_null(ts.cast(pa.date32()).cast(pa.int32()), 0).to_numpy(zero_copy_only=False)
+    present_u = _np_bool(pc.is_valid(u))
+    j = np.maximum(idx, 0)
+    present = (idx >= 0) & present_u[j]
+    good = present & good_u[j]
+    days = np.where(good, days_u[j], 0).astype(np.int64)
+    return days, present, present & ~good
+
+
+def _split_list(col, n) -> pa.ListArray:
+    """list<string> from a list column or a ``|``/``,``-separated text column (null -> null)."""
+    if col is None or pa.types.is_null(col.type):
+        return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], pa.string()))
+    if _kind(col.type) == "list":
+        if pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
+            col = col.cast(pa.list_(col.type.value_type))
+        vt = col.type.value_type
+        if not pa.types.is_string(vt):
+            col = col.cast(pa.list_(pa.string()))
+        return col
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    from dipengine._libs.validate import split_codes
+
+    data, offsets, valid = _string_buffers(col)
+    elem_data, elem_offsets, counts = split_codes(data, offsets, valid)
+    values = pa.Array.from_buffers(pa.large_string(), len(elem_offsets) - 1,
+                                   [None, pa.py_buffer(elem_offsets), pa.py_buffer(elem_data)])
+    list_offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=list_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(list_offsets), values.cast(pa.string()))
+
+
+def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data uint8, offsets int64 of length n + 1, valid uint8) of a text array, for kernels."""
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=n + 1 + arr.offset)[arr.offset:] if bufs[1] is not None \
+        else np.zeros(n + 1, np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
+    valid = _np_bool(pc.is_valid(arr)).view(np.uint8) if arr.null_count else np.ones(n, np.uint8)
+    return data, np.ascontiguousarray(offsets), np.ascontiguousarray(valid)
+
+
+def _code_list(col, n):
+    """Normalised code lists. Returns (list column, element codes, element row numbers)."""
+    lst = _split_list(col, n)
+    values = lst.flatten()
+    parents = pc.list_parent_indices(lst).to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(values):
+        uniques, idx = _encode(values)
+        norm = _take(_codes.normalize(uniques), idx)
+    else:
+        norm = pa.array([], pa.string())
+    keep = _np_bool(pc.is_valid(norm))
+    values = norm.filter(pa.array(keep))
+    parents = parents[keep]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parents, minlength=n), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values), values, parents
+
+
+# --------------------------------------------------------------------------------------------
+# code lists and options
+
+def load_code_list(source, what: str = "code list") -> pa.Array:
+    """Allowed codes from a TSV ``code<TAB>name`` file (header row) or any sequence/array of codes.
+
+    Returns the normalised distinct codes plus the main codes of dagger pairs (string array).
+    """
+    if isinstance(source, (str, Path)):
+        path = str(source)
+        try:
+            with open(path, "rb") as f:
+                head = f.readline().decode("utf-8-sig").rstrip("\r\n").split("\t")
+            table = pcsv.read_csv(
+                path,
+                parse_options=pcsv.ParseOptions(delimiter="\t", quote_char=False),
+                convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in head}),
+            )
+        except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read {what} ({str(e).splitlines()[0]})", file=path) from None
+        if "code" not in table.column_names:
+            raise DataError(f"{what} needs a header row with a 'code' column", file=path, column="code")
+        arr = table["code"].combine_chunks()
+    elif isinstance(source, (pa.Array, pa.ChunkedArray)):
+        arr = source.combine_chunks() if isinstance(source, pa.ChunkedArray) else source
+    else:
+        arr = pa.array(list(source), pa.string())
+    norm = pc.drop_null(_codes.normalize(arr))
+    return pc.unique(pa.concat_arrays([norm, _codes.main_code(norm)]))
+
+
+def parse_period(period) -> tuple[int, int] | None:
+    """``None``, ``"YYYY"`` or ``"YYYY-MM"`` -> (first day, last day) as days since 1970-01-01."""
+    if period is None:
+        return None
+    s = str(period).strip()
+    m = re.fullmatch(r"([0-9]{4})(?:-([0-9]{2}))?", s)
+    if not m or (m.group(2) and not 1 <= int(m.group(2)) <= 12):
+        raise ValueError(f"period must be YYYY or YYYY-MM, not {period!r}")
+    year = int(m.group(1))
+    if m.group(2):
+        month = int(m.group(2))
+        first = _dt.date(year, month, 1)
+        last = _dt.date(year + (month == 12), month % 12 + 1, 1) - _dt.timedelta(days=1)
+    else:
+        first, last = _dt.date(year, 1, 1), _dt.date(year, 12, 31)
+    epoch = _dt.date(1970, 1, 1)
+    return (first - epoch).days, (last - epoch).days
+
+
+class _Context:
+    """Options and run state shared by every batch of one run."""
+
+    def __init__(self, hospitals, period, code_lists):
+        from dipengine._libs.validate import SeenSet
+
+        self.seen = SeenSet()
+        self.period = parse_period(period)
+        self.period_text = None if period is None else str(period).strip()
+        self.hospital_ids = None
+        if hospitals is not None:
+            if not isinstance(hospitals, pa.Table):
+                from dipengine.hospitals import read_hospitals
+
+                hospitals = read_hospitals(hospitals)
+            self.hospital_ids = pc.unique(hospitals["hospital_id"].combine_chunks().cast(pa.string()))
+        code_lists = code_lists or {}
+        unknown = set(code_lists) - {"dx", "proc"}
+        if unknown:
+            raise ValueError(f"code_lists keys are 'dx' and 'proc', not {sorted(unknown)}")
+        self.dx_list = None if code_lists.get("dx") is None else load_code_list(code_lists["dx"], "ICD-10 list")
+        self.proc_list = None if code_lists.get("proc") is None else load_code_list(code_lists["proc"], "ICD-9 list")
+
+
+# --------------------------------------------------------------------------------------------
+# one batch
+
+_DX_FORM = "is not a well-formed ICD-10 医保版 code"
+_PROC_FORM = "is not a well-formed ICD-9-CM-3 医保版 code"
+
+
+def _code_flags(u: pa.Array, kind: str, listed: pa.Array | None):
+    """Per distinct normalised code: (malformed, not listed) numpy bool arrays."""
+    valid = _codes.is_valid_dx(u) if kind == "dx" else _codes.is_valid_proc(u)
+    present = _np_bool(pc.is_valid(u))
+    malformed = present & ~_np_bool(valid)
+    unlisted = np.zeros(len(u), dtype=bool)
+    if listed is not None:
+        inlist = pc.or_(pc.is_in(u, listed), pc.is_in(_codes.main_code(u), listed))
+        unlisted = present & ~malformed & ~_np_bool(inlist)
+    return malformed, unlisted
+
+
+def _list_defects(checks, code, name, values, parents, n, kind, listed):
+    """Register defects of the elements of a code list column (detail lists the bad elements)."""
+    if len(values) == 0:
+        return
+    uniques, idx = _encode(values)
+    malformed_u, unlisted_u = _code_flags(uniques, kind, listed)
+    form = _DX_FORM if kind == "dx" else _PROC_FORM
+    for flags_u, text in ((malformed_u, form), (unlisted_u, "is not in the code list")):
+        if not flags_u.any():
+            continue
+        bad_el = flags_u[idx]
+        rows = parents[bad_el]
+        if not len(rows):
+            continue
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        el_text = _cat(f"{name}: ", _quote(values.filter(pa.array(bad_el))), f" {text}")
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+        per_row = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), el_text), "; ")
+        checks.add(code, mask, lambda r, per_row=per_row: per_row.take(pa.array(r)))
+
+
+def _normalise_batch(batch: pa.RecordBatch, ctx: _Context) -> pa.RecordBatch:
+    n = batch.num_rows
+    names = batch.schema.names
+
+    def col(name):
+        return batch.column(names.index(name)) if name in names else None
+
+    checks = _Checks(n)
+    missing = {}  # column -> mask of rows where the required value is missing
+
+    # --- identifiers and enumerations
+    case_id = _text_column(col("case_id"), n)
+    data, offsets, valid = _string_buffers(case_id)
+    dup = np.zeros(n, dtype=np.uint8)
+    ctx.seen.mark(data, offsets, valid, dup)
+    checks.value(R.DUPLICATE_CASE, dup.view(bool), "case_id", case_id, "was seen before in this run")
+    missing["case_id"] = ~valid.view(bool)
+
+    hospital_id = _enum_column(col("hospital_id"), n, "hospital_id", None, checks)
+    missing["hospital_id"] = _np_bool(pc.is_null(hospital_id))
+    if ctx.hospital_ids is not None:
+        unknown = _np_bool(pc.invert(pc.is_in(hospital_id, ctx.hospital_ids))) & ~missing["hospital_id"]
+        checks.value(R.UNKNOWN_HOSPITAL, unknown, "hospital_id", hospital_id, "is not in the hospital registry")
+    patient_id = _text_column(col("patient_id"), n)
+    insurance_type = _enum_column(col("insurance_type"), n, "insurance_type", INSURANCE_TYPES, checks,
+                                  case="lower")
+    missing["insurance_type"] = _np_bool(pc.is_null(insurance_type))
+    person_type = _enum_column(col("person_type"), n, "person_type", PERSON_TYPES, checks, "other", "lower")
+    remote_filing = _enum_column(col("remote_filing"), n, "remote_filing", REMOTE_FILINGS, checks, "none",
+                                 "lower")
+    sex = _enum_column(col("sex"), n, "sex", SEXES, checks, case="upper")
+    insured_region = _enum_column(col("insured_region"), n, "insured_region", None, checks)
+    missing["insured_region"] = _np_bool(pc.is_null(insured_region))
+    bad_region = ~_np_bool(pc.match_substring_regex(insured_region, r"^[0-9]{6}$")) & ~missing["insured_region"]
+    checks.value(R.BAD_VALUE, bad_region, "insured_region", insured_region, "is not a 6-digit region code")
+
+    # --- integers
+    ints = {}
+    for name in ("age", "age_days", "los", "discharge_mode"):
+        value, present, bad = _int_column(col(name), n)
+        ints[name] = (value, present, bad)
+        if bad.any():
+            checks.value(R.BAD_VALUE, bad, name, lambda name=name: _raw_text(col(name)), "is not an integer")
+    age, age_present, age_bad = ints["age"]
+    missing["age"] = ~age_present
+    ok = age_present & ~age_bad
+    checks.value(R.BAD_VALUE, ok & ((age < 0) | (age > MAX_AGE)), "age", lambda: _raw_text(col("age")),
+                 f"is outside 0..{MAX_AGE} years")
+    ad, ad_present, ad_bad = ints["age_days"]
+    checks.add(R.BAD_VALUE, ad_present & ~ad_bad & ((ad < 0) | (ad > MAX_AGE_DAYS)),
+               lambda idx: _cat("age_days: ", _quote(_raw_text(col("age_days")).take(pa.array(idx))),
+                                f" is outside 0..{MAX_AGE_DAYS} days"))
+    dm, dm_present, dm_bad = ints["discharge_mode"]
+    dm_ok = ~dm_present | dm_bad | np.isin(dm, DISCHARGE_MODES)
+    checks.add(R.BAD_VALUE, ~dm_ok,
+               lambda idx: _cat("discharge_mode: ", _quote(_raw_text(col("discharge_mode")).take(pa.array(idx))),
+                                " is not one of 1, 2, 3, 4, 5, 9"))
+    dm_out = np.where(dm_present & ~dm_bad, dm, 1)
+    dm_fits = (dm_out >= -128) & (dm_out <= 127)
+    discharge_mode = pa.array(np.where(dm_fits, dm_out, 0).astype(np.int8), mask=~dm_fits if (~dm_fits).any()
+                              else None)
+
+    # --- dates and length of stay
+    admit, admit_present, admit_bad = _date_column(col("admit_date"), n)
+    disch, disch_present, disch_bad = _date_column(col("discharge_date"), n)
+    missing["admit_date"] = ~admit_present
+    missing["discharge_date"] = ~disch_present
+    for name, bad in (("admit_date", admit_bad), ("discharge_date", disch_bad)):
+        checks.value(R.BAD_DATES, bad, name, lambda name=name: _raw_text(col(name)), "is not a date (YYYY-MM-DD)")
+    both = admit_present & ~admit_bad & disch_present & ~disch_bad
+    admit_arr = pa.array(admit.astype(np.int32), pa.int32(), mask=~(admit_present & ~admit_bad)).cast(pa.date32())
+    disch_arr = pa.array(disch.astype(np.int32), pa.int32(), mask=~(disch_present & ~disch_bad)).cast(pa.date32())
+    before = both & (disch < admit)
+    checks.add(R.BAD_DATES, before, lambda idx: _cat(
+        "discharge_date: ", disch_arr.take(pa.array(idx)).cast(pa.string()), " is before admit_date ",
+        admit_arr.take(pa.array(idx)).cast(pa.string())))
+    if ctx.period is not None:
+        lo, hi = ctx.period
+        outside = disch_present & ~disch_bad & ((disch < lo) | (disch > hi))
+        checks.add(R.BAD_DATES, outside, lambda idx: _cat(
+            "discharge_date: ", disch_arr.take(pa.array(idx)).cast(pa.string()),
+            f" is outside the period {ctx.period_text}"))
+    derived = np.maximum(disch - admit, 1)
+    derivable = both & ~before
+    los_v, los_present, los_bad = ints["los"]
+    los_ok = los_present & ~los_bad
+    checks.add(R.BAD_VALUE, los_ok & (los_v < 0), lambda idx: _cat(
+        "los: ", _quote(_raw_text(col("los")).take(pa.array(idx))), " is negative"))
+    inconsistent = los_ok & (los_v >= 0) & derivable & (np.abs(los_v - derived) > LOS_TOLERANCE_DAYS)
+    checks.add(R.BAD_DATES, inconsistent, lambda idx: _cat(
+        "los: ", pa.array(los_v[idx]).cast(pa.string()), " is inconsistent with the dates (",
+        pa.array(derived[idx]).cast(pa.string()), " days)"))
+    los_out = np.where(los_ok, los_v, derived)
+    los_valid = los_ok | derivable
+
+    # --- codes
+    dx_u, dx_idx = _encode(col("main_dx"))
+    dx_u = _codes.normalize(dx_u)
+    main_dx = _take(dx_u, dx_idx)
+    missing["main_dx"] = _np_bool(pc.is_null(main_dx))
+    malformed_u, unlisted_u = _code_flags(dx_u, "dx", ctx.dx_list)
+    j = np.maximum(dx_idx, 0)
+    has = dx_idx >= 0
+    checks.value(R.INVALID_DX, has & malformed_u[j], "main_dx", main_dx, _DX_FORM)
+    checks.value(R.INVALID_DX, has & unlisted_u[j], "main_dx", main_dx, "is not in the code list")
+    proc_col = col("main_proc")
+    if proc_col is None or pa.types.is_null(proc_col.type):
+        main_proc = pa.nulls(n, pa.string())
+    else:
+        pu, pidx = _encode(proc_col)
+        pu = _codes.normalize(pu)
+        main_proc = _take(pu, pidx)
+        malformed_u, unlisted_u = _code_flags(pu, "proc", ctx.proc_list)
+        j = np.maximum(pidx, 0)
+        has = pidx >= 0
+        checks.value(R.INVALID_PROC, has & malformed_u[j], "main_proc", main_proc, _PROC_FORM)
+        checks.value(R.INVALID_PROC, has & unlisted_u[j], "main_proc", main_proc, "is not in the code list")
+    other_dx, odx_values, odx_parents = _code_list(col("other_dx"), n)
+    _list_defects(checks, WARNING, "other_dx", odx_values, odx_parents, n, "dx", ctx.dx_list)
+    other_procs, op_values, op_parents = _code_list(col("other_procs"), n)
+    _list_defects(checks, R.INVALID_PROC, "other_procs", op_values, op_parents, n, "proc", ctx.proc_list)
+
+    # --- money
+    fen = {}
+    for name in MONEY:
+        c = col(name)
+        if c is None:
+            f, status = np.zeros(n, np.int64), np.full(n, NULL, np.int8)
+        else:
+            f, status = yuan_to_fen(c)
+            raw = (lambda c=c: _raw_text(c))
+            checks.value(R.BAD_AMOUNT, status == MALFORMED, name, raw, "is not a number")
+            checks.value(R.BAD_AMOUNT, status == NEGATIVE, name, raw, "is negative")
+            checks.value(R.BAD_AMOUNT, (status == TOO_LARGE) | ((status == OK) & (f > MAX_CASE_FEN)), name, raw,
+                         f"exceeds the limit of {MAX_CASE_FEN // 100:,} yuan per case")
+        fen[name] = (f, status)
+    missing["total_cost"] = fen["total_cost"][1] == NULL
+    has_value = {k: (s == OK) | (s == NEGATIVE) for k, (f, s) in fen.items()}
+    t = fen["total_cost"][0]
+    both_paid = has_value["fund_paid"] & has_value["patient_paid"] & has_value["total_cost"]
+    paid = fen["fund_paid"][0] + fen["patient_paid"][0]
+    checks.add(R.BAD_AMOUNT, both_paid & (np.abs(paid - t) > CONSISTENCY_FEN), lambda idx: _cat(
+        "fund_paid + patient_paid = ", _yuan_text(paid[idx]), " differs from total_cost = ", _yuan_text(t[idx]),
+        " by more than 1 yuan"))
+    for name in ("out_of_catalogue_cost", "class_b_cost"):
+        over = (fen[name][1] == OK) & (fen["total_cost"][1] == OK) & (fen[name][0] > t)
+        checks.add(R.BAD_AMOUNT, over, lambda idx, name=name: _cat(
+            f"{name}: ", _yuan_text(fen[name][0][idx]), " exceeds total_cost ", _yuan_text(t[idx])))
+
+    # --- missing required values
+    for name in REQUIRED:
+        checks.add(R.MISSING_FIELD, missing[name], lambda idx, name=name: pa.array(
+            np.full(len(idx), f"{name}: missing (required)", dtype=object), pa.string()))
+
+    reason, reason_detail = checks.result()
+
+    def fen_array(name, fill_zero=False):
+        f, status = fen[name]
+        keep = has_value[name]
+        if fill_zero:
+            return pa.array(np.where(keep, f, 0), pa.int64())
+        return pa.array(f, pa.int64(), mask=~keep if (~keep).any() else None)
+
+    def int_array(values, valid_mask):
+        return pa.array(values.astype(np.int32), pa.int32(), mask=~valid_mask if (~valid_mask).any() else None)
+
+    arrays = [
+        case_id, hospital_id, patient_id, insurance_type, person_type, insured_region, remote_filing, sex,
+        int_array(age, age_present & ~age_bad),
+        int_array(ad, ad_present & ~ad_bad),
+        int_array(np.clip(los_out, -2**31, 2**31 - 1), los_valid),
+        admit_arr, disch_arr, discharge_mode, main_dx, main_proc, other_dx, other_procs,
+        fen_array("total_cost", fill_zero=True), fen_array("fund_paid"), fen_array("patient_paid"),
+        fen_array("out_of_catalogue_cost"), fen_array("class_b_cost"),
+        reason, reason_detail,
+    ]
+    extra_names = extra_columns(batch.schema)
+    arrays += [batch.column(names.index(e)) for e in extra_names]
+    schema = output_schema(batch.schema)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _yuan_text(fen_values: np.ndarray) -> pa.Array:
+    """Exact yuan text of int64 fen (``-1234`` -> ``-12.34``)."""
+    fen_values = np.asarray(fen_values, dtype=np.int64)
+    sign = np.where(fen_values < 0, "-", "")
+    a = np.abs(fen_values)
+    return pa.array(np.char.add(np.char.add(sign, (a // 100).astype(str)),
+                                np.char.add(".", np.char.zfill((a % 100).astype(str), 2))), pa.string())
+
+
+def extra_columns(schema: pa.Schema) -> list[str]:
+    """Input columns carried through untouched (not contract §2 inputs, not an output name)."""
+    taken = set(SCHEMA.names)
+    return [n for n in schema.names if n not in INPUT_COLUMNS and n not in taken]
+
+
+def output_schema(input_schema: pa.Schema) -> pa.Schema:
+    """Schema of the normalised table for a given input schema (normalised columns, then extras)."""
+    fields = list(SCHEMA)
+    fields += [input_schema.field(n) for n in extra_columns(input_schema)]
+    return pa.schema(fields)
+
+
+# --------------------------------------------------------------------------------------------
+# sources and the public functions
+
+def _open(source, batch_size):
+    """(file label, schema, total rows, batch iterator) of any source :func:`io.read_table` takes."""
+    files = _io.source_files(source)
+    label = files[0] if len(files) == 1 else (str(source) if files else "input")
+    if files and all(f.lower().endswith((".parquet", ".pq")) for f in files):
+        try:
+            first = ds.dataset(files[:1], format="parquet").schema
+            # Low-cardinality text read as dictionaries: no per-row strings, no hashing.
+            dict_cols = [c for c in DICTIONARY_COLUMNS if c in first.names and _kind(first.field(c).type) == "text"]
+            fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=dict_cols))
+            dataset = ds.dataset(files, format=fmt)
+            schema, total = dataset.schema, dataset.count_rows()
+            batches = dataset.scanner(batch_size=batch_size).to_batches()
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
+        return label, schema, total, _guard(batches, label)
+    try:
+        table = _io.read_table(source)
+    except (pa.ArrowException, ValueError) as e:  # e.g. a pandas column mixing numbers and text
+        raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
+    return label, table.schema, table.num_rows, iter(table.to_batches(max_chunksize=batch_size))
+
+
+def _guard(batches, label):
+    """Re-raise read errors met while streaming as :class:`DataError` naming the file."""
+    try:
+        yield from batches
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
+
+
+def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
+               batch_size: int = _io.BATCH_SIZE) -> Iterator[pa.RecordBatch]:
+    """Stream the normalised case table batch by batch (see :func:`read_cases`).
+
+    The duplicate-``case_id`` state is carried across batches, so the result does not depend
+    on ``batch_size``. The file-level checks run before the first batch is yielded.
+
+    Yields
+    ------
+    pyarrow.RecordBatch
+        Normalised rows, in input order, with the schema of :func:`output_schema`.
+    """
+    ctx = _Context(hospitals, period, code_lists)
+    label, schema, total, batches = _open(source, batch_size)
+    check_schema(schema, label)
+    done = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        try:
+            out = _normalise_batch(batch, ctx)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
+        done += batch.num_rows
+        if progress is not None:
+            progress(done, total)
+        yield out
+
+
+def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None) -> pa.Table:
+    """Read, normalise and validate cases (contract §2, reasons of §7).
+
+    Parameters
+    ----------
+    source : path, directory, glob, list of paths, pandas.DataFrame, pyarrow.Table or RecordBatch
+        Parquet, CSV (UTF-8, header row) or Arrow IPC; a directory or glob is a Parquet dataset.
+    hospitals : path or pyarrow.Table, optional
+        The registry (:func:`dipengine.hospitals.read_hospitals`); unknown ``hospital_id`` ->
+        ``UNKNOWN_HOSPITAL``.
+    period : str, optional
+        ``"YYYY"`` or ``"YYYY-MM"``; a ``discharge_date`` outside it -> ``BAD_DATES``.
+    code_lists : dict, optional
+        ``{"dx": ..., "proc": ...}``, each a TSV path (``code<TAB>name``) or a sequence of codes;
+        codes not listed -> ``INVALID_DX`` / ``INVALID_PROC`` (secondary diagnoses: a warning).
+    progress : callable, optional
+        ``progress(done_rows, total_rows)``, called once per batch.
+
+    Returns
+    -------
+    pyarrow.Table
+        The normalised case table (docs/architecture.md): one row per input row, in order;
+        money in int64 fen (``*_fen``), dates date32, ages/los int32, ``discharge_mode`` int8,
+        ``reason``/``reason_detail`` strings; extra input columns after them, untouched.
+
+    Raises
+    ------
+    DataError
+        A required column is missing, a file cannot be read, or a column has a type that cannot
+        be read as its contract type.
+    """
+    batches = list(iter_cases(source, hospitals, period=period, code_lists=code_lists, progress=progress))
+    if batches:
+        return pa.Table.from_batches(batches).combine_chunks()
+    label, schema, _, _ = _open(source, _io.BATCH_SIZE)
+    check_schema(schema, label)
+    return output_schema(schema).empty_table()
+
+
+# --------------------------------------------------------------------------------------------
+# the slow, readable twin (tests check that both give the same table)
+
+def _ref_clean(v):
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def _ref_normalize(code):
+    """Pure-Python :func:`dipengine.codes.normalize` of one code."""
+    import unicodedata
+
+    if code is None:
+        return None
+    s = re.sub(r"\s+", "", unicodedata.normalize("NFKC", str(code))).upper()
+    s = re.sub(r"([^+])X", r"\1x", s)
+    s = re.sub(r"([^+])X", r"\1x", s)
+    return s or None
+
+
+def _ref_number(v):
+    """float value of a cell ('present', value) following the fast parser's rules."""
+    if v is None:
+        return False, None
+    if isinstance(v, bool):
+        v = int(v)
+    if isinstance(v, (int, float)) or type(v).__name__ == "Decimal":
+        f = float(v)
+        return (False, None) if f != f else (True, f)
+    s = str(v).strip()
+    if not s:
+        return False, None
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", s):
+        return True, float("inf")
+    return True, float(s)
+
+
+def _ref_int(v):
+    """(value or None, present, bad) of an integer cell."""
+    present, f = _ref_number(v)
+    if not present:
+        return None, False, False
+    if f != f or f in (float("inf"), float("-inf")) or f != int(f) or abs(f) >= 2**31:
+        return None, True, True
+    return int(f), True, False
+
+
+def _ref_fen(v):
+    """(fen or None, status) of a money cell, by decimal arithmetic."""
+    from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+    if v is None:
+        return None, NULL
+    if isinstance(v, float):
+        if v != v:
+            return None, NULL
+        s = pa.array([v]).cast(pa.string())[0].as_py()  # the shortest text, as the fast path reads it
+    elif type(v).__name__ == "Decimal":
+        s = str(v)
+    else:
+        s = str(v).strip(" \t\r\n")
+    if not s:
+        return None, NULL
+    m = re.fullmatch(r"([+-]?)([0-9,]*)(\.[0-9]*)?([eE][+-]?[0-9]+)?", s)
+    if not m or not re.search(r"[0-9]", (m.group(2) or "") + (m.group(3) or "")):
+        return None, MALFORMED
+    try:
+        d = Decimal(m.group(1) + m.group(2).replace(",", "") + (m.group(3) or "") + (m.group(4) or ""))
+    except InvalidOperation:
+        return None, MALFORMED
+    if m.group(4) and abs(int(m.group(4)[1:])) > 400:
+        return (None, TOO_LARGE) if int(m.group(4)[1:]) > 0 else (None, MALFORMED)
+    fen = int((abs(d) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    if fen > 10**15:
+        return None, TOO_LARGE
+    if d < 0 and fen != 0:
+        return -fen, NEGATIVE
+    return fen, OK
+
+
+def _ref_date(v):
+    """(days since 1970-01-01 or None, present, bad) of a date cell."""
+    if v is None:
+        return None, False, False
+    epoch = _dt.date(1970, 1, 1)
+    if isinstance(v, _dt.datetime):
+        return (v.date() - epoch).days, True, False
+    if isinstance(v, _dt.date):
+        return (v - epoch).days, True, False
+    s = str(v).strip()
+    if not s:
+        return None, False, False
+    if not re.fullmatch(_DATE_RE[1:-1], s):
+        return None, True, True
+    try:
+        return (_dt.date.fromisoformat(s[:10]) - epoch).days, True, False
+    except ValueError:
+        return None, True, True
+
+
+def _ref_list(v):
+    if v is None:
+        return []
+    items = re.split(LIST_SEPARATORS, str(v)) if isinstance(v, str) else [None if x is None else str(x) for x in v]
+    return [c for c in (_ref_normalize(x) for x in items) if c is not None]
+
+
+def _ref_code_problem(code, kind, listed):
+    """None, or the text of what is wrong with a normalised code."""
+    pattern = _codes.DX_PATTERN if kind == "dx" else _codes.PROC_PATTERN
+    if not re.search(pattern, code):
+        return _DX_FORM if kind == "dx" else _PROC_FORM
+    if listed is not None and code not in listed and code.split("+")[0] not in listed:
+        return "is not in the code list"
+    return None
+
+
+def read_cases_reference(source, hospitals=None, *, period=None, code_lists=None) -> pa.Table:
+    """Slow, row-by-row twin of :func:`read_cases` (same output), for tests and for reading the rules.
+
+    Not for production sizes: it loops in Python over every row.
+    """
+    ctx = _Context(hospitals, period, code_lists)
+    label, schema, _, _ = _open(source, _io.BATCH_SIZE)
+    check_schema(schema, label)
+    table = _io.read_table(source)
+    hosp = None if ctx.hospital_ids is None else set(ctx.hospital_ids.to_pylist())
+    dx_list = None if ctx.dx_list is None else set(ctx.dx_list.to_pylist())
+    proc_list = None if ctx.proc_list is None else set(ctx.proc_list.to_pylist())
+    seen = set()
+    out = {name: [] for name in SCHEMA.names}
+    for row in table.to_pylist():
+        problems = []  # (reason code, text), in the order the rules are listed below
+
+        def bad(code, text):
+            problems.append((code, text))
+
+        get = row.get
+        case_id = _ref_clean(get("case_id"))
+        if case_id is not None:
+            if case_id in seen:
+                bad(R.DUPLICATE_CASE, f"case_id: '{case_id}' was seen before in this run")
+            seen.add(case_id)
+        hospital_id = _ref_clean(get("hospital_id"))
+        if hosp is not None and hospital_id is not None and hospital_id not in hosp:
+            bad(R.UNKNOWN_HOSPITAL, f"hospital_id: '{hospital_id}' is not in the hospital registry")
+
+        def enum(name, allowed, default, case):
+            v = _ref_clean(get(name))
+            if v is not None:
+                v = v.upper() if case == "upper" else v.lower()
+            if v is None:
+                v = default
+            if v is not None and v not in allowed:
+                bad(R.BAD_VALUE, f"{name}: '{v}' is not one of {', '.join(allowed)}")
+            return v
+
+        insurance_type = enum("insurance_type", INSURANCE_TYPES, None, "lower")
+        person_type = enum("person_type", PERSON_TYPES, "other", "lower")
+        remote_filing = enum("remote_filing", REMOTE_FILINGS, "none", "lower")
+        sex = enum("sex", SEXES, None, "upper")
+        region = _ref_clean(get("insured_region"))
+        if region is not None and not re.fullmatch(r"[0-9]{6}", region):
+            bad(R.BAD_VALUE, f"insured_region: '{region}' is not a 6-digit region code")
+
+        def raw(name):
+            v = get(name)
+            return pa.array([v]).cast(pa.string())[0].as_py().strip() if isinstance(v, float) else str(v).strip()
+
+        ints = {}
+        for name in ("age", "age_days", "los", "discharge_mode"):
+            ints[name] = _ref_int(get(name))
+            if ints[name][2]:
+                bad(R.BAD_VALUE, f"{name}: '{raw(name)}' is not an integer")
+        age = ints["age"][0]
+        if age is not None and not 0 <= age <= MAX_AGE:
+            bad(R.BAD_VALUE, f"age: '{raw('age')}' is outside 0..{MAX_AGE} years")
+        age_days = ints["age_days"][0]
+        if age_days is not None and not 0 <= age_days <= MAX_AGE_DAYS:
+            bad(R.BAD_VALUE, f"age_days: '{raw('age_days')}' is outside 0..{MAX_AGE_DAYS} days")
+        dm = ints["discharge_mode"][0]
+        if dm is not None and dm not in DISCHARGE_MODES:
+            bad(R.BAD_VALUE, f"discharge_mode: '{raw('discharge_mode')}' is not one of 1, 2, 3, 4, 5, 9")
+        discharge_mode = 1 if dm is None else (dm if -128 <= dm <= 127 else None)
+
+        admit, admit_present, admit_bad = _ref_date(get("admit_date"))
+        disch, disch_present, disch_bad = _ref_date(get("discharge_date"))
+        if admit_bad:
+            bad(R.BAD_DATES, f"admit_date: '{raw('admit_date')}' is not a date (YYYY-MM-DD)")
+        if disch_bad:
+            bad(R.BAD_DATES, f"discharge_date: '{raw('discharge_date')}' is not a date (YYYY-MM-DD)")
+
+        def iso(days):
+            return (_dt.date(1970, 1, 1) + _dt.timedelta(days=days)).isoformat()
+
+        derived = None
+        if admit is not None and disch is not None:
+            if disch < admit:
+                bad(R.BAD_DATES, f"discharge_date: {iso(disch)} is before admit_date {iso(admit)}")
+            else:
+                derived = max(disch - admit, 1)
+        if ctx.period is not None and disch is not None and not ctx.period[0] <= disch <= ctx.period[1]:
+            bad(R.BAD_DATES, f"discharge_date: {iso(disch)} is outside the period {ctx.period_text}")
+        los = ints["los"][0]
+        if los is not None and los < 0:
+            bad(R.BAD_VALUE, f"los: '{raw('los')}' is negative")
+        if los is not None and los >= 0 and derived is not None and abs(los - derived) > LOS_TOLERANCE_DAYS:
+            bad(R.BAD_DATES, f"los: {los} is inconsistent with the dates ({derived} days)")
+        if los is None:
+            los = derived
+
+        main_dx = _ref_normalize(_ref_clean(get("main_dx")))
+        if main_dx is not None and (p := _ref_code_problem(main_dx, "dx", dx_list)):
+            bad(R.INVALID_DX, f"main_dx: '{main_dx}' {p}")
+        main_proc = _ref_normalize(_ref_clean(get("main_proc")))
+        if main_proc is not None and (p := _ref_code_problem(main_proc, "proc", proc_list)):
+            bad(R.INVALID_PROC, f"main_proc: '{main_proc}' {p}")
+        other_dx = _ref_list(get("other_dx"))
+        other_procs = _ref_list(get("other_procs"))
+        for name, items, kind, listed, code in (("other_dx", other_dx, "dx", dx_list, WARNING),
+                                                 ("other_procs", other_procs, "proc", proc_list, R.INVALID_PROC)):
+            found = [(c, _ref_code_problem(c, kind, listed)) for c in items]
+            for text in (_DX_FORM if kind == "dx" else _PROC_FORM, "is not in the code list"):
+                hits = [f"{name}: '{c}' {text}" for c, p in found if p == text]
+                if hits:
+                    bad(code, "; ".join(hits))
+
+        fen = {}
+        for name in MONEY:
+            f, status = _ref_fen(get(name))
+            fen[name] = f
+            text = {MALFORMED: "is not a number", NEGATIVE: "is negative",
+                    TOO_LARGE: f"exceeds the limit of {MAX_CASE_FEN // 100:,} yuan per case"}.get(status)
+            if status == OK and f > MAX_CASE_FEN:
+                text = f"exceeds the limit of {MAX_CASE_FEN // 100:,} yuan per case"
+            if text:
+                bad(R.BAD_AMOUNT, f"{name}: '{raw(name)}' {text}")
+        total = fen["total_cost"]
+
+        def yuan(f):
+            return f"{'-' if f < 0 else ''}{abs(f) // 100}.{abs(f) % 100:02d}"
+
+        if None not in (fen["fund_paid"], fen["patient_paid"], total) and \
+                abs(fen["fund_paid"] + fen["patient_paid"] - total) > CONSISTENCY_FEN:
+            bad(R.BAD_AMOUNT, f"fund_paid + patient_paid = {yuan(fen['fund_paid'] + fen['patient_paid'])} "
+                              f"differs from total_cost = {yuan(total)} by more than 1 yuan")
+        for name in ("out_of_catalogue_cost", "class_b_cost"):
+            if fen[name] is not None and total is not None and 0 <= total < fen[name]:
+                bad(R.BAD_AMOUNT, f"{name}: {yuan(fen[name])} exceeds total_cost {yuan(total)}")
+
+        values = {"case_id": case_id, "hospital_id": hospital_id, "insurance_type": insurance_type,
+                  "insured_region": region, "age": ints["age"][1], "admit_date": admit_present,
+                  "discharge_date": disch_present, "main_dx": main_dx, "total_cost": _ref_fen(get("total_cost"))[1] != NULL}
+        for name in REQUIRED:
+            if values[name] in (None, False):
+                bad(R.MISSING_FIELD, f"{name}: missing (required)")
+
+        problems.sort(key=lambda p: p[0])
+        first = next((c for c, _ in problems if c != WARNING), 0)
+        texts = [("warning: " + t if c == WARNING else t) for c, t in problems]
+        record = {
+            "case_id": case_id, "hospital_id": hospital_id, "patient_id": _ref_clean(get("patient_id")),
+            "insurance_type": insurance_type, "person_type": person_type, "insured_region": region,
+            "remote_filing": remote_filing, "sex": sex, "age": ints["age"][0], "age_days": age_days,
+            "los": los, "admit_date": None if admit is None else _dt.date(1970, 1, 1) + _dt.timedelta(admit),
+            "discharge_date": None if disch is None else _dt.date(1970, 1, 1) + _dt.timedelta(disch),
+            "discharge_mode": discharge_mode, "main_dx": main_dx, "main_proc": main_proc,
+            "other_dx": other_dx, "other_procs": other_procs,
+            "total_cost_fen": total or 0,
+            **{f"{m}_fen": fen[m] for m in MONEY[1:]},
+            "reason": R.NAMES[first], "reason_detail": "; ".join(texts) or None,
+        }
+        for name in SCHEMA.names:
+            out[name].append(record[name])
+    result = pa.table({name: pa.array(out[name], SCHEMA.field(name).type) for name in SCHEMA.names},
+                      schema=SCHEMA)
+    for name in extra_columns(table.schema):
+        result = result.append_column(table.schema.field(name), table[name])
+    return result.combine_chunks()

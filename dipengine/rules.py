@@ -1,0 +1,780 @@
+"""DIP rule sets (contract §4): strict loading, checking, writing and compilation.
+
+A rule set is a directory of CSV tables plus ``manifest.toml`` (name, version, sha256 of
+every table, and an ``[options]`` table of regional grouping options). :func:`check_rules`
+lists every problem with file, line and column; :func:`load_rules` raises
+:class:`~dipengine.errors.RuleSetError` when there is any, and otherwise returns a
+:class:`RuleSet` whose ``compiled`` attribute holds the flat integer arrays the Cython
+grouper walks (built once per rule set). The format is documented in ``docs/rules-format.md``.
+
+Procedure expressions (``proc_expr``) are parsed by :func:`parse_proc_expr`, a small strict
+parser: ``+`` separates all-of terms, ``/`` separates the any-of codes of a term.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dipengine import codes as _codes
+from dipengine.errors import RuleSetError
+from dipengine.io import atomic_dir
+from dipengine.manifest import read_manifest, verify_files, write_manifest
+
+GROUP_TYPES = ("core", "basic", "comprehensive", "blank")
+TREAT_CLASSES = _codes.TREAT_CLASSES  # conservative < diagnostic < therapeutic < surgery
+SEVERITY_LEVELS = {"II": 2, "III": 3}
+
+# Priority of dip-rules §2.5, literally: (group_type, treat_class) -> rank (lower wins).
+PRIORITY = {
+    ("core", "surgery"): 0,
+    ("basic", "surgery"): 1,
+    ("core", "therapeutic"): 2,
+    ("basic", "therapeutic"): 3,
+    ("core", "diagnostic"): 4,
+    ("basic", "diagnostic"): 5,
+    ("comprehensive", "surgery"): 6,
+    ("comprehensive", "therapeutic"): 7,
+    ("comprehensive", "diagnostic"): 8,
+    ("core", "conservative"): 9,
+    ("basic", "conservative"): 10,
+    ("comprehensive", "conservative"): 11,
+    ("blank", None): 12,
+}
+
+# Files of a rule set: name -> (required columns, optional columns, required file?)
+TABLES = {
+    "groups.csv": (
+        ("dip_code", "dip_name", "group_type", "dx_key", "proc_expr", "treat_class", "score", "avg_cost"),
+        ("n_cases",),
+        True,
+    ),
+    "procedures.csv": (("code", "class"), ("level",), False),
+    "excluded_dx.csv": (("code",), (), False),
+    "excluded_proc.csv": (("code",), (), False),
+    "aux_coefficients.csv": (("dip_code", "subtype", "coefficient"), (), False),
+    "cci_weights.csv": (("dx_prefix", "weight"), ("category",), False),
+    "severity_dx.csv": (("dx_prefix", "level"), (), False),
+}
+
+DEFAULT_OPTIONS = {
+    # "any_of": each "+" term needs one of its codes; "all_listed" (Jining): every listed code.
+    "match_mode": "any_of",
+    # CCI score cut points of levels cci_1, cci_2, cci_3 (dip-rules §3.1: 1-2, 3-4, >= 5).
+    "cci_levels": [1, 3, 5],
+    # Severity subtypes need LOS >= this many days (dip-rules §3.1 item 2).
+    "severity_min_los": 3,
+    # discharge_mode value meaning death (离院方式 5).
+    "death_discharge_mode": 5,
+    # A case is conservative-equivalent (may take an empty-proc_expr group) when its
+    # treatment class is at most this and no counted procedure has a level above the next.
+    "conservative_max_class": "diagnostic",
+    "conservative_max_level": 2,
+    # Age bands "name:low:high" (inclusive; "d" = days of age under one year, else years;
+    # empty high = open); the subtype is "age_<name>" (dip-rules §3.1 item 5).
+    "age_bands": ["0_28d:0d:28d", "29d_1y:29d:364d", "1_6:1:6", "7_17:7:17",
+                  "65_69:65:69", "70_79:70:79", "80p:80:"],
+}
+
+FIXED_SUBTYPES = ("death", "severity_III", "severity_II", "cci_3", "cci_2", "cci_1")
+
+_DX_SUB = re.compile(r"^[A-Z][0-9]{2}\.[0-9A-Zx]$")
+_DX_PREFIX = re.compile(r"^[A-Z]([0-9]{1,2})?$")
+_DX_RANGE = re.compile(r"^([A-Z][0-9]{2})-([A-Z][0-9]{2})$")
+_PROC = re.compile(_codes.PROC_PATTERN)
+_DX_ANY_PREFIX = re.compile(r"^[A-Z][0-9A-Zx.]*$")
+_PROC_ANY_PREFIX = re.compile(r"^[0-9][0-9A-Zx.]*$")
+_BAND = re.compile(r"^([0-9A-Za-z_]+):([0-9]+d?):([0-9]+d?)?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect of a rule set: ``file:line:column: message`` (line 1 = CSV header)."""
+
+    file: str
+    line: int
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+def parse_proc_expr(s: str) -> list[list[str]]:
+    """Parse a procedure expression into all-of terms, each a list of any-of codes.
+
+    ``""`` -> ``[]`` (conservative); ``"51.2300/51.2301"`` -> ``[["51.2300", "51.2301"]]``;
+    ``"51.2200+54.5100/54.5101"`` -> ``[["51.2200"], ["54.5100", "54.5101"]]``.
+
+    Raises
+    ------
+    ValueError
+        On an empty term or code, a code that is not a well-formed ICD-9-CM-3 医保版 code in
+        normal form, a code listed twice, or stray characters (spaces, other operators).
+    """
+    if s is None:
+        return []
+    if not isinstance(s, str):
+        raise ValueError(f"not a string: {s!r}")
+    if s == "":
+        return []
+    terms = []
+    seen = set()
+    for t_no, term in enumerate(s.split("+"), 1):
+        if term == "":
+            raise ValueError(f"empty term {t_no} in {s!r}")
+        codes = []
+        for code in term.split("/"):
+            if code == "":
+                raise ValueError(f"empty code in term {t_no} of {s!r}")
+            if not _PROC.match(code):
+                raise ValueError(f"{code!r} is not a well-formed ICD-9-CM-3 医保版 procedure code")
+            if code in seen:
+                raise ValueError(f"code {code!r} listed twice in {s!r}")
+            seen.add(code)
+            codes.append(code)
+        terms.append(codes)
+    return terms
+
+
+def canonical_expr(terms: list[list[str]]) -> str:
+    """Order-free form of a parsed expression (for duplicate detection)."""
+    return "+".join(sorted("/".join(sorted(t)) for t in terms))
+
+
+def category_number(cat: str) -> int:
+    """``"K35"`` -> 1035 (letter index × 100 + number); -1 when not a category."""
+    if cat is None or len(cat) != 3 or not ("A" <= cat[0] <= "Z") or not cat[1:].isdigit() or not cat[1:].isascii():
+        return -1
+    return (ord(cat[0]) - 65) * 100 + int(cat[1:])
+
+
+def parse_age_band(text: str) -> tuple[str, int, int]:
+    """``"1_6:1:6"`` -> ``("age_1_6", 365, 2190)``: band limits as age keys.
+
+    The age key of a case is its age in days when under one year (``age == 0`` and
+    ``age_days`` known) and ``365 × age`` otherwise, so years and days order together.
+    A limit ``"Nd"`` is N days, ``"N"`` is N years (365 × N); high is inclusive and
+    empty means open. Raises ValueError when malformed.
+    """
+    m = _BAND.match(text or "")
+    if not m:
+        raise ValueError(f"age band {text!r} is not 'name:low:high'")
+
+    def key(v):
+        return int(v[:-1]) if v.endswith("d") else 365 * int(v)
+
+    lo = key(m.group(2))
+    hi = key(m.group(3)) if m.group(3) else 2**31 - 1
+    if hi < lo:
+        raise ValueError(f"age band {text!r} ends before it starts")
+    return "age_" + m.group(1), lo, hi
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_csv_rows(path: Path, fname: str, problems: list[Problem]):
+    """Header and rows of a CSV (stripped cells); problems for unreadable files."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        problems.append(Problem(fname, 1, "", f"not UTF-8 text ({e.reason})"))
+        return None, []
+    reader = csv.reader(_io.StringIO(text, newline=""), strict=True)
+    rows = []
+    header = None
+    try:
+        for rec in reader:
+            line = reader.line_num
+            if header is None:
+                header = [c.strip() for c in rec]
+                continue
+            if not rec or all(not c.strip() for c in rec):
+                continue
+            rows.append((line, [c.strip() for c in rec]))
+    except csv.Error as e:
+        problems.append(Problem(fname, reader.line_num, "", f"malformed CSV ({e})"))
+    if header is None:
+        problems.append(Problem(fname, 1, "", "empty file (no header row)"))
+    return header, rows
+
+
+def _table_rows(directory: Path, fname: str, problems: list[Problem]) -> list[tuple[int, dict]] | None:
+    """Rows of one table as ``(line, {column: text})``; ``None`` when the file is absent."""
+    required, optional, must = TABLES[fname]
+    path = directory / fname
+    if not path.exists():
+        if must:
+            problems.append(Problem(fname, 0, "", "required file missing"))
+        return None
+    header, rows = _read_csv_rows(path, fname, problems)
+    if header is None:
+        return []
+    ok = True
+    for col in required:
+        if col not in header:
+            problems.append(Problem(fname, 1, col, "required column missing"))
+            ok = False
+    for col in header:
+        if col not in required and col not in optional:
+            problems.append(Problem(fname, 1, col, "unknown column"))
+    if len(set(header)) != len(header):
+        problems.append(Problem(fname, 1, "", "a column name appears twice"))
+        ok = False
+    if not ok:
+        return []
+    out = []
+    for line, rec in rows:
+        if len(rec) != len(header):
+            problems.append(Problem(fname, line, "", f"{len(rec)} fields, header has {len(header)}"))
+            continue
+        out.append((line, dict(zip(header, rec))))
+    return out
+
+
+def _float(v: str):
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
+    """Options of the manifest merged over the defaults; problems for bad ones."""
+
+    def line_of(key):
+        for no, ln in enumerate(mtext.splitlines(), 1):
+            if ln.strip().startswith(key):
+                return no
+        return 0
+
+    opts = dict(DEFAULT_OPTIONS)
+    given = manifest.get("options", {})
+    if not isinstance(given, dict):
+        problems.append(Problem("manifest.toml", line_of("options"), "options", "[options] must be a table"))
+        return opts
+    for k, v in given.items():
+        if k not in DEFAULT_OPTIONS:
+            problems.append(Problem("manifest.toml", line_of(k), k, "unknown option"))
+            continue
+        bad = None
+        if k == "match_mode" and v not in ("any_of", "all_listed"):
+            bad = "must be 'any_of' or 'all_listed'"
+        elif k == "cci_levels" and not (
+            isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+            and 0 < v[0] <= v[1] <= v[2]
+        ):
+            bad = "must be three increasing positive integers [cci_1, cci_2, cci_3]"
+        elif k in ("severity_min_los", "death_discharge_mode", "conservative_max_level") and not (
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        ):
+            bad = "must be a non-negative integer"
+        elif k == "conservative_max_class" and v not in TREAT_CLASSES:
+            bad = f"must be one of {', '.join(TREAT_CLASSES)}"
+        elif k == "age_bands":
+            if not isinstance(v, list):
+                bad = "must be a list of 'name:low:high' strings"
+            else:
+                names = set()
+                for band in v:
+                    try:
+                        name = parse_age_band(band if isinstance(band, str) else "")[0]
+                    except ValueError as e:
+                        bad = str(e)
+                        break
+                    if name in names:
+                        bad = f"age band {name} twice"
+                        break
+                    names.add(name)
+        if bad:
+            problems.append(Problem("manifest.toml", line_of(k), k, f"option {k} = {v!r}: {bad}"))
+        else:
+            opts[k] = v
+    return opts
+
+
+def _check(directory: Path):
+    """Check a rule set; returns ``(problems, manifest, options, rows by file)``."""
+    problems: list[Problem] = []
+    directory = Path(directory)
+    rows: dict[str, list | None] = {}
+    if not directory.is_dir():
+        return [Problem(str(directory), 0, "", "rule-set directory not found")], {}, dict(DEFAULT_OPTIONS), rows
+    mpath = directory / "manifest.toml"
+    manifest: dict = {}
+    mtext = ""
+    if not mpath.exists():
+        problems.append(Problem("manifest.toml", 0, "", "manifest.toml missing"))
+    else:
+        from dipengine.errors import DataError
+
+        try:
+            manifest = read_manifest(directory)
+            mtext = mpath.read_text(encoding="utf-8")
+        except DataError as e:
+            problems.append(Problem("manifest.toml", 0, "", e.message))
+    if manifest:
+        for key in ("name", "version"):
+            if not isinstance(manifest.get(key), str) or not manifest.get(key):
+                problems.append(Problem("manifest.toml", 0, key, f"'{key}' missing (a non-empty string)"))
+        for fname, msg in verify_files(directory, manifest):
+            problems.append(Problem(fname, 0, "", msg))
+        listed = manifest.get("files", {}) if isinstance(manifest.get("files"), dict) else {}
+        for fname in TABLES:
+            if (directory / fname).exists() and fname not in listed:
+                problems.append(Problem(fname, 0, "", "not listed in manifest.toml [files] (no sha256)"))
+    options = _check_options(manifest, mtext, problems) if manifest else dict(DEFAULT_OPTIONS)
+
+    for fname in TABLES:
+        rows[fname] = _table_rows(directory, fname, problems)
+
+    # groups.csv
+    codes_seen: dict[str, int] = {}
+    keys_seen: dict[tuple, int] = {}
+    n_blank = 0
+    for line, r in rows["groups.csv"] or []:
+        f = "groups.csv"
+        code = r["dip_code"]
+        if not code:
+            problems.append(Problem(f, line, "dip_code", "empty dip_code"))
+        elif code in codes_seen:
+            problems.append(Problem(f, line, "dip_code", f"duplicate dip_code {code!r} (first on line {codes_seen[code]})"))
+        else:
+            codes_seen[code] = line
+        gtype, cls, dx, expr = r["group_type"], r["treat_class"], r["dx_key"], r["proc_expr"]
+        if gtype not in GROUP_TYPES:
+            problems.append(Problem(f, line, "group_type", f"unknown group_type {gtype!r} (one of {', '.join(GROUP_TYPES)})"))
+            gtype = None
+        if gtype == "blank":
+            if cls and cls not in TREAT_CLASSES:
+                problems.append(Problem(f, line, "treat_class", f"unknown treat_class {cls!r}"))
+        elif cls not in TREAT_CLASSES:
+            problems.append(Problem(f, line, "treat_class", f"unknown treat_class {cls!r} (one of {', '.join(TREAT_CLASSES)})"))
+            cls = None
+        terms = None
+        try:
+            terms = parse_proc_expr(expr)
+        except ValueError as e:
+            problems.append(Problem(f, line, "proc_expr", f"malformed proc_expr: {e}"))
+        score = _float(r["score"])
+        if score is None or score <= 0:
+            problems.append(Problem(f, line, "score", f"score must be a positive number, got {r['score']!r}"))
+        avg = _float(r["avg_cost"])
+        if avg is None or avg < 0:
+            problems.append(Problem(f, line, "avg_cost", f"avg_cost must be a non-negative number of yuan, got {r['avg_cost']!r}"))
+        n = r.get("n_cases", "")
+        if n and not (n.isdigit() and n.isascii()):
+            problems.append(Problem(f, line, "n_cases", f"n_cases must be a non-negative integer, got {n!r}"))
+        if gtype in ("core", "basic"):
+            if not _DX_SUB.match(dx):
+                problems.append(Problem(f, line, "dx_key", f"{gtype} dx_key must be a subcategory like 'K35.8', got {dx!r}"))
+            if terms is not None and cls is not None and (len(terms) == 0) != (cls == "conservative"):
+                problems.append(Problem(f, line, "treat_class",
+                                        "conservative groups have an empty proc_expr and procedure groups a non-empty one"))
+            if terms is not None:
+                key = ("sub", dx, canonical_expr(terms))
+                if key in keys_seen:
+                    problems.append(Problem(f, line, "proc_expr",
+                                            f"same dx_key {dx!r} and proc_expr {expr!r} as line {keys_seen[key]}"))
+                else:
+                    keys_seen[key] = line
+        elif gtype == "comprehensive":
+            m = _DX_RANGE.match(dx)
+            if "-" in dx:
+                if not m or category_number(m.group(1)) > category_number(m.group(2)):
+                    problems.append(Problem(f, line, "dx_key", f"malformed range {dx!r} (like 'A00-B99', start <= end)"))
+            elif not _DX_PREFIX.match(dx):
+                problems.append(Problem(f, line, "dx_key",
+                                        f"comprehensive dx_key must be a category 'K35', a shorter prefix or a range 'A00-B99', got {dx!r}"))
+            if expr:
+                problems.append(Problem(f, line, "proc_expr", "comprehensive groups take no proc_expr (they match on treat_class)"))
+            key = ("comp", dx, cls)
+            if key in keys_seen:
+                problems.append(Problem(f, line, "dx_key", f"same dx_key {dx!r} and treat_class {cls!r} as line {keys_seen[key]}"))
+            else:
+                keys_seen[key] = line
+        elif gtype == "blank":
+            n_blank += 1
+            if dx or expr:
+                problems.append(Problem(f, line, "dx_key" if dx else "proc_expr", "the blank group has empty dx_key and proc_expr"))
+            if n_blank > 1:
+                problems.append(Problem(f, line, "group_type", "more than one blank group"))
+
+    # procedures.csv
+    seen: dict[str, int] = {}
+    for line, r in rows["procedures.csv"] or []:
+        f = "procedures.csv"
+        if not _PROC.match(r["code"]):
+            problems.append(Problem(f, line, "code", f"{r['code']!r} is not a well-formed procedure code"))
+        elif r["code"] in seen:
+            problems.append(Problem(f, line, "code", f"duplicate code {r['code']!r} (first on line {seen[r['code']]})"))
+        else:
+            seen[r["code"]] = line
+        if r["class"] not in TREAT_CLASSES:
+            problems.append(Problem(f, line, "class", f"unknown class {r['class']!r} (one of {', '.join(TREAT_CLASSES)})"))
+        lv = r.get("level", "")
+        if lv and lv not in ("1", "2", "3", "4"):
+            problems.append(Problem(f, line, "level", f"level must be 1-4 or empty, got {lv!r}"))
+
+    for fname, pat, what in (("excluded_dx.csv", _DX_ANY_PREFIX, "diagnosis"), ("excluded_proc.csv", _PROC_ANY_PREFIX, "procedure")):
+        seen = {}
+        for line, r in rows[fname] or []:
+            if not pat.match(r["code"]):
+                problems.append(Problem(fname, line, "code", f"{r['code']!r} is not a {what} code prefix"))
+            elif r["code"] in seen:
+                problems.append(Problem(fname, line, "code", f"duplicate code {r['code']!r}"))
+            seen[r["code"]] = line
+
+    band_names = [parse_age_band(b)[0] for b in options["age_bands"]]
+    subtypes = set(FIXED_SUBTYPES) | set(band_names)
+    seen = {}
+    for line, r in rows["aux_coefficients.csv"] or []:
+        f = "aux_coefficients.csv"
+        if r["dip_code"] not in codes_seen:
+            problems.append(Problem(f, line, "dip_code", f"dip_code {r['dip_code']!r} not in groups.csv"))
+        if r["subtype"] not in subtypes:
+            problems.append(Problem(f, line, "subtype", f"unknown subtype {r['subtype']!r}"))
+        key = (r["dip_code"], r["subtype"])
+        if key in seen:
+            problems.append(Problem(f, line, "subtype", f"subtype given twice for {r['dip_code']!r} (line {seen[key]})"))
+        seen[key] = line
+        c = _float(r["coefficient"])
+        if c is None or c <= 0:
+            problems.append(Problem(f, line, "coefficient", f"coefficient must be a positive number, got {r['coefficient']!r}"))
+
+    for fname, col, check in (
+        ("cci_weights.csv", "weight", lambda v: v.isdigit() and v.isascii() and int(v) > 0),
+        ("severity_dx.csv", "level", lambda v: v in SEVERITY_LEVELS),
+    ):
+        seen = {}
+        for line, r in rows[fname] or []:
+            if not _DX_ANY_PREFIX.match(r["dx_prefix"]):
+                problems.append(Problem(fname, line, "dx_prefix", f"{r['dx_prefix']!r} is not a diagnosis code prefix"))
+            elif r["dx_prefix"] in seen:
+                problems.append(Problem(fname, line, "dx_prefix", f"duplicate dx_prefix {r['dx_prefix']!r} (line {seen[r['dx_prefix']]})"))
+            seen[r["dx_prefix"]] = line
+            if not check(r[col]):
+                want = "a positive integer" if col == "weight" else "II or III"
+                problems.append(Problem(fname, line, col, f"{col} must be {want}, got {r[col]!r}"))
+    return problems, manifest, options, rows
+
+
+def check_rules(path) -> list[Problem]:
+    """Every problem of the rule set in ``path`` (empty list when it loads).
+
+    Problems name file, line (1 = header, 0 = the file as a whole) and column.
+    """
+    return _check(Path(path))[0]
+
+
+# --------------------------------------------------------------------------- RuleSet
+
+
+@dataclass
+class RuleSet:
+    """A checked rule set.
+
+    Attributes
+    ----------
+    path : Path
+    manifest : dict
+        The parsed ``manifest.toml``.
+    name, version : str
+    options : dict
+        Regional grouping options (``[options]`` over :data:`DEFAULT_OPTIONS`).
+    sha256 : dict
+        File name -> sha256 hex digest, as verified at load.
+    groups : pa.Table
+        ``dip_code, dip_name, group_type, dx_key, proc_expr, treat_class`` (string; empty
+        string where blank), ``score`` (float64, points), ``avg_cost`` (float64, yuan),
+        ``n_cases`` (int64). Row order = file order = group index.
+    procedures, excluded_dx, excluded_proc, aux_coefficients, cci_weights, severity_dx : pa.Table
+        The optional tables (empty tables with the columns when absent).
+    compiled : Compiled
+        Flat arrays for the Cython grouper (:func:`compile_rules`), built once at load.
+    """
+
+    path: Path
+    manifest: dict
+    name: str
+    version: str
+    options: dict
+    sha256: dict
+    groups: pa.Table
+    procedures: pa.Table
+    excluded_dx: pa.Table
+    excluded_proc: pa.Table
+    aux_coefficients: pa.Table
+    cci_weights: pa.Table
+    severity_dx: pa.Table
+    compiled: "Compiled" = field(default=None, repr=False)
+
+    @property
+    def subtypes(self) -> list[str]:
+        """Auxiliary subtype names in tie-break order (fixed subtypes, then age bands)."""
+        return list(FIXED_SUBTYPES) + [parse_age_band(b)[0] for b in self.options["age_bands"]]
+
+
+def _typed(rows, columns: dict) -> pa.Table:
+    """Rows ``(line, {col: text})`` -> typed table; ``columns`` maps name -> converter."""
+    data = {c: [conv(r.get(c, "")) for _line, r in rows or []] for c, conv in columns.items()}
+    return pa.table({c: pa.array(v, type=_TYPES[c]) for c, v in data.items()})
+
+
+_TYPES = {
+    "dip_code": pa.string(), "dip_name": pa.string(), "group_type": pa.string(), "dx_key": pa.string(),
+    "proc_expr": pa.string(), "treat_class": pa.string(), "score": pa.float64(), "avg_cost": pa.float64(),
+    "n_cases": pa.int64(), "code": pa.string(), "class": pa.string(), "level": pa.int8(),
+    "subtype": pa.string(), "coefficient": pa.float64(), "dx_prefix": pa.string(), "weight": pa.int32(),
+    "category": pa.string(),
+}
+
+
+def load_rules(path) -> RuleSet:
+    """Load, check and compile a rule set.
+
+    Raises
+    ------
+    RuleSetError
+        Listing every problem (``.problems``) when :func:`check_rules` finds any.
+    """
+    path = Path(path)
+    problems, manifest, options, rows = _check(path)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise RuleSetError(f"rule set does not check: {first}{more}", problems=problems, file=path)
+    s = str
+    rs = RuleSet(
+        path=path,
+        manifest=manifest,
+        name=manifest["name"],
+        version=manifest["version"],
+        options=options,
+        sha256=dict(manifest.get("files", {})),
+        groups=_typed(rows["groups.csv"], {
+            "dip_code": s, "dip_name": s, "group_type": s, "dx_key": s, "proc_expr": s, "treat_class": s,
+            "score": float, "avg_cost": float, "n_cases": lambda v: int(v) if v else 0}),
+        procedures=_typed(rows["procedures.csv"], {"code": s, "class": s, "level": lambda v: int(v) if v else 0}),
+        excluded_dx=_typed(rows["excluded_dx.csv"], {"code": s}),
+        excluded_proc=_typed(rows["excluded_proc.csv"], {"code": s}),
+        aux_coefficients=_typed(rows["aux_coefficients.csv"], {"dip_code": s, "subtype": s, "coefficient": float}),
+        cci_weights=_typed(rows["cci_weights.csv"], {"dx_prefix": s, "weight": int, "category": s}),
+        severity_dx=_typed(rows["severity_dx.csv"], {"dx_prefix": s, "level": SEVERITY_LEVELS.get}),
+    )
+    rs.compiled = compile_rules(rs)
+    return rs
+
+
+def write_rule_set(directory, tables: dict, meta: dict) -> Path:
+    """Write a rule set: one CSV per table plus ``manifest.toml`` with their sha256.
+
+    Parameters
+    ----------
+    directory : path
+        Replaced whole and atomically (written beside it, then renamed).
+    tables : dict
+        File name (``"groups.csv"`` or ``"groups"``) -> ``pa.Table`` (or list of dicts).
+        Columns are written in the order given; floats in their shortest round-trip form.
+    meta : dict
+        Manifest keys (``name``, ``version``, ``scheme``, ``effective_from`` ...), optionally
+        an ``options`` dict (the ``[options]`` table).
+    """
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        names = []
+        for fname, table in tables.items():
+            if not fname.endswith(".csv"):
+                fname += ".csv"
+            if isinstance(table, pa.Table):
+                cols = table.column_names
+                records = table.to_pylist()
+            else:
+                records = list(table)
+                cols = list(records[0]) if records else list(TABLES.get(fname, ((), (), False))[0])
+            with open(tmp / fname, "w", encoding="utf-8", newline="") as fh:
+                w = csv.writer(fh, lineterminator="\n")
+                w.writerow(cols)
+                for rec in records:
+                    w.writerow(["" if rec.get(c) is None else (repr(rec[c]) if isinstance(rec[c], float) else rec[c])
+                                for c in cols])
+            names.append(fname)
+        write_manifest(tmp, meta, names)
+    return directory
+
+
+# --------------------------------------------------------------------------- compilation
+
+
+@dataclass
+class Compiled:
+    """Flat arrays of a rule set, walked by ``dipengine._libs.grouping`` (all C-contiguous).
+
+    Group index = row of ``groups``. Vocabulary arrays (``pa.Array`` of strings) map a batch's
+    codes to integer ids with ``pc.index_in``. See ``docs/grouping.md``.
+    """
+
+    sub_vocab: pa.Array          # subcategory keys of core/basic groups
+    sub_off: np.ndarray          # int64[n_sub + 1] -> sub_cand
+    sub_cand: np.ndarray         # int32 candidate group indices per subcategory, by row order
+    proc_vocab: pa.Array         # procedure codes used in expressions
+    g_type: np.ndarray           # int8: 0 core, 1 basic, 2 comprehensive, 3 blank
+    g_class: np.ndarray          # int8 treat_class rank (-1 blank without class)
+    g_rank: np.ndarray           # int8 priority rank (PRIORITY)
+    g_avg_fen: np.ndarray        # int64 avg_cost in fen
+    g_term_off: np.ndarray       # int64[n_groups + 1] -> term_off
+    term_off: np.ndarray         # int64[n_terms + 1] -> term_codes
+    term_codes: np.ndarray       # int32 procedure ids
+    comp_lookup: np.ndarray      # int32[2600 * 4]: (category number, class) -> comprehensive group
+    blank: int                   # blank group index or -1
+    aux_off: np.ndarray          # int64[n_groups + 1] -> aux_sub / aux_coef
+    aux_sub: np.ndarray          # int8 subtype index (RuleSet.subtypes order)
+    aux_coef: np.ndarray         # float64 coefficients
+    band_lo: np.ndarray          # int32 age-key limits per age band
+    band_hi: np.ndarray
+    cci_cuts: np.ndarray         # int32[3]
+    cci_categories: list         # category names (index = cci category id)
+    match_all: int               # 1 = all_listed mode
+    severity_min_los: int
+    death_mode: int
+    cons_max_class: int
+    cons_max_level: int
+    proc_class: dict             # procedures.csv code -> (class rank, level)
+
+
+def compile_rules(rs: RuleSet) -> Compiled:
+    """Compile a checked rule set into flat arrays (once per rule version)."""
+    g = rs.groups.to_pydict()
+    n = rs.groups.num_rows
+    gtype = g["group_type"]
+    parsed = [parse_proc_expr(e) for e in g["proc_expr"]]
+    proc_codes = sorted({c for terms in parsed for t in terms for c in t})
+    proc_id = {c: i for i, c in enumerate(proc_codes)}
+    subs = sorted({g["dx_key"][i] for i in range(n) if gtype[i] in ("core", "basic")})
+    sub_id = {s: i for i, s in enumerate(subs)}
+    cand: list[list[int]] = [[] for _ in subs]
+    for i in range(n):
+        if gtype[i] in ("core", "basic"):
+            cand[sub_id[g["dx_key"][i]]].append(i)
+    sub_off = np.zeros(len(subs) + 1, np.int64)
+    sub_off[1:] = np.cumsum([len(c) for c in cand])
+    cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
+    g_class = np.array([cls_rank.get(c, -1) for c in g["treat_class"]], np.int8)
+    g_rank = np.array([PRIORITY[(t, None if t == "blank" else c)] for t, c in zip(gtype, g["treat_class"])], np.int8)
+    g_avg_fen = np.array([int(math.floor(a * 100 + 0.5)) for a in g["avg_cost"]], np.int64)
+    g_term_off = np.zeros(n + 1, np.int64)
+    g_term_off[1:] = np.cumsum([len(t) for t in parsed])
+    terms = [t for ts in parsed for t in ts]
+    term_off = np.zeros(len(terms) + 1, np.int64)
+    term_off[1:] = np.cumsum([len(t) for t in terms])
+    term_codes = np.array([proc_id[c] for t in terms for c in t], np.int32)
+
+    # Comprehensive lookup: per (category, class), the longest prefix, then the narrowest range.
+    comp_lookup = np.full(2600 * 4, -1, np.int32)
+    prefix = {}
+    ranges = []
+    for i in range(n):
+        if gtype[i] != "comprehensive":
+            continue
+        key = g["dx_key"][i]
+        k = cls_rank[g["treat_class"][i]]
+        m = _DX_RANGE.match(key)
+        if m:
+            lo, hi = category_number(m.group(1)), category_number(m.group(2))
+            ranges.append((hi - lo, i, lo, hi, k))
+        else:
+            prefix[(key, k)] = i
+    # Fill from the weakest match to the strongest so the strongest is written last: ranges
+    # widest first (ties: higher row first), then prefixes of length 1, 2, 3.
+    table = comp_lookup.reshape(2600, 4)
+    for _w, i, lo, hi, k in sorted(ranges, key=lambda r: (-r[0], -r[1])):
+        table[lo:hi + 1, k] = i
+    for (key, k), i in sorted(prefix.items(), key=lambda kv: len(kv[0][0])):
+        base = (ord(key[0]) - 65) * 100
+        if len(key) == 1:
+            table[base:base + 100, k] = i
+        elif len(key) == 2:
+            table[base + int(key[1]) * 10:base + int(key[1]) * 10 + 10, k] = i
+        else:
+            table[base + int(key[1:]), k] = i
+    blank = next((i for i in range(n) if gtype[i] == "blank"), -1)
+
+    subtypes = rs.subtypes
+    st_id = {s: k for k, s in enumerate(subtypes)}
+    code_row = {c: i for i, c in enumerate(g["dip_code"])}
+    aux = [[] for _ in range(n)]
+    a = rs.aux_coefficients.to_pydict()
+    for code, st, coef in zip(a["dip_code"], a["subtype"], a["coefficient"]):
+        aux[code_row[code]].append((st_id[st], coef))
+    aux_off = np.zeros(n + 1, np.int64)
+    aux_off[1:] = np.cumsum([len(x) for x in aux])
+    bands = [parse_age_band(b) for b in rs.options["age_bands"]]
+    cci_cats = []
+    for name in cci_category_names(rs):
+        if name not in cci_cats:
+            cci_cats.append(name)
+    pr = rs.procedures.to_pydict()
+    o = rs.options
+    return Compiled(
+        sub_vocab=pa.array(subs, pa.string()),
+        sub_off=sub_off,
+        sub_cand=np.array([i for c in cand for i in c], np.int32),
+        proc_vocab=pa.array(proc_codes, pa.string()),
+        g_type=np.array([GROUP_TYPES.index(t) for t in gtype], np.int8),
+        g_class=g_class,
+        g_rank=g_rank,
+        g_avg_fen=g_avg_fen,
+        g_term_off=g_term_off,
+        term_off=term_off,
+        term_codes=term_codes,
+        comp_lookup=comp_lookup,
+        blank=blank,
+        aux_off=aux_off,
+        aux_sub=np.array([s for x in aux for s, _ in x], np.int8),
+        aux_coef=np.array([c for x in aux for _, c in x], np.float64),
+        band_lo=np.array([b[1] for b in bands], np.int32),
+        band_hi=np.array([b[2] for b in bands], np.int32),
+        cci_cuts=np.array(o["cci_levels"], np.int32),
+        cci_categories=cci_cats,
+        match_all=1 if o["match_mode"] == "all_listed" else 0,
+        severity_min_los=int(o["severity_min_los"]),
+        death_mode=int(o["death_discharge_mode"]),
+        cons_max_class=cls_rank[o["conservative_max_class"]],
+        cons_max_level=int(o["conservative_max_level"]),
+        proc_class={c: (cls_rank[k], lv) for c, k, lv in zip(pr["code"], pr["class"], pr["level"])},
+    )
+
+
+def cci_category_names(rs: RuleSet) -> list[str]:
+    """Comorbidity category of each ``cci_weights`` row (its ``category``, else its prefix)."""
+    return [c or p for p, c in zip(rs.cci_weights["dx_prefix"].to_pylist(), rs.cci_weights["category"].to_pylist())]
+
+
+def longest_prefix(values: pa.Array, prefixes: list[str]) -> np.ndarray:
+    """Row of the longest entry of ``prefixes`` that starts each value (int32, -1 none).
+
+    Vectorised: one ``pc.index_in`` per distinct prefix length, so cost is O(len(values)).
+    """
+    out = np.full(len(values), -1, np.int32)
+    if len(values) == 0 or not prefixes:
+        return out
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prefixes):
+        by_len.setdefault(len(p), []).append(i)
+    for L in sorted(by_len, reverse=True):
+        rows = by_len[L]
+        vocab = pa.array([prefixes[i] for i in rows], pa.string())
+        head = pc.utf8_slice_codeunits(values, 0, L)
+        idx = pc.fill_null(pc.index_in(head, value_set=vocab), -1).to_numpy(zero_copy_only=False)
+        hit = (idx >= 0) & (out < 0)
+        out[hit] = np.asarray(rows, np.int32)[idx[hit]]
+    return out

@@ -1,0 +1,459 @@
+"""Point values and settlement: monthly pre-settlement and annual clearing (dip-rules §5, §7).
+
+:func:`settle` reads and groups the cases, scores them (:mod:`dipengine.scoring`) and hands over
+to :func:`settle_scored`, which works on already scored tables (and is what the tests drive by
+hand). Money is int64 fen; case points are exact integers of 1/10,000 point; each amount takes
+one half-up rounding step, and in a floating-value annual run the hospital standards of a pool
+are reconciled to the pool's total-cost budget by largest remainder. See ``docs/settlement.md``.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dipengine._libs.scoring import count_by_label, sum_by_label
+from dipengine.errors import DataError
+from dipengine.io import atomic_dir, read_table, sha256_file, source_files, write_table
+from dipengine.money import largest_remainder, round_half_up
+from dipengine.policy import POOLS, Policy, load_policy
+from dipengine.scoring import SCORED_PATHS, _as_table, _codes, _np, case_points
+
+MONEY_CASE_COLUMNS = ("standard_fen", "patient_paid_fen", "fund_due_fen", "fund_paid_fen")
+MONEY_HOSPITAL_COLUMNS = ("standard_fen", "patient_paid_fen", "fund_due_fen", "recorded_fen",
+                          "clearing_fen", "monthly_paid_fen", "deposit_fen", "final_fen")
+# Columns of the normalised case table (docs/architecture.md); anything else is carried through.
+NORMALISED_COLUMNS = frozenset((
+    "case_id", "hospital_id", "patient_id", "insurance_type", "person_type", "insured_region",
+    "remote_filing", "sex", "age", "age_days", "los", "admit_date", "discharge_date",
+    "discharge_mode", "main_dx", "main_proc", "other_dx", "other_procs", "total_cost_fen",
+    "fund_paid_fen", "patient_paid_fen", "out_of_catalogue_cost_fen", "class_b_cost_fen",
+    "reason", "reason_detail",
+))
+
+HOSPITAL_SCHEMA = pa.schema([
+    ("hospital_id", pa.string()), ("pool", pa.string()), ("level", pa.int8()),
+    ("n_cases", pa.int64()), ("points", pa.float64()), ("points_e4", pa.int64()),
+    ("standard_fen", pa.int64()), ("patient_paid_fen", pa.int64()), ("fund_due_fen", pa.int64()),
+    ("assessment_coef", pa.float64()), ("fund_due_assessed_fen", pa.int64()),
+    ("recorded_fen", pa.int64()), ("ratio_R", pa.float64()), ("band", pa.string()),
+    ("clearing_fen", pa.int64()), ("monthly_paid_fen", pa.int64()), ("deposit_fen", pa.int64()),
+    ("final_fen", pa.int64()), ("n_rejected", pa.int64()), ("n_out_of_pool", pa.int64()),
+])
+
+
+def parse_period(period) -> tuple[str, int, int | None]:
+    """``"YYYY"`` -> ``("annual", year, None)``; ``"YYYY-MM"`` -> ``("monthly", year, month)``."""
+    m = re.fullmatch(r"(\d{4})(?:-(\d{2}))?", str(period).strip())
+    if not m or (m.group(2) and not 1 <= int(m.group(2)) <= 12):
+        raise DataError("period must be YYYY (annual clearing) or YYYY-MM (monthly)", column="period",
+                        value=str(period))
+    year = int(m.group(1))
+    return ("monthly", year, int(m.group(2))) if m.group(2) else ("annual", year, None)
+
+
+def _dec(x) -> Decimal:
+    return Decimal(x) if isinstance(x, int) else Decimal(repr(float(x)))
+
+
+def _half_up(x: Decimal) -> int:
+    return int(x.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def total_cost_budget_fen(method: str, fund_available_fen: int, patient_paid_fen: int,
+                          fund_paid_fen: int, total_cost_fen: int) -> int:
+    """A pool's budget in total-cost terms (fen), dip-rules §5.3.
+
+    ``fund_plus_personal``: fund available + personal payments of the pool's cases.
+    ``fund_over_share``: fund available / (Σ fund paid / Σ total cost), half up, in exact integers.
+    """
+    if method == "fund_plus_personal":
+        return int(fund_available_fen) + int(patient_paid_fen)
+    if fund_paid_fen <= 0:
+        raise DataError("fund_over_share needs recorded fund payments in the pool, found none",
+                        column="fund_paid")
+    num, den = int(fund_available_fen) * int(total_cost_fen), int(fund_paid_fen)
+    return (2 * num + den) // (2 * den)
+
+
+def point_value_fen(total_cost_budget: int, points_e4: int) -> float:
+    """Settlement point value in fen per point: budget (fen) / Σ points (from 1/10,000 units)."""
+    if points_e4 <= 0:
+        return float("nan")
+    return total_cost_budget * 10000.0 / points_e4
+
+
+def clearing_amount(due_assessed_fen: int, recorded_fen: int, bands) -> tuple[int, float | None, str | None]:
+    """The band rule of contract §5 for one hospital and pool.
+
+    Returns ``(clearing_fen, R, band rule)``; ``R = recorded / due'``. When ``due' <= 0`` and
+    nothing was recorded, R is undefined and the clearing is ``due'`` (band ``None``).
+    """
+    due, rec = int(due_assessed_fen), int(recorded_fen)
+    if due > 0:
+        ratio = rec / due
+        r_dec = Decimal(rec) / Decimal(due)
+    elif rec > 0:
+        ratio, r_dec = float("inf"), None
+    else:
+        return due, None, None
+    band = bands[-1]
+    for b in bands:
+        if b.upper is None or (r_dec is not None and r_dec <= _dec(b.upper)):
+            band = b
+            break
+    D, Rc = Decimal(due), Decimal(rec)
+    if band.rule == "partial_retention":
+        amount = Rc + _dec(band.share) * (D - Rc)
+    elif band.rule == "pay_due":
+        amount = D
+    elif band.rule == "share_overspend":
+        amount = D + _dec(band.fund_share) * (Rc - D)
+    else:  # cap
+        amount = D + _dec(band.fund_share) * _dec(band.cap_over) * D
+    return _half_up(amount), ratio, band.rule
+
+
+def monthly_payment(standard_fen: int, patient_paid_fen: int, recorded_fen: int,
+                    policy: Policy) -> tuple[int, int]:
+    """Monthly pre-settlement of one hospital and pool: ``(paid_fen, deposit_fen)``.
+
+    ``points``: gross = standard − patient payments; the quality deposit (half up, only on a
+    positive gross) is withheld. ``recorded_advance``: recorded × advance rate is paid and the
+    rest of the recorded amount is held for the clearing.
+    """
+    if policy.monthly_method == "points":
+        gross = int(standard_fen) - int(patient_paid_fen)
+        deposit = _half_up(Decimal(gross) * _dec(policy.quality_deposit)) if gross > 0 else 0
+        return gross - deposit, deposit
+    paid = _half_up(Decimal(int(recorded_fen)) * _dec(policy.monthly_advance_rate))
+    return paid, int(recorded_fen) - paid
+
+
+def read_monthly(dirs, year: int) -> dict:
+    """Sum the monthly statements of ``year``: ``{(hospital_id, pool): (paid_fen, deposit_fen)}``.
+
+    Each directory is a monthly ``settle --out``; its ``manifest.json`` must name a month of
+    ``year`` and no month may appear twice.
+    """
+    sums: dict = {}
+    seen = {}
+    for d in dirs:
+        d = Path(d)
+        mpath = d / "manifest.json"
+        if not mpath.exists():
+            raise DataError("not a settlement output (manifest.json missing)", file=d)
+        try:
+            period = json.loads(mpath.read_text(encoding="utf-8")).get("period")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"malformed JSON ({e})", file=mpath) from None
+        kind, y, m = parse_period(period) if period else ("?", None, None)
+        if kind != "monthly" or y != year:
+            raise DataError(f"not a monthly statement of {year}", file=mpath, column="period", value=period)
+        if period in seen:
+            raise DataError(f"month given twice (also in {seen[period]})", file=mpath, column="period",
+                            value=period)
+        seen[period] = str(d)
+        t = read_table(d / "hospitals.parquet") if (d / "hospitals.parquet").exists() else None
+        if t is None:
+            raise DataError("monthly statement missing", file=d / "hospitals.parquet")
+        for col in ("hospital_id", "pool", "monthly_paid_fen", "deposit_fen"):
+            if col not in t.column_names:
+                raise DataError("required column missing", file=d / "hospitals.parquet", column=col)
+        for r in t.select(["hospital_id", "pool", "monthly_paid_fen", "deposit_fen"]).to_pylist():
+            key = (r["hospital_id"], r["pool"])
+            paid, dep = sums.get(key, (0, 0))
+            sums[key] = (paid + (r["monthly_paid_fen"] or 0), dep + (r["deposit_fen"] or 0))
+    return sums
+
+
+@dataclass
+class SettlementResult:
+    """Case results (contract §6.2), hospital statements (§6.3) and the manifest (§6.4)."""
+
+    cases: pa.Table
+    hospitals: pa.Table
+    manifest: dict
+
+    def write(self, out_dir) -> Path:
+        """Write ``cases.parquet``, ``hospitals.parquet``, ``hospitals.csv``, ``manifest.json``
+        into ``out_dir`` atomically (the whole directory appears at once, or not at all)."""
+        out_dir = Path(out_dir)
+        with atomic_dir(out_dir) as tmp:
+            write_table(self.cases, tmp / "cases.parquet")
+            write_table(self.hospitals, tmp / "hospitals.parquet")
+            write_table(self.hospitals, tmp / "hospitals.csv")
+            (tmp / "manifest.json").write_text(
+                json.dumps(self.manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
+                encoding="utf-8")
+        return out_dir
+
+
+def _counts(col) -> dict:
+    vc = pc.value_counts(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).to_pylist()
+    out = {("(none)" if d["values"] is None else str(d["values"])): d["counts"] for d in vc}
+    return dict(sorted(out.items()))
+
+
+def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, period, *,
+                  monthly: dict | None = None) -> SettlementResult:
+    """Settle cases already scored by :func:`dipengine.scoring.case_points`.
+
+    Parameters
+    ----------
+    scored : pa.Table
+        Output of ``case_points`` (rows in input order).
+    cases : pa.Table
+        The normalised cases of the same rows (money columns ``*_fen``, extra columns).
+    hospitals : pa.Table
+        The registry.
+    policy : Policy
+    period : str
+        ``YYYY-MM`` (monthly pre-settlement at the budget point value) or ``YYYY`` (annual
+        clearing at the settlement point value).
+    monthly : dict, optional
+        ``{(hospital_id, pool): (paid_fen, deposit_fen)}`` from :func:`read_monthly` (annual only).
+    """
+    kind, year, _ = parse_period(period)
+    cases = _as_table(cases)
+    n = scored.num_rows
+    hosp_ids = hospitals["hospital_id"].combine_chunks()
+    n_h = len(hosp_ids)
+    h = _codes(scored["hospital_id"], hosp_ids)
+    pool = _codes(scored["pool"], pa.array(POOLS))
+    in_pool = _np(scored["in_pool"], np.bool_, False)
+    scored_mask = _np(pc.is_in(scored["match_path"], pa.array(SCORED_PATHS)), np.bool_, False)
+    pe4 = _np(scored["points_e4"], np.int64, 0)
+    patient = _np(cases["patient_paid_fen"], np.int64, 0)
+    fund = _np(cases["fund_paid_fen"], np.int64, 0)
+    total = _np(cases["total_cost_fen"], np.int64, 0)
+    n_labels = 2 * n_h
+    ok = (h >= 0) & (pool >= 0)
+    base = np.where(ok, h * 2 + pool, -1).astype(np.int32)
+
+    def sums(mask, values=None):
+        lab = np.where(mask, base, -1).astype(np.int32)
+        out = np.zeros(n_labels, dtype=np.int64)
+        if values is None:
+            count_by_label(lab, out)
+        else:
+            sum_by_label(lab, np.ascontiguousarray(values, dtype=np.int64), out)
+        return out
+
+    h_units = sums(in_pool, pe4)
+    h_patient = sums(in_pool, patient)
+    h_fund = sums(in_pool, fund)
+    h_total = sums(in_pool, total)
+    h_n = sums(in_pool)
+    h_rejected = sums(~scored_mask)
+    h_out = sums(scored_mask & ~in_pool)
+
+    bv_fen = {p: policy.budget_value[p] * 100.0 for p in POOLS}
+    pool_info = {}
+    pv_case = np.zeros(2, dtype=np.float64)
+    h_standard = np.zeros(n_labels, dtype=np.int64)
+    rank = np.argsort(np.argsort(np.asarray(hosp_ids.to_pylist(), dtype=object), kind="stable"))
+    for pi, p in enumerate(POOLS):
+        sl = slice(pi, n_labels, 2)
+        U = int(h_units[sl].sum())
+        P, Fp, C = int(h_patient[sl].sum()), int(h_fund[sl].sum()), int(h_total[sl].sum())
+        info = {"budget_value_yuan": policy.budget_value[p], "points": U / 10000.0, "points_e4": U,
+                "patient_paid_fen": P, "recorded_fen": Fp, "total_cost_fen": C,
+                "n_cases": int(h_n[sl].sum())}
+        floating = False
+        if kind == "monthly":
+            pv = bv_fen[p]
+            info.update(point_value_used="budget")
+        else:
+            F = policy.fund_available_fen(p)
+            info.update(fund_budget_fen=policy.budget_fen[p], fund_available_fen=F,
+                        settlement_method=policy.settlement_method)
+            if U > 0:
+                T = total_cost_budget_fen(policy.settlement_method, F, P, Fp, C)
+                raw = point_value_fen(T, U)
+                pv = raw
+                clamped = False
+                if policy.band is not None:
+                    lo, hi = policy.band[0] * bv_fen[p], policy.band[1] * bv_fen[p]
+                    if raw < lo or raw > hi:
+                        pv, clamped = min(max(raw, lo), hi), True
+                floating = not clamped
+                info.update(total_cost_budget_fen=T, settlement_value_raw_yuan=raw / 100.0,
+                            clamped=clamped, point_value_used="settlement")
+            else:
+                pv = float("nan")
+                info.update(total_cost_budget_fen=None, settlement_value_raw_yuan=None, clamped=False,
+                            point_value_used="none (no points in the pool)")
+        info["point_value_yuan"] = None if np.isnan(pv) else pv / 100.0
+        info["reconciled_to_budget"] = floating
+        pv_case[pi] = 0.0 if np.isnan(pv) else pv
+        if floating:
+            h_standard[sl] = largest_remainder(h_units[sl].astype(np.float64), info["total_cost_budget_fen"],
+                                               keys=rank)
+        elif not np.isnan(pv):
+            h_standard[sl] = round_half_up(h_units[sl] * pv / 10000.0)
+        pool_info[p] = info
+
+    # case money
+    pv_rows = np.where(in_pool, pv_case[np.where(pool >= 0, pool, 0)], 0.0)
+    c_standard = np.where(in_pool, round_half_up(pe4 * pv_rows / 10000.0), 0)
+    c_fund_due = np.where(in_pool, c_standard - patient, 0)
+
+    # statements
+    h_due = h_standard - h_patient
+    assess = _np(hospitals["assessment_coef"], np.float64, 1.0)
+    h_level = _np(hospitals["level"], np.int8, 0)
+    monthly = monthly or {}
+    order = np.argsort(np.asarray(hosp_ids.to_pylist(), dtype=object), kind="stable")
+    rows = []
+    known = set()
+    for hi_ in order:
+        hid = hosp_ids[int(hi_)].as_py()
+        for pi, p in enumerate(POOLS):
+            lab = int(hi_) * 2 + pi
+            m_paid, m_dep = monthly.get((hid, p), (0, 0))
+            if not (h_n[lab] or h_rejected[lab] or h_out[lab] or (hid, p) in monthly):
+                continue
+            known.add((hid, p))
+            row = dict(hospital_id=hid, pool=p, level=int(h_level[hi_]), n_cases=int(h_n[lab]),
+                       points=h_units[lab] / 10000.0, points_e4=int(h_units[lab]),
+                       standard_fen=int(h_standard[lab]), patient_paid_fen=int(h_patient[lab]),
+                       fund_due_fen=int(h_due[lab]), assessment_coef=float(assess[hi_]),
+                       recorded_fen=int(h_fund[lab]), n_rejected=int(h_rejected[lab]),
+                       n_out_of_pool=int(h_out[lab]))
+            if kind == "monthly":
+                paid, dep = monthly_payment(row["standard_fen"], row["patient_paid_fen"],
+                                            row["recorded_fen"], policy)
+                row.update(fund_due_assessed_fen=None, ratio_R=None, band=None, clearing_fen=None,
+                           monthly_paid_fen=paid, deposit_fen=dep, final_fen=paid)
+            else:
+                due_a = _half_up(Decimal(row["fund_due_fen"]) * _dec(row["assessment_coef"]))
+                clearing, ratio, band = clearing_amount(due_a, row["recorded_fen"], policy.bands)
+                row.update(fund_due_assessed_fen=due_a, ratio_R=ratio, band=band, clearing_fen=clearing,
+                           monthly_paid_fen=int(m_paid), deposit_fen=int(m_dep),
+                           final_fen=clearing - int(m_paid))
+            rows.append(row)
+    unknown_monthly = sorted(k for k in monthly if k not in known)
+    if unknown_monthly:
+        raise DataError("monthly statement names a hospital/pool not in the registry",
+                        column="hospital_id", value=f"{unknown_monthly[0][0]}/{unknown_monthly[0][1]}")
+    statements = pa.Table.from_pylist(rows, schema=HOSPITAL_SCHEMA)
+
+    # case table: scored columns, money, then carried-through extra input columns
+    cols = {name: scored[name] for name in scored.column_names}
+    cols["standard_fen"] = pa.array(c_standard.astype(np.int64))
+    cols["patient_paid_fen"] = cases["patient_paid_fen"]
+    cols["fund_due_fen"] = pa.array(c_fund_due.astype(np.int64))
+    cols["fund_paid_fen"] = cases["fund_paid_fen"]
+    for name in cases.column_names:
+        if name not in NORMALISED_COLUMNS and name not in cols:
+            cols[name] = cases[name]
+    case_table = pa.table(cols)
+
+    for pi, p in enumerate(POOLS):
+        sel = pool == pi
+        pool_info[p]["case_standard_fen"] = int(c_standard[sel & in_pool].sum())
+        pool_info[p]["hospital_standard_fen"] = int(h_standard[pi::2].sum())
+        pool_info[p]["case_minus_hospital_standard_fen"] = (
+            pool_info[p]["case_standard_fen"] - pool_info[p]["hospital_standard_fen"])
+    manifest = {
+        "engine": "dipengine",
+        "version": _version(),
+        "command": "settle",
+        "period": str(period),
+        "kind": kind,
+        "policy": policy.as_dict(),
+        "pools": pool_info,
+        "total_points": sum(i["points_e4"] for i in pool_info.values()) / 10000.0,
+        "sums": {
+            "cases": {c: int(pc.sum(case_table[c]).as_py() or 0) for c in MONEY_CASE_COLUMNS},
+            "hospitals": {c: int(pc.sum(statements[c]).as_py() or 0) for c in MONEY_HOSPITAL_COLUMNS},
+        },
+        "counts": {
+            "cases": n,
+            "in_pool": int(in_pool.sum()),
+            "special_review": int(_np(scored["special_review"], np.bool_, False).sum()),
+            "without_statement": int((~ok).sum()),
+            "match_path": _counts(scored["match_path"]),
+            "deviation": _counts(scored["deviation"]),
+            "reason": _counts(scored["reason"]),
+            "locality": _counts(scored["locality"]),
+        },
+        "sha256": {"policy": dict(policy.sha256)},
+    }
+    return SettlementResult(cases=case_table, hospitals=statements, manifest=manifest)
+
+
+def _version() -> str:
+    from dipengine import __version__
+    return __version__
+
+
+def _is_normalised(obj) -> bool:
+    return isinstance(obj, pa.Table) and {"total_cost_fen", "reason"} <= set(obj.column_names)
+
+
+def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=None,
+           n_threads=None) -> SettlementResult:
+    """Read, group, score and settle a period (contract §1 ``settle``).
+
+    Parameters
+    ----------
+    cases : path, list of paths, or table
+        Raw case input (contract §2), or an already normalised table (``read_cases`` output).
+    rules : RuleSet or path
+        A rule set (``dipengine.rules.load_rules``).
+    policy : Policy or path
+        The pricing directory (``load_policy``).
+    hospitals : path or table
+        The registry.
+    period : str
+        ``YYYY-MM`` monthly pre-settlement, ``YYYY`` annual clearing.
+    monthly : list of paths, optional
+        Monthly output directories whose payments the annual clearing nets off.
+    progress : callable(done, total), optional
+        Passed to the reader.
+    """
+    from dipengine.hospitals import read_hospitals
+
+    kind, year, _ = parse_period(period)
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    if policy.year != year:
+        raise DataError(f"policy year {policy.year} does not match period {period}",
+                        file=policy.path / "policy.toml", column="year", value=policy.year)
+    if not hasattr(rules, "groups"):
+        from dipengine.rules import load_rules
+        rules = load_rules(rules)
+    hosp_files = source_files(hospitals) if not isinstance(hospitals, pa.Table) else []
+    hosp_table = hospitals if isinstance(hospitals, pa.Table) else read_hospitals(hospitals)
+    if monthly and kind != "annual":
+        raise DataError("--monthly applies to the annual clearing (period YYYY) only", column="period",
+                        value=str(period))
+    monthly_sums = read_monthly(monthly, year) if monthly else None
+    input_files = [] if isinstance(cases, (pa.Table, pa.RecordBatch)) or type(cases).__name__ == "DataFrame" \
+        else source_files(cases)
+    if _is_normalised(cases):
+        normalised = cases
+    else:
+        from dipengine.reader import read_cases
+        normalised = read_cases(cases, hosp_table, period=str(period), progress=progress)
+    from dipengine.grouper import group
+    grouped = group(normalised, rules, n_threads=n_threads)
+    scored = case_points(normalised, grouped, hosp_table, policy, groups=rules.groups)
+    result = settle_scored(scored, normalised, hosp_table, policy, period, monthly=monthly_sums)
+    m = result.manifest
+    m["parameters"] = {"period": str(period), "monthly": [str(d) for d in (monthly or [])]}
+    m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
+    m["sha256"]["hospitals"] = {str(f): sha256_file(f) for f in hosp_files}
+    m["sha256"]["monthly"] = {str(Path(d) / "hospitals.parquet"): sha256_file(Path(d) / "hospitals.parquet")
+                              for d in (monthly or [])}
+    m["sha256"]["rules"] = dict(getattr(rules, "sha256", {}) or {})
+    m["rules"] = {"name": getattr(rules, "name", None), "version": getattr(rules, "version", None)}
+    return result

@@ -1,0 +1,176 @@
+"""Single-case estimates: the worked examples of dip-rules §6.4/§6.6 end to end, bad cases, CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("dipengine.reference", reason="the reference grouper (dipengine.reference) is not built yet")
+
+from dipengine.estimate import Estimator  # noqa: E402
+from dipengine.rules import write_rule_set  # noqa: E402
+
+POLICY = """region = "440200"
+year = 2027
+score_scale = 1000
+[budget]
+employee = 630000000
+resident = 410000000
+reserve_rate = 0.03
+include_remote = "in_province"
+[point_value]
+settlement_method = "fund_plus_personal"
+budget_value = 8.00
+[level_coefficients]
+1 = 0.80
+2 = 0.90
+3 = 1.00
+basic_group = 1.00
+[deviation]
+low_ratio = 0.5
+high_ratio = 2.0
+extreme_ratio = 5.0
+high_formula = "ratio_minus_1"
+apply_level_coef_to_outliers = false
+blank_group_factor = 0.7
+[settlement]
+monthly_method = "points"
+monthly_advance_rate = 0.95
+quality_deposit = 0.05
+bands = [
+  { upper = 0.80, rule = "partial_retention", share = 0.80 },
+  { upper = 1.00, rule = "pay_due" },
+  { upper = 1.10, rule = "share_overspend", fund_share = 0.5 },
+  { rule = "cap", cap_over = 0.10, fund_share = 0.5 },
+]
+"""
+# dip-rules §6.6: bill 11,000, patient burden 3,300 (fund records 7,700): no deductible, 70 %
+BENEFITS = """insured_region,insurance_type,person_type,level,locality,filing,deductible,deductible_repeat,band_upper,ratio,annual_cap,class_b_self_rate
+440200,employee,*,2,local,*,0,0,,0.7,500000,0
+440200,employee,*,3,in_province,*,1000,500,,0.85,9000,0.1
+"""
+GROUPS = [
+    {"dip_code": "G1", "dip_name": "appendicitis: appendectomy", "group_type": "core", "dx_key": "K35.8",
+     "proc_expr": "47.0100", "treat_class": "surgery", "score": 1225.27, "avg_cost": 9800.0, "n_cases": 40},
+    {"dip_code": "G2", "dip_name": "appendicitis: conservative", "group_type": "core", "dx_key": "K35.8",
+     "proc_expr": "", "treat_class": "conservative", "score": 500.0, "avg_cost": 4000.0, "n_cases": 40},
+]
+HOSPITALS = "hospital_id,name,level,region\nH2,second,2,440200\nP3,shenzhen,3,440300\n"
+CASE = {"case_id": "n1", "hospital_id": "H2", "patient_id": "p", "insurance_type": "employee",
+        "insured_region": "440200", "sex": "F", "age": 34, "admit_date": "2027-04-01",
+        "discharge_date": "2027-04-06", "main_dx": " k35.800X001", "main_proc": "47.0100",
+        "total_cost": "11000.00"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("est")
+    write_rule_set(d / "rules", {"groups.csv": GROUPS},
+                   {"name": "t", "version": "1", "scheme": "test", "source": "test fixture"})
+    pricing = d / "pricing"
+    pricing.mkdir()
+    (pricing / "policy.toml").write_text(POLICY, encoding="utf-8")
+    (pricing / "same_level_avg.csv").write_text("dip_code,level,avg_cost\nG1,2,9000\n", encoding="utf-8")
+    (pricing / "benefits.csv").write_text(BENEFITS, encoding="utf-8")
+    (d / "hospitals.csv").write_text(HOSPITALS, encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def est(setup):
+    return Estimator(setup / "rules", setup / "pricing", setup / "hospitals.csv")
+
+
+def test_normal_case_worked_example(est):
+    r = est.estimate(CASE)
+    assert r["dip_code"] == "G1" and r["match_path"] == "core" and r["reason"] is None
+    assert r["level_coef"] == 0.9 and r["deviation"] == "normal"
+    assert r["case_points"] == pytest.approx(1102.7430)
+    assert r["point_value"] == 8.0
+    assert r["standard_fen"] == 882_194           # 8,821.94 yuan
+    assert r["patient_share_fen"] == 330_000      # 3,300
+    assert r["fund_benefit_fen"] == 770_000       # 7,700 booked by the fund
+    assert r["fund_due_fen"] == 552_194           # 5,521.94
+    assert json.loads(json.dumps(r, ensure_ascii=False)) == r
+    assert any("G1" in line for line in r["trace"]) and any("benefits" in line for line in r["trace"])
+
+
+def test_high_and_low_deviation(est):
+    high = est.estimate({**CASE, "total_cost": "25000"})
+    assert high["deviation"] == "high"
+    ratio = 25000 / 9000
+    assert high["ratio"] == pytest.approx(ratio)
+    assert high["case_points"] == pytest.approx(math.floor(1225.27 * (ratio - 1) * 10000 + 0.5) / 10000)
+    low = est.estimate({**CASE, "total_cost": "3600"})
+    assert low["deviation"] == "low" and low["case_points"] == pytest.approx(490.108)
+
+
+def test_point_value_override_and_earlier_admissions(setup):
+    est = Estimator(setup / "rules", setup / "pricing", setup / "hospitals.csv", point_value=10.0)
+    r = est.estimate({**CASE, "hospital_id": "P3", "insured_region": "440200", "remote_filing": "long_term",
+                      "admission_no": 2, "annual_fund_used": "5000"})
+    assert r["locality"] == "in_province" and r["level_coef"] == 1.0
+    # no level-3 same-level cost: the group's average (9,800) is the reference; ratio 1.12, normal
+    assert r["ref_source"] == "group_avg" and r["deviation"] == "normal"
+    assert r["standard_fen"] == 1_225_270        # 1,225.27 points x 10 yuan
+    assert r["deductible_fen"] == 50_000             # repeat admission
+    assert r["fund_benefit_fen"] == 400_000          # cap 9,000 minus 5,000 already used
+    assert r["cap_reached"] is True
+
+
+def test_bad_case_answers_with_reason(est):
+    r = est.estimate({k: v for k, v in CASE.items() if k != "main_dx"})
+    assert r["reason"] == "MISSING_FIELD" and r["match_path"] == "rejected"
+    assert r["dip_code"] is None and r["standard_fen"] is None
+    r = est.estimate({**CASE, "hospital_id": "nowhere"})
+    assert r["reason"] == "UNKNOWN_HOSPITAL"
+
+
+def test_cli_estimate(setup, tmp_path, capsys):
+    from dipengine.cli import main
+
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps(CASE), encoding="utf-8")
+    args = ["estimate", "--rules", str(setup / "rules"), "--pricing", str(setup / "pricing"),
+            "--hospitals", str(setup / "hospitals.csv"), "--case", str(case)]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fund_due_fen"] == 552_194
+    case.write_text(json.dumps({"case_id": "x"}), encoding="utf-8")
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["reason"] == "MISSING_FIELD"
+    bad = args.copy()
+    bad[2] = str(tmp_path / "no-rules")
+    assert main(bad) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+    case.write_text("{not json", encoding="utf-8")
+    assert main(args) == 1
+
+
+def test_estimates_agree_with_the_batch_path(setup, est):
+    """Estimator (reference grouper, points_one, benefit_case) == grouper + scoring + benefits."""
+    import pyarrow as pa
+
+    from dipengine.benefits import compute_benefits
+    from dipengine.grouper import group
+    from dipengine.reader import read_cases
+    from dipengine.scoring import case_points
+
+    cases = [CASE, {**CASE, "case_id": "h", "total_cost": "25000"}, {**CASE, "case_id": "l", "total_cost": "3600.5"},
+             {**CASE, "case_id": "c", "main_proc": None, "patient_id": "q"},
+             {**CASE, "case_id": "r", "hospital_id": "P3", "remote_filing": "long_term", "patient_id": "s"},
+             {**CASE, "case_id": "x", "main_dx": "K35.", "patient_id": "t"}]
+    singles = [est.estimate(c) for c in cases]
+    table = read_cases(pa.Table.from_pylist([{k: (None if v is None else str(v)) for k, v in c.items()}
+                                             for c in cases]), est.hospitals)
+    grouped = group(table, est.rules)
+    scored = case_points(table, grouped, est.hospitals, est.policy, groups=est.rules.groups).to_pylist()
+    ben = compute_benefits(table, est.benefits, est.hospitals).to_pylist()
+    for s, p, b in zip(singles, scored, ben):
+        assert s["dip_code"] == p["dip_code"] and s["reason"] == p["reason"]
+        assert s["case_points"] == pytest.approx(p["points_e4"] / 10000.0)
+        assert s["deviation"] == p["deviation"]
+        assert s["patient_share_fen"] == b["patient_share_fen"]
+        assert s["fund_benefit_fen"] == b["fund_benefit_fen"]

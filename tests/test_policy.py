@@ -1,0 +1,199 @@
+"""Policy loading: every contract §5 key understood, every missing/invalid/unknown key named."""
+from __future__ import annotations
+
+import copy
+import tomllib
+
+import pytest
+
+from dipengine.errors import DataError, RuleSetError
+from dipengine.manifest import write_manifest
+from dipengine.policy import load_policy, parse_policy
+
+# The contract §5 example (ILLUS values) plus the agreed budget point value key.
+POLICY_TOML = """
+region = "440200"
+year = 2027
+score_scale = 1000
+[budget]
+employee = 630000000
+resident = 410000000
+reserve_rate = 0.03
+include_remote = "in_province"
+[point_value]
+settlement_method = "fund_plus_personal"
+band = [0.9, 1.1]
+budget_value = 8.39
+[level_coefficients]
+1 = 0.80
+2 = 0.90
+3 = 1.00
+basic_group = 1.00
+[deviation]
+low_ratio = 0.5
+high_ratio = 2.0
+extreme_ratio = 5.0
+high_formula = "ratio_minus_1"
+apply_level_coef_to_outliers = false
+blank_group_factor = 0.7
+[settlement]
+monthly_method = "points"
+monthly_advance_rate = 0.95
+quality_deposit = 0.05
+bands = [
+  { upper = 0.80, rule = "partial_retention", share = 0.80 },
+  { upper = 1.00, rule = "pay_due" },
+  { upper = 1.10, rule = "share_overspend", fund_share = 0.5 },
+  { rule = "cap", cap_over = 0.10, fund_share = 0.5 },
+]
+"""
+
+SAME_LEVEL_CSV = "dip_code,level,avg_cost\nG1,2,9000\nG1,3,10000.50\nG2,1,3000\n"
+
+
+def policy_doc() -> dict:
+    return tomllib.loads(POLICY_TOML)
+
+
+def _dumps(doc: dict) -> str:
+    """Tiny TOML writer for the policy shape (scalars, one level of tables, band list)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return f'"{v}"'
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+    lines = [f"{k} = {val(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines.extend(f"{kk} = {val(vv)}" for kk, vv in v.items())
+    return "\n".join(lines) + "\n"
+
+
+def write_pricing(tmp_path, doc: dict | None = None, same_level: str = SAME_LEVEL_CSV):
+    d = tmp_path / "pricing"
+    d.mkdir(exist_ok=True)
+    (d / "policy.toml").write_text(POLICY_TOML if doc is None else _dumps(doc), encoding="utf-8")
+    (d / "same_level_avg.csv").write_text(same_level, encoding="utf-8")
+    return d
+
+
+def test_contract_example_loads(tmp_path):
+    p = load_policy(write_pricing(tmp_path))
+    assert p.region == "440200" and p.year == 2027
+    assert p.budget_fen == {"employee": 63_000_000_000, "resident": 41_000_000_000}
+    assert p.fund_available_fen("employee") == 61_110_000_000
+    assert p.include_remote == "in_province" and p.settlement_method == "fund_plus_personal"
+    assert p.band == (0.9, 1.1)
+    assert p.budget_value == {"employee": 8.39, "resident": 8.39}
+    assert p.level_coef == {1: 0.8, 2: 0.9, 3: 1.0} and p.basic_group_coef == 1.0
+    assert p.deviation.high_ratio == {1: 2.0, 2: 2.0, 3: 2.0}
+    assert [b.rule for b in p.bands] == ["partial_retention", "pay_due", "share_overspend", "cap"]
+    assert p.bands[-1].upper is None and p.bands[0].share == 0.8
+    assert p.same_level_avg.to_pylist()[1] == {"dip_code": "G1", "level": 3, "avg_cost_fen": 1_000_050}
+    assert set(p.sha256) == {"policy.toml", "same_level_avg.csv"}
+    # the optional extension keys took their documented defaults, and say so
+    assert any("extreme_rule" in s for s in p.defaults_applied)
+
+
+def test_policy_toml_path_also_accepted(tmp_path):
+    d = write_pricing(tmp_path)
+    assert load_policy(d / "policy.toml").year == 2027
+
+
+@pytest.mark.parametrize("section,key", [
+    (None, "region"), ("budget", "resident"), ("budget", "reserve_rate"), ("budget", "include_remote"),
+    ("point_value", "settlement_method"), ("point_value", "budget_value"), ("level_coefficients", "2"),
+    ("level_coefficients", "basic_group"), ("deviation", "high_ratio"), ("deviation", "high_formula"),
+    ("deviation", "blank_group_factor"), ("settlement", "quality_deposit"), ("settlement", "bands"),
+])
+def test_missing_required_key_is_named(section, key):
+    doc = policy_doc()
+    del (doc if section is None else doc[section])[key]
+    with pytest.raises(RuleSetError) as e:
+        parse_policy(doc)
+    where = key if section is None else f"[{section}] {key}"
+    assert f"missing {where}" in str(e.value)
+
+
+def test_every_problem_reported_at_once():
+    doc = policy_doc()
+    del doc["deviation"]["high_ratio"]
+    doc["budget"]["include_remote"] = "some"
+    doc["deviation"]["hihg_formula"] = "ratio_minus_1"  # a typo must not pass silently
+    with pytest.raises(RuleSetError) as e:
+        parse_policy(doc)
+    msgs = e.value.problems
+    assert "missing [deviation] high_ratio" in msgs
+    assert any(m.startswith("invalid [budget] include_remote") for m in msgs)
+    assert "unknown key [deviation] hihg_formula" in msgs
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda d: d["budget"].__setitem__("reserve_rate", 1.5), "invalid [budget] reserve_rate"),
+    (lambda d: d["budget"].__setitem__("employee", 1.005), "invalid [budget] employee"),
+    (lambda d: d.__setitem__("region", 440200), "invalid region"),
+    (lambda d: d["point_value"].__setitem__("band", [1.1, 0.9]), "invalid [point_value] band"),
+    (lambda d: d["deviation"].__setitem__("high_formula", "ratio"), "invalid [deviation] high_formula"),
+    (lambda d: d["deviation"].__setitem__("low_ratio", 2.5), "needs low < 1 < high < extreme"),
+    (lambda d: d["deviation"].__setitem__("apply_level_coef_to_outliers", "no"), "is not true or false"),
+    (lambda d: d["settlement"]["bands"][1].__setitem__("upper", 0.7), "must be above the previous"),
+    (lambda d: d["settlement"]["bands"][0].pop("share"), "missing [settlement] bands[0].share"),
+    (lambda d: d["settlement"]["bands"][3].__setitem__("upper", 9.0), "last band must have no upper"),
+    (lambda d: d["settlement"]["bands"][2].__setitem__("rule", "cap_at"), "bands[2].rule"),
+    (lambda d: d["settlement"]["bands"][1].__setitem__("share", 0.5), "unknown key [settlement] bands[1].share"),
+    (lambda d: d.__setitem__("extra", {"x": 1}), "unknown section [extra]"),
+])
+def test_invalid_values_are_named(mutate, expect):
+    doc = copy.deepcopy(policy_doc())
+    mutate(doc)
+    with pytest.raises(RuleSetError) as e:
+        parse_policy(doc)
+    assert expect in str(e.value)
+
+
+def test_per_level_thresholds_and_pool_budget_values():
+    doc = policy_doc()
+    doc["deviation"]["high_ratio"] = {"1": 2.0, "2": 2.5, "3": 3.0}
+    doc["deviation"]["extreme_rule"] = "review_normal_pay"
+    doc["point_value"]["budget_value_resident"] = 7.5
+    kw = parse_policy(doc)
+    assert kw["deviation"].high_ratio == {1: 2.0, 2: 2.5, 3: 3.0}
+    assert kw["deviation"].extreme_rule == "review_normal_pay"
+    assert kw["budget_value"] == {"employee": 8.39, "resident": 7.5}
+    assert not any("extreme_rule" in s for s in kw["defaults_applied"])
+
+
+def test_same_level_table_checked(tmp_path):
+    with pytest.raises(DataError, match="avg_cost"):
+        load_policy(write_pricing(tmp_path, same_level="dip_code,level,avg_cost\nG1,2,-5\n"))
+    with pytest.raises(DataError, match="level"):
+        load_policy(write_pricing(tmp_path, same_level="dip_code,level,avg_cost\nG1,4,5\n"))
+    with pytest.raises(DataError, match="duplicate"):
+        load_policy(write_pricing(tmp_path, same_level="dip_code,level,avg_cost\nG1,2,5\nG1,2,6\n"))
+    d = write_pricing(tmp_path)
+    (d / "same_level_avg.csv").unlink()
+    with pytest.raises(DataError, match="same_level_avg.csv"):
+        load_policy(d)
+
+
+def test_manifest_sha256_verified(tmp_path):
+    d = write_pricing(tmp_path)
+    write_manifest(d, {"region": "440200"}, ["policy.toml", "same_level_avg.csv"])
+    assert load_policy(d).year == 2027
+    (d / "policy.toml").write_text(POLICY_TOML.replace("0.03", "0.04"), encoding="utf-8")
+    with pytest.raises(DataError, match="sha256 mismatch"):
+        load_policy(d)
+
+
+def test_malformed_toml_names_the_file(tmp_path):
+    d = write_pricing(tmp_path)
+    (d / "policy.toml").write_text("region = \n", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        load_policy(d)
+    assert "policy.toml" in str(e.value) and "malformed TOML" in str(e.value)

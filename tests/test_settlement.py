@@ -1,0 +1,317 @@
+"""Point values, monthly pre-settlement, annual clearing, reconciliation and outputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dipengine.errors import DataError
+from dipengine.policy import policy_from_dict
+from dipengine.scoring import case_points
+from dipengine.settlement import (
+    clearing_amount,
+    parse_period,
+    point_value_fen,
+    read_monthly,
+    settle_scored,
+    total_cost_budget_fen,
+)
+from test_policy import policy_doc
+
+YUAN = 100  # fen per yuan
+
+
+def registry(n, *, assessment=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return pa.table({
+        "hospital_id": [f"H{i:03d}" for i in range(n)],
+        "name": [f"h{i}" for i in range(n)],
+        "level": pa.array(rng.integers(1, 4, n) if n > 1 else [3], pa.int8()),
+        "region": ["440200"] * n,
+        "coefficient": [float("nan")] * n,
+        "assessment_coef": [assessment] * n if np.isscalar(assessment) else list(assessment),
+    })
+
+
+def same_level(codes=("G1",), avg_fen=1_000_000):
+    return pa.table({"dip_code": [c for c in codes for _ in (1, 2, 3)],
+                     "level": pa.array([lv for _ in codes for lv in (1, 2, 3)], pa.int8()),
+                     "avg_cost_fen": pa.array([avg_fen] * 3 * len(codes), pa.int64())})
+
+
+def make_policy(sla=None, **changes):
+    doc = policy_doc()
+    for key, value in changes.items():
+        section, name = key.split("__")
+        if value is None:
+            doc[section].pop(name, None)
+        else:
+            doc[section][name] = value
+    return policy_from_dict(doc, sla if sla is not None else same_level())
+
+
+def scored_cases(hospital_id, score, cost_fen, patient_fen, fund_fen, hospitals, policy, *,
+                 insurance_type=None, match_path=None, extra=None):
+    """Cases of group G1 (same-level average 10,000 yuan) scored by case_points."""
+    n = len(hospital_id)
+    match_path = match_path if match_path is not None else ["core"] * n
+    cases = {
+        "case_id": [f"C{i}" for i in range(n)],
+        "hospital_id": list(hospital_id),
+        "insurance_type": insurance_type if insurance_type is not None else ["employee"] * n,
+        "insured_region": ["440200"] * n,
+        "total_cost_fen": pa.array(cost_fen, pa.int64()),
+        "patient_paid_fen": pa.array(patient_fen, pa.int64()),
+        "fund_paid_fen": pa.array(fund_fen, pa.int64()),
+        "reason": [None if p != "rejected" else "BAD_AMOUNT" for p in match_path],
+    }
+    if extra:
+        cases.update(extra)
+    cases = pa.table(cases)
+    rejected = [p in ("rejected", "excluded") for p in match_path]
+    grouped = pa.table({
+        "case_id": cases["case_id"], "dip_code": [None if r else "G1" for r in rejected],
+        "dip_name": pa.nulls(n, pa.string()), "group_type": [None if r else "core" for r in rejected],
+        "match_path": match_path, "treat_class": pa.nulls(n, pa.string()),
+        "base_score": pa.array(np.where(rejected, 0.0, score), pa.float64()),
+        "aux_subtype": pa.nulls(n, pa.string()), "aux_coef": [1.0] * n, "reason": cases["reason"],
+        "reason_detail": pa.nulls(n, pa.string()),
+    })
+    return case_points(cases, grouped, hospitals, policy), cases
+
+
+# ---- point values -----------------------------------------------------------------------------
+
+def test_settlement_point_value_both_forms_give_8_00():
+    """dip-rules §5.5: fund 6.3亿 at a 63% share, personal 3.7亿, 125,000,000 points."""
+    fund, personal, total = 630_000_000 * YUAN, 370_000_000 * YUAN, 1_000_000_000 * YUAN
+    points_e4 = 125_000_000 * 10_000
+    t1 = total_cost_budget_fen("fund_over_share", fund, personal, fund, total)
+    t2 = total_cost_budget_fen("fund_plus_personal", fund, personal, fund, total)
+    assert t1 == t2 == 1_000_000_000 * YUAN
+    assert point_value_fen(t1, points_e4) == 800.0  # 8.00 yuan per point
+
+
+def test_fund_over_share_rounds_half_up_in_exact_integers():
+    # 100 × 3 / 2 = 150 exactly; 1 × 1 / 2 = 0.5 -> 1; 1 × 1 / 3 = 0.33 -> 0
+    assert total_cost_budget_fen("fund_over_share", 100, 0, 2, 3) == 150
+    assert total_cost_budget_fen("fund_over_share", 1, 0, 2, 1) == 1
+    assert total_cost_budget_fen("fund_over_share", 1, 0, 3, 1) == 0
+    with pytest.raises(DataError):
+        total_cost_budget_fen("fund_over_share", 1, 0, 0, 1)
+
+
+# ---- clearing bands ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("recorded,expect_fen,band", [
+    (500_000, 900_000, "partial_retention"),   # 500k + 0.8 × 500k
+    (800_000, 960_000, "partial_retention"),   # R = 0.80 belongs to the band ending at 0.80
+    (900_000, 1_000_000, "pay_due"),
+    (1_000_000, 1_000_000, "pay_due"),
+    (1_050_000, 1_025_000, "share_overspend"),  # due + 0.5 × 50k
+    (1_100_000, 1_050_000, "share_overspend"),  # R = 1.10 inclusive
+    (1_500_000, 1_050_000, "cap"),              # due + 0.5 × 0.10 × due
+])
+def test_each_surplus_overspend_band(recorded, expect_fen, band):
+    policy = make_policy()
+    clearing, ratio, rule = clearing_amount(1_000_000, recorded, policy.bands)
+    assert (clearing, rule) == (expect_fen, band)
+    assert ratio == recorded / 1_000_000
+
+
+def test_clearing_worked_example_11_042_000():
+    """dip-rules §7.5 end to end: 2,000,000 points at 8.00, burden 5.2M, assessment 0.98."""
+    n = 1000
+    hospitals = registry(1, assessment=0.98)
+    policy = make_policy(budget__employee=10_800_000, budget__reserve_rate=0.0)
+    sc, cases = scored_cases(["H000"] * n, 2000.0, [1_000_000] * n, [5_200 * YUAN] * n,
+                             [11_500 * YUAN] * n, hospitals, policy)
+    res = settle_scored(sc, cases, hospitals, policy, "2027")
+    assert res.manifest["pools"]["employee"]["point_value_yuan"] == 8.0
+    row = res.hospitals.to_pylist()[0]
+    assert row["points"] == 2_000_000
+    assert row["standard_fen"] == 16_000_000 * YUAN
+    assert row["fund_due_fen"] == 10_800_000 * YUAN
+    assert row["fund_due_assessed_fen"] == 10_584_000 * YUAN
+    assert row["ratio_R"] == pytest.approx(1.0865, abs=1e-4)
+    assert row["band"] == "share_overspend"
+    assert row["clearing_fen"] == 11_042_000 * YUAN
+    assert row["final_fen"] == row["clearing_fen"]  # nothing paid monthly
+
+
+# ---- monthly ----------------------------------------------------------------------------------
+
+def test_monthly_points_method_worked_example():
+    """dip-rules §7.2: 170,000 points × 8.39 − 460,000 = 966,300; × 95% = 917,985."""
+    n = 85
+    hospitals = registry(1)
+    policy = make_policy()
+    patient = [5_400 * YUAN] * (n - 1) + [460_000 * YUAN - (n - 1) * 5_400 * YUAN]
+    sc, cases = scored_cases(["H000"] * n, 2000.0, [1_000_000] * n, patient, [500_000] * n, hospitals, policy)
+    res = settle_scored(sc, cases, hospitals, policy, "2027-03")
+    row = res.hospitals.to_pylist()[0]
+    assert row["standard_fen"] == 1_426_300 * YUAN
+    assert row["patient_paid_fen"] == 460_000 * YUAN
+    assert row["monthly_paid_fen"] == row["final_fen"] == 917_985 * YUAN
+    assert row["deposit_fen"] == 48_315 * YUAN
+    assert row["clearing_fen"] is None and row["band"] is None
+    assert res.manifest["pools"]["employee"]["point_value_yuan"] == 8.39
+
+
+def test_monthly_recorded_advance_method():
+    hospitals = registry(1)
+    policy = make_policy(settlement__monthly_method="recorded_advance")
+    sc, cases = scored_cases(["H000"] * 3, 1000.0, [1_000_000] * 3, [0] * 3, [333_333] * 3, hospitals, policy)
+    row = settle_scored(sc, cases, hospitals, policy, "2027-01").hospitals.to_pylist()[0]
+    assert row["recorded_fen"] == 999_999
+    assert row["monthly_paid_fen"] == 949_999  # 949,999.05 half up
+    assert row["deposit_fen"] == 50_000
+
+
+# ---- reconciliation on generated years --------------------------------------------------------
+
+def generated_year(seed, n=3000, n_h=25, months=False):
+    rng = np.random.default_rng(seed)
+    hospitals = registry(n_h, assessment=rng.choice([0.95, 0.98, 1.0], n_h), seed=seed)
+    hid = rng.integers(0, n_h, n)
+    cost = rng.integers(100_000, 6_000_000, n)  # 1,000 to 60,000 yuan; average 10,000 -> all classes
+    patient = (cost * rng.uniform(0.1, 0.5, n)).astype(np.int64)
+    fund = cost - patient
+    ins = rng.choice(["employee", "resident"], n)
+    path = rng.choice(["core", "core", "core", "rejected"], n)
+    score = rng.uniform(200, 3000, n).round(2)
+    extra = {"month": rng.integers(1, 13, n)} if months else None
+    return dict(hospital_id=[f"H{i:03d}" for i in hid], score=score, cost_fen=cost, patient_fen=patient,
+                fund_fen=fund, hospitals=hospitals, insurance_type=list(ins), match_path=list(path),
+                extra=extra)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("method", ["fund_plus_personal", "fund_over_share"])
+def test_annual_reconciles_to_budget_exactly(seed, method):
+    g = generated_year(seed)
+    policy = make_policy(point_value__band=None, point_value__settlement_method=method,
+                         budget__employee=12_345_678.91, budget__resident=7_654_321.09)
+    sc, cases = scored_cases(g.pop("hospital_id"), g.pop("score"), g.pop("cost_fen"), g.pop("patient_fen"),
+                             g.pop("fund_fen"), g["hospitals"], policy, **{k: g[k] for k in ("insurance_type", "match_path")})
+    res = settle_scored(sc, cases, g["hospitals"], policy, "2027")
+    st = res.hospitals
+    for pool in ("employee", "resident"):
+        rows = [r for r in st.to_pylist() if r["pool"] == pool]
+        info = res.manifest["pools"][pool]
+        assert info["reconciled_to_budget"]
+        assert sum(r["standard_fen"] for r in rows) == info["total_cost_budget_fen"]
+        if method == "fund_plus_personal":
+            assert sum(r["fund_due_fen"] for r in rows) == policy.fund_available_fen(pool)
+        # statements cover exactly the in-pool cases
+        in_pool = np.asarray(sc["in_pool"]) & (np.asarray(sc["pool"].to_pylist(), dtype=object) == pool)
+        assert sum(r["n_cases"] for r in rows) == int(in_pool.sum())
+        assert sum(r["points_e4"] for r in rows) == int(np.asarray(sc["points_e4"])[in_pool].sum())
+        # case-level standards differ from the reconciled figure by rounding only
+        assert abs(info["case_minus_hospital_standard_fen"]) <= len(rows) + in_pool.sum() // 2
+    assert sum(r["n_rejected"] for r in st.to_pylist()) == int((np.asarray(sc["match_path"]) == "rejected").sum())
+    # Σ standard over all pools equals the total-cost budget to the fen
+    assert pa.compute.sum(st["standard_fen"]).as_py() == sum(
+        res.manifest["pools"][p]["total_cost_budget_fen"] for p in ("employee", "resident"))
+
+
+def test_band_clamp_stops_reconciliation():
+    g = generated_year(7, n=500, n_h=5)
+    # a tiny budget drives the raw value far below 0.9 × 8.39
+    policy = make_policy(budget__employee=1000, budget__resident=1000)
+    sc, cases = scored_cases(g.pop("hospital_id"), g.pop("score"), g.pop("cost_fen"), g.pop("patient_fen"),
+                             g.pop("fund_fen"), g["hospitals"], policy, insurance_type=g["insurance_type"])
+    res = settle_scored(sc, cases, g["hospitals"], policy, "2027")
+    info = res.manifest["pools"]["employee"]
+    assert info["clamped"] and not info["reconciled_to_budget"]
+    assert info["point_value_yuan"] == pytest.approx(0.9 * 8.39)
+    for r in res.hospitals.to_pylist():
+        if r["pool"] == "employee":
+            assert r["standard_fen"] == int(np.floor(r["points_e4"] * 0.9 * 839 / 10000 + 0.5))
+
+
+# ---- monthly then annual ----------------------------------------------------------------------
+
+def test_monthly_then_annual_transfers_add_up(tmp_path):
+    g = generated_year(11, n=2400, n_h=8, months=True)
+    policy = make_policy(point_value__band=None)
+    hospitals = g["hospitals"]
+    sc, cases = scored_cases(g["hospital_id"], g["score"], g["cost_fen"], g["patient_fen"], g["fund_fen"],
+                             hospitals, policy, insurance_type=g["insurance_type"],
+                             match_path=g["match_path"], extra=g["extra"])
+    month = np.asarray(cases["month"])
+    dirs = []
+    for m in range(1, 13):
+        idx = pa.array(np.flatnonzero(month == m))
+        res = settle_scored(sc.take(idx), cases.take(idx), hospitals, policy, f"2027-{m:02d}")
+        dirs.append(res.write(tmp_path / f"2027-{m:02d}"))
+    paid = read_monthly(dirs, 2027)
+    annual = settle_scored(sc, cases, hospitals, policy, "2027", monthly=paid)
+    for r in annual.hospitals.to_pylist():
+        m_paid, m_dep = paid.get((r["hospital_id"], r["pool"]), (0, 0))
+        assert r["monthly_paid_fen"] == m_paid and r["deposit_fen"] == m_dep
+        # what was paid monthly plus what the clearing transfers now is the clearing amount
+        assert m_paid + r["final_fen"] == r["clearing_fen"]
+        assert m_dep > 0
+    total_paid = sum(v[0] for v in paid.values()) + pa.compute.sum(annual.hospitals["final_fen"]).as_py()
+    assert total_paid == pa.compute.sum(annual.hospitals["clearing_fen"]).as_py()
+    with pytest.raises(DataError, match="given twice"):
+        read_monthly(dirs + [dirs[0]], 2027)
+    with pytest.raises(DataError, match="not a monthly statement of 2026"):
+        read_monthly(dirs[:1], 2026)
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+
+def test_outputs_written_atomically_and_complete(tmp_path):
+    g = generated_year(5, n=300, n_h=4)
+    policy = make_policy()
+    sc, cases = scored_cases(g["hospital_id"], g["score"], g["cost_fen"], g["patient_fen"], g["fund_fen"],
+                             g["hospitals"], policy, insurance_type=g["insurance_type"], match_path=g["match_path"],
+                             extra={"ward": [f"w{i % 3}" for i in range(300)]})
+    res = settle_scored(sc, cases, g["hospitals"], policy, "2027")
+    out = res.write(tmp_path / "annual")
+    assert sorted(p.name for p in out.iterdir()) == ["cases.parquet", "hospitals.csv", "hospitals.parquet",
+                                                     "manifest.json"]
+    back = pq.read_table(out / "cases.parquet")
+    assert back["case_id"].to_pylist() == cases["case_id"].to_pylist()  # every row, in order
+    for col in ("hospital_id", "level", "locality", "ratio", "deviation", "level_coef", "case_points",
+                "standard_fen", "patient_paid_fen", "fund_due_fen", "fund_paid_fen", "pool", "ward"):
+        assert col in back.column_names
+    rejected = np.asarray(back["match_path"]) == "rejected"
+    assert (np.asarray(back["standard_fen"])[rejected] == 0).all()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["cases"] == 300
+    assert sum(m["counts"]["match_path"].values()) == 300
+    assert m["sums"]["hospitals"]["standard_fen"] == pa.compute.sum(res.hospitals["standard_fen"]).as_py()
+    assert set(m["pools"]) == {"employee", "resident"}
+    # same inputs, same outputs
+    again = settle_scored(sc, cases, g["hospitals"], policy, "2027")
+    assert again.cases.equals(res.cases) and again.hospitals.equals(res.hospitals)
+    assert again.manifest == res.manifest
+
+
+def test_failed_write_leaves_previous_output(tmp_path):
+    g = generated_year(5, n=50, n_h=2)
+    policy = make_policy()
+    sc, cases = scored_cases(g["hospital_id"], g["score"], g["cost_fen"], g["patient_fen"], g["fund_fen"],
+                             g["hospitals"], policy)
+    res = settle_scored(sc, cases, g["hospitals"], policy, "2027")
+    out = res.write(tmp_path / "run")
+    before = (out / "manifest.json").read_text()
+    res.manifest["bad"] = object()  # not JSON-serialisable: the write fails part-way
+    with pytest.raises(TypeError):
+        res.write(tmp_path / "run")
+    assert (out / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_period_parsing():
+    assert parse_period("2027") == ("annual", 2027, None)
+    assert parse_period("2027-03") == ("monthly", 2027, 3)
+    for bad in ("2027-13", "27", "2027/03"):
+        with pytest.raises(DataError):
+            parse_period(bad)
