@@ -109,7 +109,8 @@ class ReadCases:
     def track_rejected(self):
         from dipengine.reader import read_cases
 
-        return read_cases(self.table)["reason"].null_count
+        out = read_cases(self.table)
+        return out.num_rows - out["reason"].null_count
 
 
 def _best(fn, repeat=3):

@@ -500,6 +500,8 @@ class _Context:
                 from dipengine.hospitals import read_hospitals
 
                 hospitals = read_hospitals(hospitals)
+            elif "hospital_id" not in hospitals.column_names:
+                raise DataError("hospital registry lacks the required column", file="hospitals", column="hospital_id")
             self.hospital_ids = pc.unique(hospitals["hospital_id"].combine_chunks().cast(pa.string()))
         code_lists = code_lists or {}
         unknown = set(code_lists) - {"dx", "proc"}
