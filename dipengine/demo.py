@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dipengine.io import atomic_dir, write_table
+from dipengine.io import atomic_dir, sha256_file, write_table
 from dipengine.manifest import read_manifest, write_manifest
 
 POOLS = ("employee", "resident")
@@ -68,6 +68,30 @@ def _add_benefits_table(pricing_dir: Path) -> None:
     write_manifest(pricing_dir, meta, files)
 
 
+def _relative_build_paths(rules_dir: Path, root: Path) -> None:
+    """Record the history and registry files in the rule manifest relative to the demo dir.
+
+    ``build_catalog`` records the paths it was given, here inside the temporary directory that
+    is renamed at the end; names relative to the demo directory stay true and make two demo
+    runs differ only in the build timestamp. The tables and their sha256 are unchanged.
+    """
+    meta = read_manifest(rules_dir)
+    build = meta.get("build")
+    if not isinstance(build, dict):
+        return
+
+    def rel(f):
+        path = Path(f)
+        return path.relative_to(root).as_posix() if path.is_relative_to(root) else f
+
+    if isinstance(build.get("history_files"), list):
+        build["history_files"] = [rel(f) for f in build["history_files"]]
+    if isinstance(build.get("hospitals_file"), str):
+        build["hospitals_file"] = rel(build["hospitals_file"])
+    files = sorted(meta.pop("files", {}))
+    write_manifest(rules_dir, meta, files)
+
+
 def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int = 2026,
              region: str = "440200", history_cases: int | None = None, bad_rows: float = 0.005,
              echo=None) -> DemoSummary:
@@ -97,7 +121,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
     from dipengine.reader import read_cases
     from dipengine.rules import load_rules
     from dipengine.scoring import case_points
-    from dipengine.settlement import settle_scored
+    from dipengine.settlement import apply_benefits, settle_scored
     from dipengine.synth import synth_region
 
     say = echo or (lambda s: None)
@@ -126,6 +150,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         cat = build_catalog(history_files, tmp / "hospitals.csv", out=tmp / "rules",
                             pricing_out=tmp / "pricing", name="demo")
         _add_benefits_table(tmp / "pricing")
+        _relative_build_paths(tmp / "rules", tmp)
         rules = load_rules(tmp / "rules")
         policy = load_policy(tmp / "pricing")
         stages["catalog"] = time.perf_counter() - t
@@ -134,9 +159,29 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         say(f"[3/6] read, validate and group {year}")
         hosp = hospitals
         cases = read_cases(tmp / "cases.parquet", hosp, period=str(year))
+        # As `settle` does with a pricing dir holding benefits.csv (estimate mode): cases
+        # without recorded payments are settled on the computed benefits.
+        benefit_rules = load_benefits(tmp / "pricing")
+        cases = apply_benefits(cases, benefit_rules, hosp)
         grouped = group(cases, rules)
         scored_year = case_points(cases, grouped, hosp, policy, groups=rules.groups)
         stages["group"] = time.perf_counter() - t
+
+        # What `settle` records in every manifest (contract §6.4), with paths relative to `out`
+        # so that two demo runs give the same manifests.
+        provenance = {
+            "inputs": {"cases.parquet": sha256_file(tmp / "cases.parquet")},
+            "hospitals": {"hospitals.csv": sha256_file(tmp / "hospitals.csv")},
+            "rules": dict(rules.sha256),
+            "benefits": {"pricing/benefits.csv": sha256_file(tmp / "pricing" / "benefits.csv")},
+        }
+        run_params = {"rules": "rules", "pricing": "pricing", "hospitals": "hospitals.csv",
+                      "input": ["cases.parquet"], "benefits": ["pricing/benefits.csv"]}
+
+        def _record(res, **params):
+            res.manifest["parameters"] = {**run_params, **params}
+            res.manifest["sha256"].update({k: dict(v) for k, v in provenance.items()})
+            res.manifest["rules"] = {"name": rules.name, "version": rules.version}
 
         t = time.perf_counter()
         say("[4/6] 12 monthly pre-settlements")
@@ -146,7 +191,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
             period = f"{year}-{m:02d}"
             idx_arr = pa.array(idx)
             res = settle_scored(scored_year.take(idx_arr), cases.take(idx_arr), hosp, policy, period)
-            res.manifest["parameters"] = {"period": period, "source": "cases.parquet (discharged in month)"}
+            _record(res, period=period, monthly=[], source="cases.parquet (discharged in month)")
             d = tmp / "monthly" / period
             res.write(d)
             monthly_dirs.append(d)
@@ -158,13 +203,15 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         from dipengine.settlement import read_monthly
         annual = settle_scored(scored_year, cases, hosp, policy, str(year),
                                monthly=read_monthly(monthly_dirs, year))
-        annual.manifest["parameters"] = {"period": str(year), "monthly": [f"monthly/{d.name}" for d in monthly_dirs]}
+        _record(annual, period=str(year), monthly=[f"monthly/{d.name}" for d in monthly_dirs])
+        annual.manifest["sha256"]["monthly"] = {
+            f"monthly/{d.name}/hospitals.parquet": sha256_file(d / "hospitals.parquet") for d in monthly_dirs}
         annual.write(tmp / "annual")
         stages["annual"] = time.perf_counter() - t
 
         t = time.perf_counter()
         say("[6/6] patient-side benefits")
-        ben = compute_benefits(cases, load_benefits(tmp / "pricing"), hosp)
+        ben = compute_benefits(cases, benefit_rules, hosp)
         write_table(ben, tmp / "benefits.parquet")
         ins = cases["insurance_type"]
         fund_share = {}

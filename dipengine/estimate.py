@@ -21,12 +21,21 @@ import pyarrow as pa
 
 from dipengine.benefits import BenefitRules, benefit_case, load_benefits, locality_of
 from dipengine.errors import DataError
+from dipengine.reader import normalise_case
+from dipengine.scoring import points_one
 
 SCORED_PATHS = ("core", "basic", "comprehensive", "blank")
 _REMOTE_ALLOWED = {"none": ("local",), "in_province": ("local", "in_province"),
                    "all": ("local", "in_province", "cross_province")}
 _GROUP_KEYS = ("dip_code", "dip_name", "match_path", "group_type", "treat_class", "base_score",
                "aux_subtype", "aux_coef")
+_EMPTY = {"case_id": None, "hospital_id": None, "level": None, "locality": None, "pool": None, "in_pool": False,
+          **{k: None for k in _GROUP_KEYS}, "level_coef": None, "ref_source": None, "ratio": None,
+          "deviation": None, "case_points": 0.0, "point_value": None, "standard_fen": None,
+          "policy_scope_fen": None, "deductible_fen": None, "patient_share_fen": None,
+          "fund_benefit_fen": None, "fund_due_fen": None, "cap_reached": None, "benefit_note": None,
+          "reason": None, "reason_detail": None, "trace": None}
+"""The answer's keys, in order, with the values of a case that carries no figures."""
 
 
 def _yuan_fen(value) -> int | None:
@@ -83,6 +92,8 @@ class Estimator:
         self.hospitals = hospitals if isinstance(hospitals, pa.Table) and "assessment_coef" in \
             hospitals.column_names else read_hospitals(hospitals)
         self._registry = {r["hospital_id"]: r for r in self.hospitals.to_pylist()}
+        self._hospital_ids = frozenset(self._registry)
+        self._allowed = frozenset(_REMOTE_ALLOWED[self.policy.include_remote])
         self._same_level = {(r["dip_code"], r["level"]): r["avg_cost_fen"]
                             for r in self.policy.same_level_avg.to_pylist()}
         self._group_avg = {}
@@ -93,21 +104,20 @@ class Estimator:
     # ------------------------------------------------------------------ steps
 
     def normalise(self, case: dict) -> dict:
-        """The case as one row of the normalised case table (reason set when it is bad)."""
-        from dipengine.reader import REQUIRED, read_cases_reference as read_cases
+        """The case as one row of the normalised case table (``reason`` set when it is bad).
 
-        # an absent optional field and a null one mean the same for one case: leave it out
-        row = {k: case.get(k) for k in REQUIRED}
-        row.update((k, v) for k, v in case.items() if v is not None and v != "")
-        cols = {}
-        for k, v in row.items():
-            if isinstance(v, (list, tuple)):
-                cols[k] = pa.array([list(v)], pa.list_(pa.string()))
-            elif v is None or isinstance(v, (str, bool, int, float)):
-                cols[k] = pa.array([None if v is None else str(v)], pa.string())
-            else:  # dates, decimals: their text form
-                cols[k] = pa.array([str(v)], pa.string())
-        return read_cases(pa.table(cols), self.hospitals).to_pylist()[0]
+        :func:`dipengine.reader.normalise_case` in plain Python (no Arrow per call): a case
+        gives what :func:`dipengine.reader.read_cases` gives for a one-row table holding the
+        same values (text, integers, floats, lists of codes). A boolean is read as its text
+        (no contract field is a boolean). There is no duplicate-``case_id`` check: one
+        estimate knows nothing of the others.
+        """
+        row = case
+        for v in case.values():
+            if type(v) is bool:
+                row = {k: str(v) if type(v) is bool else v for k, v in case.items()}
+                break
+        return normalise_case(row, hospital_ids=self._hospital_ids)
 
     def _level_coef(self, group_type: str, hosp: dict) -> float:
         if group_type == "basic":
@@ -117,7 +127,30 @@ class Estimator:
             return coef
         return self.policy.level_coef[hosp["level"]]
 
-    def estimate(self, case: dict) -> dict:
+    def _earlier_admissions(self, case: dict, warn: list) -> tuple[int, int]:
+        """``(admission_no, annual_fund_used_fen)`` from the optional case fields (defaults 1, 0)."""
+        admission_no, used = 1, 0
+        raw = case.get("admission_no")
+        if raw is not None and raw != "":
+            try:
+                admission_no = int(str(raw).strip())
+                if admission_no < 1:
+                    raise ValueError
+            except ValueError:
+                admission_no = 1
+                warn.append(f"warning: admission_no: '{raw}' is not a positive integer (taken as 1)")
+        raw = case.get("annual_fund_used")
+        if raw is not None and raw != "":
+            fen = _yuan_fen(raw)
+            if fen is None:
+                warn.append(f"warning: annual_fund_used: '{raw}' is not an amount in yuan (taken as 0)")
+            else:
+                used = fen
+        return admission_no, used
+
+    # ------------------------------------------------------------------ the call
+
+    def estimate(self, case: dict, *, trace: bool = True) -> dict:
         """Estimate one case.
 
         Parameters
@@ -125,6 +158,9 @@ class Estimator:
         case : dict
             Contract §2 fields (yuan amounts, ISO dates, codes in any case and spacing);
             optionally ``admission_no`` and ``annual_fund_used`` (yuan).
+        trace : bool, default True
+            Build the human trace (the CLI prints it, contract §1). ``False`` saves the
+            text formatting for callers that need only the figures; ``trace`` is then None.
 
         Returns
         -------
@@ -134,46 +170,44 @@ class Estimator:
             level_coef, ref_source, ratio, deviation, case_points, point_value`` (yuan per point),
             ``standard_fen, policy_scope_fen, deductible_fen, patient_share_fen,
             fund_benefit_fen, fund_due_fen`` (standard − patient share; int fen),
-            ``cap_reached, benefit_note, reason, reason_detail, trace`` (list of str). A bad case
-            answers with its ``reason`` and null figures; it never raises.
+            ``cap_reached, benefit_note, reason, reason_detail, trace`` (list of str, or None).
+            A bad case answers with its ``reason`` and null figures; it never raises.
         """
-        from dipengine.scoring import points_one
-
         c = self.normalise(case)
-        out = {"case_id": c.get("case_id"), "hospital_id": c.get("hospital_id"), "level": None,
-               "locality": None, "pool": None, "in_pool": False,
-               **{k: None for k in _GROUP_KEYS}, "level_coef": None, "ref_source": None, "ratio": None,
-               "deviation": None, "case_points": 0.0, "point_value": None, "standard_fen": None,
-               "policy_scope_fen": None, "deductible_fen": None, "patient_share_fen": None,
-               "fund_benefit_fen": None, "fund_due_fen": None, "cap_reached": None, "benefit_note": None,
-               "reason": c.get("reason"), "reason_detail": c.get("reason_detail"), "trace": []}
-        trace = out["trace"]
-        if c.get("reason"):
+        out = dict(_EMPTY)
+        out["case_id"] = c["case_id"]
+        out["hospital_id"] = c["hospital_id"]
+        out["reason"] = reason = c["reason"]
+        out["reason_detail"] = c["reason_detail"]
+        lines = out["trace"] = [] if trace else None
+        if reason:
             out["match_path"] = "rejected"
-            trace.append(f"rejected by the reader: {c['reason']} ({c.get('reason_detail')})")
+            if trace:
+                lines.append(f"rejected by the reader: {reason} ({c['reason_detail']})")
             return out
 
         g = self._group_case(c, self.rules)
-        trace.extend(g.get("trace") or [])
+        if trace:
+            lines.extend(g["trace"])
         for k in _GROUP_KEYS:
-            out[k] = g.get(k)
-        out["reason"] = g.get("reason")
-        out["reason_detail"] = g.get("reason_detail") or c.get("reason_detail")
+            out[k] = g[k]
+        out["reason"] = g["reason"]
+        out["reason_detail"] = g["reason_detail"] or c["reason_detail"]
 
         hosp = self._registry[c["hospital_id"]]  # the reader rejected unknown hospitals
-        level = int(hosp["level"])
-        locality = locality_of(c.get("insured_region"), hosp["region"])
-        pool = c.get("insurance_type")
-        out.update(level=level, locality=locality, pool=pool,
-                   in_pool=locality in _REMOTE_ALLOWED[self.policy.include_remote])
+        level = hosp["level"]
+        locality = locality_of(c["insured_region"], hosp["region"])
+        pool = c["insurance_type"]
+        in_pool = locality in self._allowed
+        out["level"], out["locality"], out["pool"], out["in_pool"] = level, locality, pool, in_pool
 
-        scored = out["match_path"] in SCORED_PATHS
-        if scored:
+        if out["match_path"] in SCORED_PATHS:
             coef = self._level_coef(out["group_type"], hosp)
-            ref = self._same_level.get((out["dip_code"], level), 0)
+            dip_code = out["dip_code"]
+            ref = self._same_level.get((dip_code, level), 0)
             source = "same_level"
             if ref <= 0:
-                ref = self._group_avg.get(out["dip_code"], 0)
+                ref = self._group_avg.get(dip_code, 0)
                 source = "group_avg" if ref > 0 else "none"
             kind = "blank" if "blank" in (out["match_path"], out["group_type"]) else "group"
             ratio, deviation, pe4 = points_one(
@@ -184,31 +218,34 @@ class Estimator:
             standard = math.floor(pe4 * (pv * 100.0) / 10000.0 + 0.5)
             out.update(level_coef=coef, ref_source=source, ratio=None if math.isnan(ratio) else ratio,
                        deviation=deviation, case_points=pe4 / 10000.0, point_value=pv, standard_fen=standard)
-            trace.append(f"points: {pe4 / 10000.0:.4f} ({deviation}; ratio "
-                         f"{'n/a' if math.isnan(ratio) else f'{ratio:.4f}'} against {source} cost "
-                         f"{ref / 100:.2f}; level coefficient {coef})")
-            trace.append(f"payment standard: {pe4 / 10000.0:.4f} points x {pv} yuan = {standard / 100:.2f} yuan")
-            if deviation == "extreme":
-                trace.append("extreme cost deviation: a candidate for special review (特例单议)")
-        else:
-            trace.append(f"no points: match_path {out['match_path']}")
-        if not out["in_pool"]:
-            trace.append(f"{locality} case outside the pool under include_remote="
+            if trace:
+                lines.append(f"points: {pe4 / 10000.0:.4f} ({deviation}; ratio "
+                             f"{'n/a' if math.isnan(ratio) else f'{ratio:.4f}'} against {source} cost "
+                             f"{ref / 100:.2f}; level coefficient {coef})")
+                lines.append(f"payment standard: {pe4 / 10000.0:.4f} points x {pv} yuan = {standard / 100:.2f} yuan")
+                if deviation == "extreme":
+                    lines.append("extreme cost deviation: a candidate for special review (特例单议)")
+        elif trace:
+            lines.append(f"no points: match_path {out['match_path']}")
+        if trace and not in_pool:
+            lines.append(f"{locality} case outside the pool under include_remote="
                          f"{self.policy.include_remote}: settled per item, not by points")
 
-        admission_no = case.get("admission_no") or 1
-        try:
-            admission_no = int(admission_no)
-        except (TypeError, ValueError):
-            admission_no = 1
-        used = _yuan_fen(case.get("annual_fund_used")) or 0
+        warn: list = []
+        admission_no, used = (1, 0) if "admission_no" not in case and "annual_fund_used" not in case \
+            else self._earlier_admissions(case, warn)
+        if warn:
+            out["reason_detail"] = "; ".join(([out["reason_detail"]] if out["reason_detail"] else []) + warn)
         b = benefit_case(c, self.benefits, level, hosp["region"], admission_no=admission_no, cap_used_fen=used)
-        trace.extend(b["trace"])
+        if trace:
+            lines.extend(b["trace"])
+        patient = b["patient_share_fen"]
         out.update(policy_scope_fen=b["policy_scope_fen"], deductible_fen=b["deductible_fen"],
-                   patient_share_fen=b["patient_share_fen"], fund_benefit_fen=b["fund_benefit_fen"],
+                   patient_share_fen=patient, fund_benefit_fen=b["fund_benefit_fen"],
                    cap_reached=b["cap_reached"], benefit_note=b["benefit_note"])
         if out["standard_fen"] is not None:
-            out["fund_due_fen"] = out["standard_fen"] - b["patient_share_fen"]
-            trace.append(f"fund due: standard {out['standard_fen'] / 100:.2f} - patient share "
-                         f"{b['patient_share_fen'] / 100:.2f} = {out['fund_due_fen'] / 100:.2f} yuan")
+            out["fund_due_fen"] = out["standard_fen"] - patient
+            if trace:
+                lines.append(f"fund due: standard {out['standard_fen'] / 100:.2f} - patient share "
+                             f"{patient / 100:.2f} = {out['fund_due_fen'] / 100:.2f} yuan")
         return out

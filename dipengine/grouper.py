@@ -330,9 +330,66 @@ def _detail_texts(u: pa.Array, rs: RuleSet):
     return pa.array(inv, pa.string()), pa.array(exc, pa.string()), pa.array(nog, pa.string())
 
 
-def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet) -> pa.Table:
-    """The contract §6.1 columns from the kernel results (vectorised)."""
-    n = prep.num_rows
+def _dict(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    """values[indices] as a dictionary array (index -1 -> null): no string copied per row."""
+    none = indices < 0
+    idx = pa.array(np.where(none, 0, indices).astype(np.int32), pa.int32(), mask=none if none.any() else None)
+    return pa.DictionaryArray.from_arrays(idx, values)
+
+
+def _assemble_dictionary(prep: pa.Table, res: GroupArrays, rs: RuleSet, reason, detail) -> pa.Table:
+    """:func:`assemble`'s table with the low-cardinality text columns as dictionary arrays."""
+    groups = rs.groups
+    gi = res.group_index
+    none = gi < 0
+    g_cls = np.append(rs.compiled.g_class, -1).astype(np.int32)  # treat_class rank per group, -1 none
+    treat = np.where(res.match_path == 3, res.case_class, g_cls[np.where(none, len(g_cls) - 1, gi)])
+    score = np.append(groups["score"].to_numpy(), 0.0)
+    return pa.table({
+        "case_id": prep["case_id"],
+        "dip_code": _dict(gi, groups["dip_code"].combine_chunks()),
+        "dip_name": _dict(gi, groups["dip_name"].combine_chunks()),
+        "group_type": _dict(gi, groups["group_type"].combine_chunks()),
+        "match_path": _dict(res.match_path, pa.array(MATCH_PATHS, pa.string())),
+        "treat_class": _dict(treat, pa.array(TREAT_CLASSES, pa.string())),
+        "base_score": pa.array(score[np.where(none, len(score) - 1, gi)], pa.float64()),
+        "aux_subtype": _dict(res.aux_index, pa.array(rs.subtypes, pa.string())),
+        "aux_coef": pa.array(res.aux_coef, pa.float64()),
+        "reason": reason,
+        "reason_detail": detail,
+    })
+
+
+def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet, *, dictionary: bool = False) -> pa.Table:
+    """The contract §6.1 columns from the kernel results (vectorised).
+
+    With ``dictionary=True`` the text columns ``dip_code, dip_name, group_type, match_path,
+    treat_class, aux_subtype`` are dictionary arrays (same values; cheap to build and to write).
+    """
+    reason_in = prep["reason"].combine_chunks() if isinstance(prep["reason"], pa.ChunkedArray) else prep["reason"]
+    own = np.where(res.reason == _MARK, 0, res.reason)
+    reason = pc.coalesce(reason_in, _reasons.to_strings(own)).cast(pa.string())
+
+    # the grouper's own detail text: one take over [invalid | excluded | no group | missing] texts
+    dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
+    if (own != 0).any():
+        inv_u, exc_u, nog_u = _detail_texts(dx.dictionary, rs)
+        nu = len(inv_u)
+        pick = np.full(len(own), -1, np.int64)
+        idx = _np(dx.indices, np.int64, -1)
+        for k, code in enumerate((_reasons.INVALID_DX, _reasons.EXCLUDED_DX, _reasons.NO_GROUP)):
+            m = (own == code) & (idx >= 0)
+            pick[m] = k * nu + idx[m]
+        pick[own == _reasons.MISSING_FIELD] = 3 * nu
+        texts = pa.concat_arrays([inv_u, exc_u, nog_u, pa.array([detail_missing()], pa.string())])
+        new = texts.take(pa.array(pick, mask=pick < 0))
+    else:
+        new = pa.nulls(len(own), pa.string())
+    old = prep["reason_detail"].combine_chunks() if isinstance(prep["reason_detail"], pa.ChunkedArray) else prep["reason_detail"]
+    detail = pc.coalesce(pc.binary_join_element_wise(old, new, pa.scalar("; ")), old, new)
+    if dictionary:
+        return _assemble_dictionary(prep, res, rs, reason, detail)
+
     gi = res.group_index
     none = gi < 0
     gidx = pa.array(gi, mask=none)
@@ -347,23 +404,6 @@ def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet) -> pa.Table:
     subtypes = pa.array(rs.subtypes, pa.string())
     aux = subtypes.take(pa.array(res.aux_index, mask=res.aux_index < 0))
 
-    reason_in = prep["reason"].combine_chunks() if isinstance(prep["reason"], pa.ChunkedArray) else prep["reason"]
-    own = np.where(res.reason == _MARK, 0, res.reason)
-    reason = pc.coalesce(reason_in, _reasons.to_strings(own))
-
-    dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
-    inv_u, exc_u, nog_u = _detail_texts(dx.dictionary, rs)
-    idx = dx.indices
-    new = pa.nulls(n, pa.string())
-    for code, texts in ((_reasons.INVALID_DX, inv_u), (_reasons.EXCLUDED_DX, exc_u), (_reasons.NO_GROUP, nog_u)):
-        mask = own == code
-        if mask.any():
-            new = pc.if_else(pa.array(mask), texts.take(idx), new)
-    if (own == _reasons.MISSING_FIELD).any():
-        new = pc.if_else(pa.array(own == _reasons.MISSING_FIELD), pa.scalar(detail_missing()), new)
-    old = prep["reason_detail"].combine_chunks() if isinstance(prep["reason_detail"], pa.ChunkedArray) else prep["reason_detail"]
-    detail = pc.coalesce(pc.binary_join_element_wise(old, new, pa.scalar("; ")), old, new)
-
     return pa.table({
         "case_id": prep["case_id"],
         "dip_code": groups["dip_code"].combine_chunks().take(gidx),
@@ -374,9 +414,77 @@ def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet) -> pa.Table:
         "base_score": pa.array(base_score, pa.float64()),
         "aux_subtype": aux,
         "aux_coef": pa.array(res.aux_coef, pa.float64()),
-        "reason": reason.cast(pa.string()),
+        "reason": reason,
         "reason_detail": detail,
     })
+
+
+def output_schema(dictionary: bool = False) -> pa.Schema:
+    """Arrow schema of the grouping output (:data:`OUTPUT_COLUMNS`)."""
+    text = pa.dictionary(pa.int32(), pa.string()) if dictionary else pa.string()
+    return pa.schema([("case_id", pa.string()), ("dip_code", text), ("dip_name", text), ("group_type", text),
+                      ("match_path", text), ("treat_class", text), ("base_score", pa.float64()),
+                      ("aux_subtype", text), ("aux_coef", pa.float64()), ("reason", pa.string()),
+                      ("reason_detail", pa.string())])
+
+
+def _prefetch(iterator, depth: int = 2):
+    """Run ``iterator`` in a background thread, ``depth`` items ahead (order kept; errors re-raised).
+
+    Arrow and numpy release the GIL, so reading and validating the next batch overlaps with
+    grouping and writing this one.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def run():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((done, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((done, e))
+
+    worker = threading.Thread(target=run, name="dipengine-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, err = q.get()
+            if item is done:
+                if err is not None:
+                    raise err
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def group_stream(batches, rules, *, n_threads=None, dictionary: bool = False, prefetch: int = 2):
+    """Group a stream of normalised case batches (``reader.iter_cases``), batch by batch.
+
+    Yields ``(cases_batch, output_table, GroupArrays)`` per batch, in order; the output is that
+    of :func:`group` (with ``dictionary=True``: :func:`assemble`'s dictionary columns, same
+    values). Results do not depend on how the input is split. With ``prefetch > 0`` the input
+    iterator runs that many batches ahead in a background thread.
+    """
+    rs = rules if isinstance(rules, RuleSet) else load_rules(rules)
+    source = _prefetch(iter(batches), prefetch) if prefetch > 0 else batches
+    for batch in source:
+        prep = prepare_cases(batch)
+        res = run_kernel(encode(prep, rs), rs, effective_threads(n_threads, prep.num_rows))
+        yield batch, assemble(prep, res, rs, dictionary=dictionary), res
 
 
 def group(cases, rules, *, n_threads=None, explain=False):

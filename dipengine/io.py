@@ -99,6 +99,34 @@ def _read_ipc(path: str) -> pa.Table:
             return ipc.open_stream(src).read_all()
 
 
+def _as_text(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column as text, the way a CSV file holds it (lists joined with ``|``)."""
+    return _csv_ready(pa.table({"c": col}))["c"].cast(pa.string())
+
+
+def _unify_types(tables: list[pa.Table]) -> list[pa.Table]:
+    """Make the files of one input agree on column types before they are concatenated.
+
+    A column typed differently in different files (typically a CSV file, read as text, next to
+    a typed Parquet file) becomes text in all of them; the case reader parses text and typed
+    columns alike, so mixing file formats does not change any result.
+    """
+    types: dict[str, set] = {}
+    for t in tables:
+        for field in t.schema:
+            types.setdefault(field.name, set()).add(field.type)
+    mixed = {name for name, ts in types.items() if len(ts) > 1}
+    if not mixed:
+        return tables
+    out = []
+    for t in tables:
+        for name in mixed & set(t.column_names):
+            i = t.column_names.index(name)
+            t = t.set_column(i, name, _as_text(t[name]))
+        out.append(t)
+    return out
+
+
 def read_table(source, columns=None) -> pa.Table:
     """Read a table from a path, directory, glob, list of paths, DataFrame or Arrow object.
 
@@ -130,7 +158,7 @@ def read_table(source, columns=None) -> pa.Table:
         table = tables[0]
     else:
         try:
-            table = pa.concat_tables(tables, promote_options="permissive")
+            table = pa.concat_tables(_unify_types(tables), promote_options="permissive")
         except (pa.ArrowException, ValueError) as e:
             raise DataError(f"files do not share one schema ({e})", file=files[0]) from None
     if columns is not None:
@@ -227,3 +255,39 @@ def atomic_dir(path):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
+
+
+def write_batches(tables, path, schema: pa.Schema) -> int:
+    """Write a stream of tables/record batches to one file atomically; returns the row count.
+
+    Parquet (one row group per item; dictionary columns are written as Parquet dictionaries but
+    read back as their value type, as :func:`write_table` output would be) or CSV when the name
+    ends in ``.csv``. Nothing appears at ``path`` unless the whole stream was written; with no
+    items an empty file with ``schema`` is written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    rows = 0
+    try:
+        if path.suffix.lower() == ".csv":
+            plain = _csv_ready(schema.empty_table()).schema
+            with pcsv.CSVWriter(tmp, plain) as w:
+                for t in tables:
+                    t = t if isinstance(t, pa.Table) else pa.Table.from_batches([t])
+                    w.write_table(_csv_ready(t))
+                    rows += t.num_rows
+        else:
+            with pq.ParquetWriter(tmp, schema, store_schema=False) as w:
+                for t in tables:
+                    t = t if isinstance(t, pa.Table) else pa.Table.from_batches([t])
+                    w.write_table(t)
+                    rows += t.num_rows
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return rows

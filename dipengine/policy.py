@@ -484,3 +484,35 @@ def policy_from_dict(doc: dict, same_level_avg: pa.Table, *, path=".") -> Policy
     """Build a :class:`Policy` from a parsed ``policy.toml`` document and a same-level table
     (``dip_code``, ``level`` int8, ``avg_cost_fen`` int64), with the checks of :func:`load_policy`."""
     return Policy(path=Path(path), same_level_avg=same_level_avg, **parse_policy(doc))
+
+
+def packaged_pricing_root() -> Path:
+    """Folder of the pricing tables shipped with the package (``dipengine.pricing_tables``).
+
+    Installed (wheel or editable) it is the ``dipengine.pricing_tables`` package; in a plain
+    source checkout, where that package is not importable, ``pricing_tables/`` beside ``dipengine/``.
+    """
+    from importlib import resources
+
+    try:
+        return Path(str(resources.files("dipengine.pricing_tables")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "pricing_tables"
+
+
+def resolve_pricing_dir(name_or_path) -> Path:
+    """A pricing directory from a path or the short name ``<region>/<year>`` of shipped tables.
+
+    An existing path always wins. Otherwise ``REGION/YEAR`` (6 digits, 4 digits) that names
+    shipped tables (``pricing_tables/<region>/<year>/policy.toml``) resolves to them, so
+    ``--pricing 440200/2026`` works anywhere. Anything else comes back unchanged (as a ``Path``),
+    for the loader to report as not found.
+    """
+    import re
+
+    path = Path(name_or_path)
+    m = re.fullmatch(r"([0-9]{6})/([0-9]{4})", str(name_or_path))
+    if path.exists() or m is None:
+        return path
+    shipped = packaged_pricing_root() / m.group(1) / m.group(2)
+    return shipped if (shipped / "policy.toml").is_file() else path

@@ -778,3 +778,35 @@ def longest_prefix(values: pa.Array, prefixes: list[str]) -> np.ndarray:
         hit = (idx >= 0) & (out < 0)
         out[hit] = np.asarray(rows, np.int32)[idx[hit]]
     return out
+
+
+# --------------------------------------------------------------------------- shipped rule sets
+
+
+def packaged_rules_root() -> Path:
+    """Folder of the rule sets shipped with the package (``dipengine.grouper_rules``).
+
+    Installed (wheel or editable) it is the ``dipengine.grouper_rules`` package; in a plain source
+    checkout, where that package is not importable, ``grouper_rules/`` beside ``dipengine/``.
+    """
+    from importlib import resources
+
+    try:
+        return Path(str(resources.files("dipengine.grouper_rules")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "grouper_rules"
+
+
+def resolve_rules_dir(name_or_path) -> Path:
+    """A rule-set directory from a path or the short name of a shipped rule set.
+
+    An existing path always wins. Otherwise a bare name (letters, digits, ``_.-``; no path
+    separator) that names a shipped rule set (``grouper_rules/<name>/manifest.toml``) resolves to
+    it, so ``--rules demo`` works anywhere. Anything else comes back unchanged (as a ``Path``),
+    for the loader to report as not found.
+    """
+    path = Path(name_or_path)
+    if path.exists() or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name_or_path)):
+        return path
+    shipped = packaged_rules_root() / str(name_or_path)
+    return shipped if (shipped / "manifest.toml").is_file() else path

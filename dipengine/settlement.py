@@ -37,6 +37,10 @@ NORMALISED_COLUMNS = frozenset((
     "reason", "reason_detail",
 ))
 
+BENEFIT_CASE_COLUMNS = ("paid_source", "fund_benefit_fen", "fund_diff_fen", "benefit_note")
+"""Case columns of the estimate mode (:func:`apply_benefits`), after ``fund_paid_fen``."""
+PAID_SOURCES = ("recorded", "estimated", "none")
+
 HOSPITAL_SCHEMA = pa.schema([
     ("hospital_id", pa.string()), ("pool", pa.string()), ("level", pa.int8()),
     ("n_cases", pa.int64()), ("points", pa.float64()), ("points_e4", pa.int64()),
@@ -351,13 +355,20 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
     cols["patient_paid_fen"] = cases["patient_paid_fen"]
     cols["fund_due_fen"] = pa.array(c_fund_due.astype(np.int64))
     cols["fund_paid_fen"] = cases["fund_paid_fen"]
+    with_benefits = "paid_source" in cases.column_names
+    if with_benefits:
+        for name in BENEFIT_CASE_COLUMNS:
+            cols[name] = cases[name]
     for name in cases.column_names:
         if name not in NORMALISED_COLUMNS and name not in cols:
             cols[name] = cases[name]
     case_table = pa.table(cols)
 
+    estimated = _np(pc.equal(cases["paid_source"], "estimated"), np.bool_, False) if with_benefits else None
     for pi, p in enumerate(POOLS):
         sel = pool == pi
+        if with_benefits:
+            pool_info[p]["n_paid_estimated"] = int((sel & in_pool & estimated).sum())
         pool_info[p]["case_standard_fen"] = int(c_standard[sel & in_pool].sum())
         pool_info[p]["hospital_standard_fen"] = int(h_standard[pi::2].sum())
         pool_info[p]["case_minus_hospital_standard_fen"] = (
@@ -372,7 +383,8 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
         "pools": pool_info,
         "total_points": sum(i["points_e4"] for i in pool_info.values()) / 10000.0,
         "sums": {
-            "cases": {c: int(pc.sum(case_table[c]).as_py() or 0) for c in MONEY_CASE_COLUMNS},
+            "cases": {c: int(pc.sum(case_table[c]).as_py() or 0)
+                      for c in MONEY_CASE_COLUMNS + (("fund_benefit_fen", "fund_diff_fen") if with_benefits else ())},
             "hospitals": {c: int(pc.sum(statements[c]).as_py() or 0) for c in MONEY_HOSPITAL_COLUMNS},
         },
         "counts": {
@@ -384,6 +396,7 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
             "deviation": _counts(scored["deviation"]),
             "reason": _counts(scored["reason"]),
             "locality": _counts(scored["locality"]),
+            **({"paid_source": _counts(case_table["paid_source"])} if with_benefits else {}),
         },
         "sha256": {"policy": dict(policy.sha256)},
     }
@@ -395,12 +408,94 @@ def _version() -> str:
     return __version__
 
 
+def apply_benefits(cases: pa.Table, benefit_rules, hospitals: pa.Table) -> pa.Table:
+    """Estimate mode: fill in missing payments with the computed benefits (dip-rules §8).
+
+    :func:`dipengine.benefits.compute_benefits` gives each case's fund benefit and patient
+    share. A case is ``recorded`` when it has both ``fund_paid_fen`` and ``patient_paid_fen``:
+    they stay, and the difference to the computed benefit is reported. Otherwise, when a
+    benefit rule applied, it is ``estimated``: ``patient_paid_fen`` becomes the computed
+    patient share and ``fund_paid_fen`` (what the fund records) the computed fund benefit, so
+    both add up to the total cost. Otherwise (rejected, no rule, unknown hospital) it is
+    ``none`` and keeps what it had (null payments count as 0, as without benefits).
+
+    Parameters
+    ----------
+    cases : pa.Table
+        The normalised case table (``reader.read_cases``).
+    benefit_rules : BenefitRules
+        From :func:`dipengine.benefits.load_benefits`.
+    hospitals : pa.Table
+        The registry.
+
+    Returns
+    -------
+    pa.Table
+        ``cases`` with ``patient_paid_fen``/``fund_paid_fen`` filled in (int64 fen) and, before the
+        extra input columns, ``paid_source`` (string), ``fund_benefit_fen`` (computed fund
+        benefit, int64 fen; null on rejected rows), ``fund_diff_fen`` (recorded ``fund_paid_fen``
+        minus the computed benefit; null where nothing was recorded) and ``benefit_note``.
+        Admissions and caps are counted within ``cases`` only (``compute_benefits``).
+    """
+    from dipengine.benefits import compute_benefits
+
+    cases = _as_table(cases)
+    ben = compute_benefits(cases, benefit_rules, hospitals)
+    fund_rec = cases["fund_paid_fen"].combine_chunks()
+    patient_rec = cases["patient_paid_fen"].combine_chunks()
+    recorded = _np(pc.and_(pc.is_valid(fund_rec), pc.is_valid(patient_rec)), np.bool_, False)
+    computed = _np(pc.and_(pc.is_valid(ben["fund_benefit_fen"]), pc.is_null(ben["benefit_note"])),
+                   np.bool_, False)
+    estimated = ~recorded & computed
+    source = np.where(recorded, 0, np.where(estimated, 1, 2))
+    est = pa.array(estimated)
+    added = {
+        "paid_source": pa.array(PAID_SOURCES, pa.string()).take(pa.array(source)),
+        "fund_benefit_fen": ben["fund_benefit_fen"],
+        "fund_diff_fen": ben["fund_diff_fen"],
+        "benefit_note": ben["benefit_note"],
+    }
+    out = cases.drop([c for c in BENEFIT_CASE_COLUMNS if c in cases.column_names])
+    out = out.set_column(out.schema.get_field_index("patient_paid_fen"), "patient_paid_fen",
+                         pc.if_else(est, ben["patient_share_fen"], patient_rec))
+    out = out.set_column(out.schema.get_field_index("fund_paid_fen"), "fund_paid_fen",
+                         pc.if_else(est, ben["fund_benefit_fen"], fund_rec))
+    at = max(out.schema.get_field_index(c) for c in NORMALISED_COLUMNS if c in out.column_names) + 1
+    for name, values in added.items():
+        out = out.add_column(at, name, values)
+        at += 1
+    return out
+
+
+def resolve_benefits(benefits, policy: Policy):
+    """The benefit tables a settlement uses: ``BenefitRules`` or None (estimate mode off).
+
+    ``benefits``: None = the pricing dir's ``benefits.csv`` when it has one (else off); False =
+    off; a path or list of paths (pricing dirs or CSV files) = those tables plus the pricing
+    dir's own; a loaded ``BenefitRules`` as is.
+    """
+    from dipengine.benefits import BenefitRules, load_benefits
+
+    if benefits is False:
+        return None
+    if isinstance(benefits, BenefitRules):
+        return benefits
+    extra = [] if benefits is None else [benefits] if isinstance(benefits, (str, Path)) else list(benefits)
+    own = Path(policy.path) / "benefits.csv" if getattr(policy, "path", None) is not None else None
+    dirs = [own] if own is not None and own.exists() else []
+    for d in extra:  # the pricing dir itself may be among them: read each table once
+        f = Path(d) / "benefits.csv" if Path(d).is_dir() else Path(d)
+        if all(f.resolve() != Path(x).resolve() for x in dirs):
+            dirs.append(f)
+    return load_benefits(dirs) if dirs else None
+
+
 def _is_normalised(obj) -> bool:
     return isinstance(obj, pa.Table) and {"total_cost_fen", "reason"} <= set(obj.column_names)
 
 
 def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=None,
-           n_threads=None) -> SettlementResult:
+           n_threads=None, benefits=None) -> SettlementResult:
     """Read, group, score and settle a period (contract §1 ``settle``).
 
     Parameters
@@ -419,6 +514,13 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         Monthly output directories whose payments the annual clearing nets off.
     progress : callable(done, total), optional
         Passed to the reader.
+    n_threads : int, optional
+        Grouping threads.
+    benefits : None, False, path(s) or BenefitRules
+        Estimate mode (:func:`apply_benefits`, tables chosen by :func:`resolve_benefits`):
+        by default the pricing dir's ``benefits.csv`` when it has one; ``False`` turns it off;
+        paths add the tables of other insured regions. Cases without recorded payments are
+        then settled on the computed patient share and fund benefit.
     """
     from dipengine.hospitals import read_hospitals
 
@@ -444,16 +546,22 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
     else:
         from dipengine.reader import read_cases
         normalised = read_cases(cases, hosp_table, period=str(period), progress=progress)
+    benefit_rules = resolve_benefits(benefits, policy)
+    if benefit_rules is not None:
+        normalised = apply_benefits(normalised, benefit_rules, hosp_table)
     from dipengine.grouper import group
     grouped = group(normalised, rules, n_threads=n_threads)
     scored = case_points(normalised, grouped, hosp_table, policy, groups=rules.groups)
     result = settle_scored(scored, normalised, hosp_table, policy, period, monthly=monthly_sums)
     m = result.manifest
-    m["parameters"] = {"period": str(period), "monthly": [str(d) for d in (monthly or [])]}
+    m["parameters"] = {"period": str(period), "monthly": [str(d) for d in (monthly or [])],
+                       "benefits": None if benefit_rules is None else sorted(benefit_rules.files)}
     m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
     m["sha256"]["hospitals"] = {str(f): sha256_file(f) for f in hosp_files}
     m["sha256"]["monthly"] = {str(Path(d) / "hospitals.parquet"): sha256_file(Path(d) / "hospitals.parquet")
                               for d in (monthly or [])}
     m["sha256"]["rules"] = dict(getattr(rules, "sha256", {}) or {})
+    if benefit_rules is not None:
+        m["sha256"]["benefits"] = dict(sorted(benefit_rules.files.items()))
     m["rules"] = {"name": getattr(rules, "name", None), "version": getattr(rules, "version", None)}
     return result

@@ -24,3 +24,12 @@ def icd10_path() -> Path:
 @pytest.fixture(scope="session")
 def icd9_path() -> Path:
     return _shared("icd9cm3_yb2.tsv")
+
+
+RULES_FEATURES = REPO / "tests" / "data" / "rules_features"
+
+
+@pytest.fixture(scope="session")
+def rules_features() -> Path:
+    """The hand-made rule set exercising every grouper feature (``tests/data/make_rules_features.py``)."""
+    return RULES_FEATURES

@@ -1,15 +1,11 @@
 """``dipengine group`` end to end: reader -> grouper -> file, summary, --explain, errors."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from dipengine.cli import cli, main
-
-DEMO = Path(__file__).resolve().parents[1] / "grouper_rules" / "demo"
 
 CASES = """case_id,hospital_id,insurance_type,insured_region,age,admit_date,discharge_date,main_dx,main_proc,other_procs,other_dx,total_cost,discharge_mode
 c1,H1,employee,440200,45,2027-03-01,2027-03-05,K35.800x001,47.0100,,,10400.00,1
@@ -27,9 +23,10 @@ def cases_csv(tmp_path):
     return p
 
 
-def test_group_command_writes_one_row_per_case(cases_csv, tmp_path):
+def test_group_command_writes_one_row_per_case(cases_csv, tmp_path, rules_features):
     out = tmp_path / "grouped.parquet"
-    res = CliRunner().invoke(cli, ["group", "--rules", str(DEMO), "--input", str(cases_csv), "--out", str(out)])
+    res = CliRunner().invoke(cli, ["group", "--rules", str(rules_features), "--input", str(cases_csv),
+                                   "--out", str(out)])
     assert res.exit_code == 0, res.output
     t = pq.read_table(out)
     assert t["case_id"].to_pylist() == ["c1", "c2", "c3", "c4", "c5"]
@@ -40,10 +37,10 @@ def test_group_command_writes_one_row_per_case(cases_csv, tmp_path):
     assert "grouped 5 cases" in res.output and "excluded 1" in res.output and "BAD_DATES 1" in res.output
 
 
-def test_group_command_csv_output_and_explain(cases_csv, tmp_path):
+def test_group_command_csv_output_and_explain(cases_csv, tmp_path, rules_features):
     out = tmp_path / "grouped.csv"
-    res = CliRunner().invoke(cli, ["group", "--rules", str(DEMO), "--input", str(cases_csv), "--out", str(out),
-                                   "--explain", "c1"])
+    res = CliRunner().invoke(cli, ["group", "--rules", str(rules_features), "--input", str(cases_csv),
+                                   "--out", str(out), "--explain", "c1"])
     assert res.exit_code == 0, res.output
     assert out.read_text(encoding="utf-8").startswith("\"case_id\",\"dip_code\"")
     assert "explain c1: core K35.8-47.0100" in res.output

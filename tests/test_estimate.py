@@ -5,6 +5,8 @@ import json
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("dipengine.reference", reason="the reference grouper (dipengine.reference) is not built yet")
 
@@ -174,3 +176,88 @@ def test_estimates_agree_with_the_batch_path(setup, est):
         assert s["deviation"] == p["deviation"]
         assert s["patient_share_fen"] == b["patient_share_fen"]
         assert s["fund_benefit_fen"] == b["fund_benefit_fen"]
+
+
+# --- the single-case path: same answers, trace optional, no state across calls -----------------
+
+def test_trace_can_be_left_out(est):
+    full = est.estimate(CASE)
+    lean = est.estimate(CASE, trace=False)
+    assert lean["trace"] is None and full["trace"]
+    assert {k: v for k, v in lean.items() if k != "trace"} == {k: v for k, v in full.items() if k != "trace"}
+    bad = est.estimate({**CASE, "hospital_id": "nowhere"}, trace=False)
+    assert bad["reason"] == "UNKNOWN_HOSPITAL" and bad["trace"] is None
+
+
+def test_calls_are_independent(est):
+    """No duplicate-case_id check across estimates: the same case twice gives the same answer."""
+    assert est.estimate(CASE) == est.estimate(CASE)
+    assert est.estimate(CASE)["reason"] is None
+
+
+def test_bad_earlier_admission_fields_warn_and_default(est):
+    r = est.estimate({**CASE, "admission_no": "second", "annual_fund_used": "lots"})
+    assert r["reason"] is None and r["deductible_fen"] == 0 and r["fund_benefit_fen"] == 770_000
+    assert "warning: admission_no: 'second'" in r["reason_detail"]
+    assert "warning: annual_fund_used: 'lots'" in r["reason_detail"]
+
+
+def test_native_json_values_read_like_text(est):
+    """Numbers and lists as JSON gives them read as a table of those types would be."""
+    r = est.estimate({**CASE, "age": 34, "total_cost": 11000, "other_dx": ["I10", None, " e11.900 "]})
+    assert r["fund_due_fen"] == 552_194
+    c = est.normalise({**CASE, "age": 34.0, "total_cost": 11000.005, "other_dx": ["I10", None, " e11.900 "]})
+    assert c["age"] == 34 and c["total_cost_fen"] == 1_100_001 and c["other_dx"] == ["I10", "E11.900"]
+    c = est.normalise({**CASE, "age": True})
+    assert c["reason"] == "BAD_VALUE" and "age: 'True'" in c["reason_detail"]
+
+
+_values = {
+    "case_id": st.sampled_from(["A", " b ", "", None]),
+    "hospital_id": st.sampled_from(["H2", "P3", "H9", "", None]),
+    "insurance_type": st.sampled_from(["employee", "Resident", "x", None]),
+    "person_type": st.sampled_from(["retired", "boss", None]),
+    "insured_region": st.sampled_from(["440200", "4402", None]),
+    "remote_filing": st.sampled_from(["temporary", "nope", None]),
+    "sex": st.sampled_from(["m", "F", "Q", None]),
+    "age": st.one_of(st.integers(-3, 140), st.floats(-2, 140, allow_nan=False).map(lambda f: round(f, 1)),
+                     st.sampled_from(["40", " 7 ", "4.5", "x", "1e2", "", None])),
+    "age_days": st.one_of(st.integers(-1, 400), st.none()),
+    "los": st.one_of(st.integers(-1, 12), st.sampled_from(["3", "x", None])),
+    "discharge_mode": st.one_of(st.integers(0, 9), st.sampled_from(["5", "300", None])),
+    "admit_date": st.sampled_from(["2027-03-01", "2027-02-30", "2027-03-05 10:00", "bad", None]),
+    "discharge_date": st.sampled_from(["2027-03-05", "2027-02-27", None]),
+    "main_dx": st.one_of(st.sampled_from(["K35.800x001", " k35.8 ", "A01.000x005+J17.0*", "K35.", None]),
+                         st.text(alphabet="AKx0159.+* ", max_size=8)),
+    "main_proc": st.one_of(st.sampled_from(["47.0100", "4701", None]), st.text(alphabet="x0147.", max_size=7)),
+    "other_dx": st.one_of(st.sampled_from(["K35.800|J18.900", "ZZ,K35.8", "", None]),
+                          st.lists(st.sampled_from(["I10", "e11.900", "bad", "", None]), max_size=3)),
+    "other_procs": st.one_of(st.sampled_from(["47.0100|51.2300x001", None]),
+                             st.lists(st.sampled_from(["47.0100", "9", None]), max_size=2)),
+    "total_cost": st.one_of(st.sampled_from(["1000", "0.005", "-1", "abc", "1,234.5", "2e3", "20000000", "", None]),
+                            st.decimals(0, 10**6, places=3).map(str), st.integers(-5, 10**9),
+                            st.floats(0, 1e8, allow_nan=False)),
+    "fund_paid": st.one_of(st.sampled_from(["700", "700.50", None]), st.floats(0, 1e4, allow_nan=False)),
+    "patient_paid": st.sampled_from(["300", "299", None]),
+    "out_of_catalogue_cost": st.one_of(st.sampled_from(["10", "1e12", None]), st.integers(0, 10**5)),
+    "class_b_cost": st.sampled_from(["10", "5000", "x", None]),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.fixed_dictionaries({}, optional=_values))
+def test_normalise_agrees_with_read_cases(est, case):
+    """One case through the single-case normaliser == the batch reader on a one-row table."""
+    import pyarrow as pa
+
+    from dipengine.reader import SCHEMA, read_cases
+
+    table = pa.Table.from_pylist([case]) if case else pa.table({"x": [1]})
+    for name in ("case_id", "hospital_id", "insurance_type", "insured_region", "age", "admit_date",
+                 "discharge_date", "main_dx", "total_cost"):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(1, pa.string()))
+    batch = read_cases(table, est.hospitals).to_pylist()[0]
+    single = est.normalise(case)
+    for name in SCHEMA.names:
+        assert single[name] == batch[name], name

@@ -1,8 +1,6 @@
 """Golden grouping cases from dip-rules §2-3, output shape, and determinism of the Cython grouper."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,7 +8,6 @@ import pytest
 from dipengine.grouper import group, group_arrays
 from dipengine.rules import load_rules, write_rule_set
 
-DEMO = Path(__file__).resolve().parents[1] / "grouper_rules" / "demo"
 
 GROUPS = [  # (dip_code, group_type, dx_key, proc_expr, treat_class, avg_cost yuan)
     ("APP-LAP", "core", "K35.8", "47.0100", "surgery", 10400),
@@ -218,10 +215,10 @@ def test_explain_trace(rs):
     assert "candidate APP-LAP" in trace and "not chosen: APP-LAP" in trace and "group APP-OPEN" in trace
 
 
-def test_threads_and_batches_do_not_matter():
+def test_threads_and_batches_do_not_matter(rules_features):
     from tests.test_reference_agreement import cohort
 
-    demo = load_rules(DEMO)
+    demo = load_rules(rules_features)
     cases = cohort(demo, 30_000, 11)
     one = group(cases, demo, n_threads=1)
     assert group(cases, demo, n_threads=2).equals(one)

@@ -2,7 +2,8 @@
 
 Two sources of cases: Hypothesis (small adversarial rule sets and cases: ties, empty
 procedure lists, unknown codes, dagger forms, ranges, both matching modes) and a vectorised
-cohort generator over the demo rule set (>= 100,000 cases in one test).
+cohort generator over the feature rule set ``tests/data/rules_features`` (>= 100,000 cases in
+one test).
 """
 from __future__ import annotations
 
@@ -18,9 +19,6 @@ from hypothesis import strategies as st
 from dipengine.grouper import OUTPUT_COLUMNS, group
 from dipengine.reference import group_table
 from dipengine.rules import load_rules, write_rule_set
-
-REPO = Path(__file__).resolve().parents[1]
-DEMO = REPO / "grouper_rules" / "demo"
 
 
 def assert_same(fast: pa.Table, slow: pa.Table):
@@ -101,8 +99,8 @@ def cohort(rs, n: int, seed: int) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def demo():
-    return load_rules(DEMO)
+def demo(rules_features):
+    return load_rules(rules_features)
 
 
 def test_cohort_covers_every_path(demo):

@@ -12,8 +12,6 @@ from dipengine.errors import DataError, RuleSetError
 from dipengine.rules import (
     Problem, category_number, check_rules, load_rules, parse_age_band, parse_proc_expr, write_rule_set)
 
-DEMO = Path(__file__).resolve().parents[1] / "grouper_rules" / "demo"
-
 
 def g(code, gtype="core", dx="K35.8", expr="47.0100", cls="surgery", score="1300", avg="10400"):
     return {"dip_code": code, "dip_name": code, "group_type": gtype, "dx_key": dx, "proc_expr": expr,
@@ -44,10 +42,10 @@ def only(problems) -> Problem:
     return problems[0]
 
 
-def test_demo_rule_set_checks_clean():
-    assert check_rules(DEMO) == []
-    rs = load_rules(DEMO)
-    assert rs.name == "demo" and rs.groups.num_rows > 100
+def test_feature_rule_set_checks_clean(rules_features):
+    assert check_rules(rules_features) == []
+    rs = load_rules(rules_features)
+    assert rs.name == "features" and rs.groups.num_rows > 100
     assert set(rs.groups["group_type"].to_pylist()) == {"core", "basic", "comprehensive", "blank"}
     assert rs.groups.schema.field("score").type == "double" and rs.groups.schema.field("n_cases").type == "int64"
     for table in ("procedures", "excluded_dx", "excluded_proc", "aux_coefficients", "cci_weights", "severity_dx"):
@@ -157,14 +155,14 @@ def test_missing_manifest_and_columns(tmp_path):
     assert any(p.file == "groups.csv" and p.line == 1 and p.column == "group_type" for p in problems)
 
 
-def test_rules_check_cli(tmp_path):
+def test_rules_check_cli(tmp_path, rules_features):
     bad = make(tmp_path, GOOD + [g("A1", dx="K35.3")])
     res = CliRunner().invoke(cli, ["rules", "check", str(bad)])
     assert res.exit_code == 1
     assert res.output.splitlines()[0].startswith("groups.csv:8:dip_code: duplicate dip_code")
-    res = CliRunner().invoke(cli, ["rules", "check", str(DEMO)])
-    assert res.exit_code == 0 and res.output.startswith("OK demo 2027.1:") and "blank" in res.output
-    res = CliRunner().invoke(cli, ["rules", "show", str(DEMO)])
+    res = CliRunner().invoke(cli, ["rules", "check", str(rules_features)])
+    assert res.exit_code == 0 and res.output.startswith("OK features 2027.1:") and "blank" in res.output
+    res = CliRunner().invoke(cli, ["rules", "show", str(rules_features)])
     assert res.exit_code == 0 and "comprehensive" in res.output
 
 

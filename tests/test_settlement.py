@@ -315,3 +315,203 @@ def test_period_parsing():
     for bad in ("2027-13", "27", "2027/03"):
         with pytest.raises(DataError):
             parse_period(bad)
+
+
+# ---- estimate mode: computed benefits stand in for missing payments (issue 6 item 2) -----------
+
+BENEFIT_GROUPS = [
+    {"dip_code": "G1", "dip_name": "appendicitis: appendectomy", "group_type": "core", "dx_key": "K35.8",
+     "proc_expr": "47.0100", "treat_class": "surgery", "score": 1300.0, "avg_cost": 10400.0, "n_cases": 50},
+    {"dip_code": "BLANK", "dip_name": "blank", "group_type": "blank", "dx_key": "", "proc_expr": "",
+     "treat_class": "conservative", "score": 1000.0, "avg_cost": 8000.0, "n_cases": 10},
+]
+
+
+def benefit_region(tmp_path, n=400, seed=3, *, paid="none", benefits=True):
+    """Rule set, pricing dir (with the demo benefits.csv), registry and a CSV of ``n`` cases.
+
+    ``paid``: ``"none"`` (no fund_paid/patient_paid columns), ``"all"`` (both recorded) or
+    ``"some"`` (recorded on about half of the rows, null elsewhere).
+    """
+    from importlib import resources
+
+    from dipengine.io import write_table
+    from dipengine.rules import write_rule_set
+    from test_policy import POLICY_TOML
+
+    rules = write_rule_set(tmp_path / "rules", {"groups.csv": BENEFIT_GROUPS},
+                           {"name": "t", "version": "1", "scheme": "test", "source": "test"})
+    pricing = tmp_path / "pricing"
+    pricing.mkdir()
+    (pricing / "policy.toml").write_text(POLICY_TOML.replace("band = [0.9, 1.1]\n", ""), encoding="utf-8")
+    (pricing / "same_level_avg.csv").write_text("dip_code,level,avg_cost\nG1,2,9000\nG1,3,10400\n",
+                                                encoding="utf-8")
+    if benefits:
+        (pricing / "benefits.csv").write_bytes(
+            (resources.files("dipengine.data") / "benefits_demo.csv").read_bytes())
+    (tmp_path / "hospitals.csv").write_text(
+        "hospital_id,name,level,region\nH1,a,3,440200\nH2,b,2,440200\nH3,c,1,440200\nH4,d,3,440300\n",
+        encoding="utf-8")
+    rng = np.random.default_rng(seed)
+    total = (rng.lognormal(9.2, 0.5, n) * 100).astype(np.int64)
+    fund = total * rng.uniform(0.5, 0.8, n)
+    fund = fund.astype(np.int64)
+    cols = {
+        "case_id": [f"c{i}" for i in range(n)],
+        "hospital_id": [f"H{k}" for k in rng.integers(1, 5, n)],
+        "patient_id": [f"p{k}" for k in rng.integers(0, n // 3, n)],
+        "insurance_type": rng.choice(["employee", "resident"], n).tolist(),
+        "person_type": rng.choice(["in_service", "retired", "other"], n).tolist(),
+        "insured_region": rng.choice(["440200"] * 8 + ["440300", "999999"], n).tolist(),
+        "age": rng.integers(1, 90, n).tolist(),
+        "admit_date": ["2027-05-01"] * n,
+        "discharge_date": [f"2027-{m:02d}-20" for m in rng.integers(5, 13, n)],
+        "main_dx": rng.choice(["K35.800", "K35.800", "R10.400", "bad"], n).tolist(),
+        "main_proc": rng.choice(["47.0100", None], n).tolist(),
+        "total_cost": [f"{t // 100}.{t % 100:02d}" for t in total],
+        "class_b_cost": [f"{t // 1000}" for t in total],
+    }
+    if paid != "none":
+        keep = np.ones(n, bool) if paid == "all" else rng.random(n) < 0.5
+        cols["fund_paid"] = [f"{f / 100:.2f}" if k else None for f, k in zip(fund, keep)]
+        cols["patient_paid"] = [f"{(t - f) / 100:.2f}" if k else None for t, f, k in zip(total, fund, keep)]
+    write_table(pa.table(cols), tmp_path / "cases.csv")
+    return {"rules": rules, "pricing": pricing, "hospitals": tmp_path / "hospitals.csv",
+            "cases": tmp_path / "cases.csv"}
+
+
+def test_apply_benefits_fills_in_only_missing_payments(tmp_path):
+    from dipengine.benefits import compute_benefits, load_benefits
+    from dipengine.hospitals import read_hospitals
+    from dipengine.reader import read_cases
+    from dipengine.settlement import apply_benefits
+
+    r = benefit_region(tmp_path, paid="some")
+    hosp = read_hospitals(r["hospitals"])
+    cases = read_cases(r["cases"], hosp)
+    rules = load_benefits(r["pricing"])
+    out = apply_benefits(cases, rules, hosp)
+    ben = compute_benefits(cases, rules, hosp).to_pylist()
+    assert out.num_rows == cases.num_rows and out["case_id"].equals(cases["case_id"])
+    names = out.column_names
+    assert names.index("paid_source") == names.index("reason_detail") + 1
+    sources = set()
+    for before, after, b in zip(cases.to_pylist(), out.to_pylist(), ben):
+        recorded = before["fund_paid_fen"] is not None and before["patient_paid_fen"] is not None
+        sources.add(after["paid_source"])
+        assert after["fund_benefit_fen"] == b["fund_benefit_fen"] and after["benefit_note"] == b["benefit_note"]
+        if recorded:
+            assert after["paid_source"] == "recorded"
+            assert (after["fund_paid_fen"], after["patient_paid_fen"]) == (before["fund_paid_fen"],
+                                                                           before["patient_paid_fen"])
+            if b["fund_benefit_fen"] is not None:
+                assert after["fund_diff_fen"] == before["fund_paid_fen"] - b["fund_benefit_fen"]
+        elif before["reason"] is None and b["benefit_note"] is None:
+            assert after["paid_source"] == "estimated"
+            assert after["fund_paid_fen"] == b["fund_benefit_fen"]
+            assert after["patient_paid_fen"] == b["patient_share_fen"]
+            assert after["fund_paid_fen"] + after["patient_paid_fen"] == before["total_cost_fen"]
+        else:  # rejected, or no rule for the case (999999 has no table): nothing is invented
+            assert after["paid_source"] == "none"
+            assert after["fund_paid_fen"] is None and after["patient_paid_fen"] is None
+    assert sources == {"recorded", "estimated", "none"}
+
+
+@pytest.mark.parametrize("method", ["fund_plus_personal", "fund_over_share"])
+def test_settle_estimate_mode_reconciles_to_the_budget(tmp_path, method):
+    """No payments in the input: the computed shares stand in, and invariant §8.4 still holds."""
+    from dipengine.settlement import settle
+
+    r = benefit_region(tmp_path, paid="none")
+    if method != "fund_plus_personal":
+        path = r["pricing"] / "policy.toml"
+        path.write_text(path.read_text().replace('"fund_plus_personal"', f'"{method}"'), encoding="utf-8")
+    res = settle(r["cases"], r["rules"], r["pricing"], r["hospitals"], "2027")
+    t = res.cases
+    assert t.num_rows == 400 and "paid_source" in t.column_names
+    rows = t.to_pylist()
+    est = [x for x in rows if x["paid_source"] == "estimated"]
+    assert est and {x["paid_source"] for x in rows} <= {"estimated", "none"}
+    assert all(x["fund_diff_fen"] is None for x in rows)       # nothing recorded, nothing to compare
+    for pool in POOLS_:
+        info = res.manifest["pools"][pool]
+        mine = [x for x in rows if x["pool"] == pool and x["in_pool"]]
+        assert info["n_paid_estimated"] == sum(x["paid_source"] == "estimated" for x in mine) > 0
+        assert info["patient_paid_fen"] == sum(x["patient_paid_fen"] or 0 for x in mine)
+        assert info["recorded_fen"] == sum(x["fund_paid_fen"] or 0 for x in mine)
+        st = [x for x in res.hospitals.to_pylist() if x["pool"] == pool]
+        assert info["reconciled_to_budget"]
+        assert sum(x["standard_fen"] for x in st) == info["total_cost_budget_fen"]
+        if method == "fund_plus_personal":
+            assert sum(x["fund_due_fen"] for x in st) == info["fund_available_fen"]
+    m = res.manifest
+    assert sum(m["counts"]["paid_source"].values()) == 400
+    assert m["sums"]["cases"]["fund_benefit_fen"] == sum(x["fund_benefit_fen"] or 0 for x in rows)
+    assert list(m["sha256"]["benefits"]) == [str(r["pricing"] / "benefits.csv")]
+
+
+POOLS_ = ("employee", "resident")
+
+
+def test_settle_with_recorded_payments_reports_the_difference(tmp_path):
+    from dipengine.settlement import settle
+
+    r = benefit_region(tmp_path, paid="all")
+    res = settle(r["cases"], r["rules"], r["pricing"], r["hospitals"], "2027")
+    off = settle(r["cases"], r["rules"], r["pricing"], r["hospitals"], "2027", benefits=False)
+    rows = res.cases.to_pylist()
+    assert {x["paid_source"] for x in rows} == {"recorded"}
+    # the settlement itself is unchanged: only the comparison columns are added
+    for name in off.cases.column_names:
+        assert res.cases[name].equals(off.cases[name]), name
+    assert res.hospitals.equals(off.hospitals)
+    assert not {"paid_source", "fund_diff_fen"} & set(off.cases.column_names)
+    diff = [x["fund_paid_fen"] - x["fund_benefit_fen"] for x in rows if x["fund_benefit_fen"] is not None]
+    assert [x["fund_diff_fen"] for x in rows if x["fund_benefit_fen"] is not None] == diff
+    assert res.manifest["sums"]["cases"]["fund_diff_fen"] == sum(diff)
+    assert "fund_diff_fen" not in off.manifest["sums"]["cases"]
+
+
+def test_settle_without_a_benefits_table_is_unchanged(tmp_path):
+    from dipengine.settlement import settle
+
+    r = benefit_region(tmp_path, paid="none", benefits=False)
+    res = settle(r["cases"], r["rules"], r["pricing"], r["hospitals"], "2027")
+    assert "paid_source" not in res.cases.column_names and res.manifest["parameters"]["benefits"] is None
+    assert pa.compute.sum(res.cases["patient_paid_fen"]).as_py() is None   # absent payments count as 0
+    # an explicit table from elsewhere switches estimate mode on
+    from importlib import resources
+
+    demo = str(resources.files("dipengine.data") / "benefits_demo.csv")
+    res = settle(r["cases"], r["rules"], r["pricing"], r["hospitals"], "2027", benefits=[demo])
+    assert "estimated" in res.manifest["counts"]["paid_source"]
+
+
+def test_cli_settle_estimate_mode(tmp_path, capsys):
+    from dipengine.cli import main
+
+    r = benefit_region(tmp_path, n=60, paid="some")
+    args = ["settle", "--rules", str(r["rules"]), "--pricing", str(r["pricing"]), "--hospitals",
+            str(r["hospitals"]), "--input", str(r["cases"]), "--period", "2027"]
+    assert main(args + ["--out", str(tmp_path / "on")]) == 0
+    text = capsys.readouterr().out
+    assert "payments by source" in text and "estimated" in text
+    assert "paid_source" in pq.read_table(tmp_path / "on" / "cases.parquet").column_names
+    assert main(args + ["--out", str(tmp_path / "off"), "--no-benefits"]) == 0
+    assert "payments by source" not in capsys.readouterr().out
+    assert "paid_source" not in pq.read_table(tmp_path / "off" / "cases.parquet").column_names
+    assert main(args + ["--out", str(tmp_path / "x"), "--benefits", str(tmp_path / "nowhere")]) == 2
+    assert main(args + ["--out", str(tmp_path / "x"), "--benefits", str(r["pricing"]), "--no-benefits"]) == 2
+
+
+def test_resolve_benefits_reads_each_table_once(tmp_path):
+    from dipengine.policy import load_policy
+    from dipengine.settlement import resolve_benefits
+
+    r = benefit_region(tmp_path, n=10)
+    policy = load_policy(r["pricing"])
+    assert resolve_benefits(False, policy) is None
+    own = resolve_benefits(None, policy)
+    assert list(own.files) == [str(r["pricing"] / "benefits.csv")]
+    again = resolve_benefits([r["pricing"], r["pricing"] / "benefits.csv"], policy)
+    assert again.files == own.files and resolve_benefits(own, policy) is own

@@ -33,3 +33,46 @@ def echo_counts(title: str, counts: dict) -> None:
     width = max((len(str(k)) for k in counts), default=0)
     for k, v in counts.items():
         click.echo(f"  {str(k):<{width}}  {v:>12,}")
+
+
+def spread_multi_values(args: list[str], names) -> list[str]:
+    """Rewrite ``--opt A B C`` as ``--opt A --opt B --opt C`` for the options in ``names``.
+
+    Lets a ``multiple=True`` option take several values after one flag, as the contract writes
+    them (``--input F...``). A value is every following argument that does not start with
+    ``-`` (a lone ``-``, stdin, is a value); ``--`` ends option parsing.
+    """
+    names = set(names)
+    out: list[str] = []
+    current = None  # the multi-value option whose values are being read
+    have_value = False
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg.startswith("-") and arg != "-":
+            opt, eq, _ = arg.partition("=")
+            current = opt if opt in names else None
+            have_value = bool(eq)
+            out.append(arg)
+        elif current is not None and have_value:
+            out.extend([current, arg])
+        else:
+            have_value = current is not None
+            out.append(arg)
+    return out
+
+
+class MultiValueCommand(click.Command):
+    """A click command whose ``multi_value`` options take several values after one flag.
+
+    Use as ``@click.command("settle", cls=MultiValueCommand, multi_value=("--input",))`` on
+    options declared with ``multiple=True``; repeating the flag keeps working.
+    """
+
+    def __init__(self, *args, multi_value=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.multi_value = tuple(multi_value)
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, spread_multi_values(list(args), self.multi_value))

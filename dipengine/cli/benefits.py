@@ -5,12 +5,14 @@ import click
 import numpy as np
 import pyarrow.compute as pc
 
-from dipengine.cli._common import echo_counts, progress_bar
+from dipengine.cli._common import MultiValueCommand, echo_counts, progress_bar
 
 
-@click.command("benefits")
+@click.command("benefits", cls=MultiValueCommand, multi_value=("--pricing",))
 @click.option("--pricing", "pricing", multiple=True, required=True, type=click.Path(),
-              help="Pricing dir holding benefits.csv (repeat for the policies of several insured regions).")
+              metavar="PRICING_DIR...",
+              help="Pricing dir(s) holding benefits.csv: '--pricing A B' (or --pricing repeated) for "
+                   "the policies of several insured regions.")
 @click.option("--hospitals", required=True, type=click.Path(), help="Hospital registry (hospitals.csv).")
 @click.option("--input", "input_", required=True, type=click.Path(), help="Cases (Parquet, CSV, Arrow IPC or a dataset).")
 @click.option("--out", required=True, type=click.Path(), help="Output file (Parquet, or CSV when it ends in .csv).")
@@ -24,9 +26,10 @@ def command(pricing, hospitals, input_, out, period):
     from dipengine.benefits import compute_benefits, load_benefits
     from dipengine.hospitals import read_hospitals
     from dipengine.io import write_table
+    from dipengine.policy import resolve_pricing_dir
     from dipengine.reader import read_cases
 
-    rules = load_benefits(list(pricing))
+    rules = load_benefits([resolve_pricing_dir(p) for p in pricing])
     registry = read_hospitals(hospitals)
     callback, close = progress_bar(None, "reading")
     try:

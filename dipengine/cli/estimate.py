@@ -24,6 +24,11 @@ def command(rules, pricing, hospitals, case_path, benefits, point_value):
     case file exits 1.
     """
     from dipengine.estimate import Estimator
+    from dipengine.policy import resolve_pricing_dir
+    from dipengine.rules import resolve_rules_dir
+
+    rules, pricing = resolve_rules_dir(rules), resolve_pricing_dir(pricing)
+    benefits = [resolve_pricing_dir(b) for b in benefits]
 
     try:
         text = click.get_text_stream("stdin").read() if case_path == "-" else \

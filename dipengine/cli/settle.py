@@ -15,10 +15,11 @@ def _yuan(fen) -> str:
 
 
 @click.command("settle")
-@click.option("--rules", "rules_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Rule-set directory (groups.csv, manifest.toml, ...).")
-@click.option("--pricing", "pricing_dir", required=True, type=click.Path(exists=True),
-              help="Pricing directory: policy.toml and same_level_avg.csv (+ manifest.toml).")
+@click.option("--rules", "rules_dir", required=True, type=click.Path(file_okay=False),
+              help="Rule-set directory (groups.csv, manifest.toml, ...), or a shipped set's name (demo).")
+@click.option("--pricing", "pricing_dir", required=True, type=click.Path(),
+              help="Pricing directory: policy.toml and same_level_avg.csv (+ manifest.toml), or shipped "
+                   "tables as REGION/YEAR (440200/2026).")
 @click.option("--hospitals", "hospitals_path", required=True, type=click.Path(exists=True),
               help="Hospital registry (hospitals.csv).")
 @click.option("--input", "inputs", required=True, multiple=True,
@@ -30,15 +31,33 @@ def _yuan(fen) -> str:
 @click.option("--monthly", "monthly_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Annual only: output directories of the monthly runs, whose payments are netted off.")
 @click.option("--threads", "n_threads", type=int, default=None, help="Grouping threads (default: all).")
-def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, monthly_dirs, n_threads):
-    """Group, score and settle the cases of PERIOD; write case results and hospital statements."""
+@click.option("--benefits", "benefit_dirs", multiple=True, type=click.Path(exists=True),
+              help="Estimate mode: pricing dirs (or benefits.csv files) of other insured regions, used with the "
+                   "pricing dir's own benefits.csv; repeatable.")
+@click.option("--no-benefits", is_flag=True,
+              help="Do not estimate missing fund_paid/patient_paid from benefits.csv (they count as 0).")
+def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, monthly_dirs, n_threads,
+            benefit_dirs, no_benefits):
+    """Group, score and settle the cases of PERIOD; write case results and hospital statements.
+
+    Estimate mode: when the pricing dir has a benefits.csv (or --benefits is given), cases
+    without recorded fund_paid/patient_paid are settled on the computed fund benefit and
+    patient share (case column paid_source); recorded ones get the difference (fund_diff_fen).
+    """
+    from dipengine.policy import resolve_pricing_dir
+    from dipengine.rules import resolve_rules_dir
     from dipengine.settlement import parse_period, settle
+
+    if no_benefits and benefit_dirs:
+        raise click.UsageError("--benefits and --no-benefits exclude each other")
+    rules_dir, pricing_dir = resolve_rules_dir(rules_dir), resolve_pricing_dir(pricing_dir)
 
     kind, _, _ = parse_period(period)
     callback, close = progress_bar(None, "reading")
     try:
         result = settle(list(inputs), rules_dir, pricing_dir, hospitals_path, period,
-                        monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads)
+                        monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads,
+                        benefits=False if no_benefits else (list(benefit_dirs) or None))
     finally:
         close()
     result.write(out_dir)
@@ -47,6 +66,9 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
     click.echo(f"{title} {period}: {m['counts']['cases']:,} cases, {m['counts']['in_pool']:,} in the pools, "
                f"{m['counts']['special_review']:,} flagged for special review")
     echo_counts("cases by match path:", m["counts"]["match_path"])
+    if "paid_source" in m["counts"]:
+        echo_counts("payments by source (estimate mode):", m["counts"]["paid_source"])
+        click.echo(f"recorded fund minus computed benefit: {_yuan(m['sums']['cases']['fund_diff_fen'])} yuan")
     for pool, info in m["pools"].items():
         pv = info["point_value_yuan"]
         line = (f"{pool}: {info['n_cases']:,} cases, {info['points']:,.4f} points, "

@@ -1,10 +1,13 @@
-"""Make the demo rule set in this folder: ``python grouper_rules/demo/make_demo.py [OUT_DIR]``.
+"""Make the feature rule-set fixture: ``python tests/data/make_rules_features.py [OUT_DIR]``.
 
-A small hand-made DIP catalogue over well-known ICD-10 医保版 / ICD-9-CM-3 医保版 codes, with
-every kind of group (core, basic, comprehensive by category, by shorter prefix and by range,
-one blank group) and every optional table, extended with the diagnoses and procedures of the
-synthetic generator's vocabulary (``dipengine/data/dx_vocab.csv``, ``proc_vocab.csv``) when present. Scores are avg_cost / 8,000 yuan × 1,000. It is a
-fixture, not a real catalogue; ``dipengine catalog build`` makes real ones from history.
+Writes ``tests/data/rules_features/`` by default: a small hand-made DIP catalogue over
+well-known ICD-10 医保版 / ICD-9-CM-3 医保版 codes, with every kind of group (core, basic,
+comprehensive by category, by shorter prefix and by range, one blank group) and every optional
+table, extended with the diagnoses and procedures of the synthetic generator's vocabulary
+(``dipengine/data/dx_vocab.csv``, ``proc_vocab.csv``) when present. Scores are
+avg_cost / 8,000 yuan x 1,000. It is a test fixture (the tests rely on its specific groups), not
+a real catalogue; the shipped ``grouper_rules/demo`` is built from synthetic history by
+``scripts/make_shipped_tables.py`` with ``dipengine catalog build``.
 """
 from __future__ import annotations
 
@@ -200,31 +203,20 @@ def build_tables() -> dict:
 
 
 META = {
-    "name": "demo",
+    "name": "features",
     "version": "2027.1",
     "scheme": "DIP-2.0-local",
     "effective_from": "2027-01-01",
     "effective_to": "2027-12-31",
-    "source": "hand-made demo catalogue (grouper_rules/demo/make_demo.py); not a real region",
+    "source": "hand-made feature fixture (tests/data/make_rules_features.py); not a real region",
     "options": {"match_mode": "any_of", "cci_levels": [1, 3, 5], "severity_min_los": 3},
 }
 
 
 def main(out=None) -> Path:
-    out = Path(out) if out else Path(__file__).resolve().parent
-    tables = build_tables()
-    if out == Path(__file__).resolve().parent:
-        # Rewrite the CSVs in place (keeping this script): write beside, then move the files in.
-        import shutil
-        import tempfile
-
-        tmp = Path(tempfile.mkdtemp()) / "demo"
-        write_rule_set(tmp, tables, META)
-        for f in tmp.iterdir():
-            shutil.copyfile(f, out / f.name)
-        shutil.rmtree(tmp.parent)
-        return out
-    return write_rule_set(out, tables, META)
+    """Write the rule set to ``out`` (default ``tests/data/rules_features``), replacing it whole."""
+    out = Path(out) if out else Path(__file__).resolve().parent / "rules_features"
+    return write_rule_set(out, build_tables(), META)
 
 
 if __name__ == "__main__":
