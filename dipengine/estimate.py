@@ -1,11 +1,13 @@
 """Single-case estimates for hospitals at discharge time (contract §1 ``estimate``).
 
 :class:`Estimator` loads the rule set, the pricing policy, the benefits tables and the hospital
-registry once, then answers one case at a time with plain Python (no Arrow batch machinery
-on the grouping, scoring and benefit steps): group (the pure-Python reference grouper, which
-also gives the trace), case points (:func:`dipengine.scoring.points_one`), payment standard at
-the budget point value, patient share and fund benefit (:func:`dipengine.benefits.benefit_case`)
-and the hospital's fund due (standard − patient share, dip-rules §6.6).
+registry once, then answers one case at a time in plain Python, with no Arrow call per case:
+normalise and validate (:func:`dipengine.reader.normalise_case`, the reader's rules for one
+row), group (the pure-Python reference grouper, which also gives the trace), case points
+(:func:`dipengine.scoring.points_one`), payment standard at the budget point value, patient
+share and fund benefit (:func:`dipengine.benefits.benefit_case`) and the hospital's fund due
+(standard − patient share, dip-rules §6.6). About 15,000 calls/s with the trace on the 2-core
+test machine (``benchmarks/bench_estimate.py``; docs/benefits.md).
 
 Two optional, non-contract case fields let a hospital account for earlier admissions of the
 patient in the year: ``admission_no`` (1 = first, default) and ``annual_fund_used`` (yuan of fund

@@ -26,8 +26,8 @@ from dipengine.policy import POOLS, Policy, load_policy
 from dipengine.scoring import SCORED_PATHS, _as_table, _codes, _np, case_points
 
 MONEY_CASE_COLUMNS = ("standard_fen", "patient_paid_fen", "fund_due_fen", "fund_paid_fen")
-MONEY_HOSPITAL_COLUMNS = ("standard_fen", "patient_paid_fen", "fund_due_fen", "recorded_fen",
-                          "clearing_fen", "monthly_paid_fen", "deposit_fen", "final_fen")
+MONEY_HOSPITAL_COLUMNS = ("standard_fen", "patient_paid_fen", "fund_due_fen", "fund_due_assessed_fen",
+                          "recorded_fen", "clearing_fen", "monthly_paid_fen", "deposit_fen", "final_fen")
 # Columns of the normalised case table (docs/architecture.md); anything else is carried through.
 NORMALISED_COLUMNS = frozenset((
     "case_id", "hospital_id", "patient_id", "insurance_type", "person_type", "insured_region",
@@ -554,8 +554,15 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
     scored = case_points(normalised, grouped, hosp_table, policy, groups=rules.groups)
     result = settle_scored(scored, normalised, hosp_table, policy, period, monthly=monthly_sums)
     m = result.manifest
-    m["parameters"] = {"period": str(period), "monthly": [str(d) for d in (monthly or [])],
-                       "benefits": None if benefit_rules is None else sorted(benefit_rules.files)}
+    m["parameters"] = {
+        "period": str(period),
+        "rules": str(getattr(rules, "path", "")),
+        "pricing": str(getattr(policy, "path", "")),
+        "hospitals": [str(f) for f in hosp_files],
+        "input": [str(f) for f in input_files],
+        "monthly": [str(d) for d in (monthly or [])],
+        "benefits": None if benefit_rules is None else sorted(benefit_rules.files),
+    }
     m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
     m["sha256"]["hospitals"] = {str(f): sha256_file(f) for f in hosp_files}
     m["sha256"]["monthly"] = {str(Path(d) / "hospitals.parquet"): sha256_file(Path(d) / "hospitals.parquet")

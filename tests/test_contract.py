@@ -419,9 +419,6 @@ def test_group_output_carries_extra_columns(small, capsys):
     assert pq.read_table(out)["ward"].to_pylist() == ["a", "b", "c", "d", "e", "f"]
 
 
-@pytest.mark.xfail(strict=True, reason="contract §1: the exit status a command asks for (click Exit(1) in "
-                                       "`group --explain` of an unknown case) is dropped by cli.main, which "
-                                       "ignores the return value of cli.main(standalone_mode=False)")
 def test_group_explain_of_unknown_case_exits_1(small, capsys):
     code, _, err = run(["group", "--rules", small / "blank", "--input", small / "cases.csv",
                         "--out", small / "g.parquet", "--explain", "nope"], capsys)
@@ -550,8 +547,6 @@ def test_settle_manifest_is_contract_6_4_and_reproducible(demo, annual, tmp_path
         assert (again / name).read_bytes() == (annual / name).read_bytes(), name
 
 
-@pytest.mark.xfail(strict=True, reason="contract §6.4: the manifest sums every money column; the statements' "
-                                       "fund_due_assessed_fen is missing from sums.hospitals (settlement.py)")
 def test_manifest_sums_every_statement_money_column(annual):
     m = json.loads((annual / "manifest.json").read_text(encoding="utf-8"))
     stm = pq.read_table(annual / "hospitals.parquet")
@@ -559,9 +554,6 @@ def test_manifest_sums_every_statement_money_column(annual):
         assert m["sums"]["hospitals"].get(name) == pc.sum(stm[name]).as_py(), name
 
 
-@pytest.mark.xfail(strict=True, reason="contract §6.4: 'command and parameters' - settle records only period "
-                                       "and monthly, not --rules/--pricing/--hospitals/--input "
-                                       "(settlement.settle / cli/settle.py)")
 def test_manifest_records_the_command_parameters(demo, annual):
     m = json.loads((annual / "manifest.json").read_text(encoding="utf-8"))
     recorded = json.dumps(m["parameters"])
@@ -587,9 +579,6 @@ def test_split_input_gives_the_same_case_results(demo, annual, tmp_path, capsys)
     assert pq.read_table(out / "hospitals.parquet").equals(pq.read_table(annual / "hospitals.parquet"))
 
 
-@pytest.mark.xfail(strict=True, reason="contract §1: `settle --input F...` takes several files after one "
-                                       "flag; cli/settle.py only accepts --input repeated (fix: "
-                                       "cls=MultiValueCommand, multi_value=('--input', '--monthly') from cli/_common)")
 def test_settle_input_takes_several_files_after_one_flag(demo, tmp_path, capsys):
     t = pq.read_table(demo / "cases.parquet")
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
@@ -603,8 +592,6 @@ def test_settle_input_takes_several_files_after_one_flag(demo, tmp_path, capsys)
     assert pq.read_table(tmp_path / "out" / "cases.parquet")["case_id"].equals(t["case_id"])
 
 
-@pytest.mark.xfail(strict=True, reason="contract §1: `settle --monthly DIR...` takes several dirs after one "
-                                       "flag; cli/settle.py only accepts --monthly repeated")
 def test_settle_monthly_takes_several_dirs_after_one_flag(demo, annual, tmp_path, capsys):
     months = sorted((demo / "monthly").iterdir())
     code, _, err = run(settle_args(demo, tmp_path / "out", "--monthly", *months), capsys)

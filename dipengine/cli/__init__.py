@@ -47,7 +47,7 @@ def cli():
 def main(argv=None) -> int:
     """Console entry point; turns :class:`DataError` into one line on stderr and exit 1."""
     try:
-        cli.main(args=argv, prog_name="dipengine", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="dipengine", standalone_mode=False)
     except DataError as e:
         click.echo(f"error: {e.one_line()}", err=True)
         return 1
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 def run() -> None:

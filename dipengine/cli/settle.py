@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from dipengine.cli._common import echo_counts, progress_bar
+from dipengine.cli._common import MultiValueCommand, echo_counts, progress_bar
 
 
 def _yuan(fen) -> str:
@@ -14,7 +14,7 @@ def _yuan(fen) -> str:
     return f"{sign}{fen // 100:,}.{fen % 100:02d}"
 
 
-@click.command("settle")
+@click.command("settle", cls=MultiValueCommand, multi_value=("--input", "--monthly", "--benefits"))
 @click.option("--rules", "rules_dir", required=True, type=click.Path(file_okay=False),
               help="Rule-set directory (groups.csv, manifest.toml, ...), or a shipped set's name (demo).")
 @click.option("--pricing", "pricing_dir", required=True, type=click.Path(),
@@ -23,7 +23,7 @@ def _yuan(fen) -> str:
 @click.option("--hospitals", "hospitals_path", required=True, type=click.Path(exists=True),
               help="Hospital registry (hospitals.csv).")
 @click.option("--input", "inputs", required=True, multiple=True,
-              help="Case file(s): Parquet, CSV, Arrow IPC, a directory or glob; repeat for several.")
+              help="Case file(s): Parquet, CSV, Arrow IPC, a directory or glob; several may follow one flag.")
 @click.option("--period", required=True,
               help="YYYY-MM for a monthly pre-settlement, YYYY for the annual clearing.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
