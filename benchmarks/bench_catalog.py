@@ -25,6 +25,11 @@ from pathlib import Path
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+try:
+    from benchmarks import common
+except ImportError:  # run as a script (python benchmarks/bench_catalog.py): this directory is on sys.path
+    import common
+
 YEARS = (2024, 2025, 2026)
 
 
@@ -64,23 +69,33 @@ def build_once(paths, hospitals, out) -> dict:
 
 
 class CatalogBuild:
-    """asv: build from three small history years (100k cases each)."""
+    """asv: build a catalogue from three synthetic history years (Parquet, cached on disk)."""
 
-    timeout = 300
+    params = [common.pick([50_000], [3_000_000])]
+    param_names = ["cases_per_year"]
+    timeout = common.pick(300, 1800)
 
-    def setup(self):
-        self.tmp = tempfile.mkdtemp(prefix="dipbench_catalog_")
-        self.paths, self.hosp = make_history(self.tmp, 100_000)
+    def setup(self, n):
+        self.paths = [str(p) for p in common.history(n)]
+        self.hosp = str(common.hospitals_csv())
 
-    def time_build_100k_x3(self):
+    def time_build(self, n):
         from dipengine.catalog import build_catalog
 
         build_catalog(self.paths, self.hosp, None)
 
-    def peakmem_build_100k_x3(self):
+    def peakmem_build(self, n):
         from dipengine.catalog import build_catalog
 
         build_catalog(self.paths, self.hosp, None)
+
+    def track_groups(self, n):
+        """Groups in the built catalogue (all group types)."""
+        from dipengine.catalog import build_catalog
+
+        return sum(build_catalog(self.paths, self.hosp, None).counts.values())
+
+    track_groups.unit = "groups"
 
 
 def main() -> None:

@@ -39,15 +39,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+try:
+    from benchmarks import common
+except ImportError:  # run as a script (python benchmarks/bench_group.py): this directory is on sys.path
+    import common
+
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("DIPENGINE_BENCH_DIR", "/tmp/dipengine-bench"))
+CACHE = common.CACHE_DIR  # DIPENGINE_BENCH_DIR, default <tmp>/dipengine-bench
 CODES_DIR = Path(os.environ.get("DIPENGINE_CODES_DIR", "/work/shared/data"))
 ICD10 = CODES_DIR / "icd10_yb2.tsv"
 ICD9 = CODES_DIR / "icd9cm3_yb2.tsv"
 SEED = 42
 HISTORY_CASES = 600_000
 N_SUBCATEGORIES = 4000
-N_CASES = int(os.environ.get("DIPENGINE_BENCH_CASES", 200_000))  # asv size; the script defaults to 2M
 
 
 # --------------------------------------------------------------------------- inputs (cached)
@@ -120,7 +124,8 @@ def encoded(path, rules):
     return rs, encode(prepare_cases(read_cases(path)), rs)
 
 
-def time_kernel(rs, enc, n_threads: int = 1) -> float:
+def kernel_seconds(rs, enc, n_threads: int = 1) -> float:
+    """Wall seconds of one ``run_kernel`` call (not named ``time_*``: asv would collect it)."""
     from dipengine.grouper import run_kernel
 
     t = time.perf_counter()
@@ -279,9 +284,9 @@ def _child(kind: str, path: str, rules: str, out: str, template: str | None) -> 
         return
     if kind == "kernel":
         rs, enc = encoded(path, rules)
-        time_kernel(rs, enc, 1)  # first call: page faults
-        k1 = min(time_kernel(rs, enc, 1) for _ in range(3))
-        k2 = min(time_kernel(rs, enc, 2) for _ in range(3))
+        kernel_seconds(rs, enc, 1)  # first call: page faults
+        k1 = min(kernel_seconds(rs, enc, 1) for _ in range(3))
+        k2 = min(kernel_seconds(rs, enc, 2) for _ in range(3))
         print(json.dumps({"seconds": k1, "seconds_2": k2, "groups": rs.groups.num_rows}))
         return
     if kind == "floor":
@@ -315,35 +320,96 @@ def run_child(kind: str, path, rules, out, template=None) -> dict:
 
 
 # --------------------------------------------------------------------------- asv classes
+#
+# Sizes come from benchmarks/common.py: the small profile (default, CI) groups synthetic cases
+# drawn from the packaged vocabularies against a catalogue built from 3 x 50,000 history cases
+# (about 600 groups); DIPENGINE_BENCH_PROFILE=large uses the script's inputs above (2M cases,
+# official code lists, about 20,000 groups).
+
+ASV_CASES = common.pick([100_000], [2_000_000])
+
+
+def asv_inputs(n_cases: int) -> tuple[Path, Path]:
+    """(rule-set directory, raw case Parquet with 1% planted bad rows) for the active profile."""
+    if common.LARGE:
+        return make_catalogue()[0], make_cases(n_cases)
+    return common.local_catalogue(50_000), common.synth_cases(n_cases, bad_rows=0.01)
 
 
 class GroupKernel:
-    """(a) The Cython core on encoded arrays, catalogue of > 10,000 groups."""
+    """(a) The Cython core on encoded arrays (encoding not timed)."""
 
-    params = [1, 2]
-    param_names = ["n_threads"]
+    params = [ASV_CASES, common.THREADS]
+    param_names = ["n_cases", "n_threads"]
     timeout = 600
 
-    def setup(self, n_threads):
-        self.rs, self.enc = encoded(make_cases(N_CASES), make_catalogue()[0])
+    def setup(self, n_cases, n_threads):
+        rules, path = asv_inputs(n_cases)
+        self.rs, self.enc = encoded(path, rules)
 
-    def time_kernel(self, n_threads):
+    def time_kernel(self, n_cases, n_threads):
         from dipengine.grouper import run_kernel
 
         run_kernel(self.enc, self.rs, n_threads)
 
-    def track_groups(self, n_threads):
+    def track_groups(self, n_cases, n_threads):
+        """Size of the catalogue the kernel searches."""
         return self.rs.groups.num_rows
+
+    track_groups.unit = "groups"
+
+
+class GroupInProcess:
+    """``read_cases`` -> ``group`` -> ``write_table`` in this process, Parquet to Parquet."""
+
+    params = [ASV_CASES, common.THREADS]
+    param_names = ["n_cases", "n_threads"]
+    timeout = 900
+
+    def setup(self, n_cases, n_threads):
+        from dipengine.rules import load_rules
+
+        rules, self.path = asv_inputs(n_cases)
+        self.rs = load_rules(rules)
+        self.tmp = tempfile.mkdtemp(prefix="dipengine-bench-")
+        self.out = os.path.join(self.tmp, "grouped.parquet")
+
+    def teardown(self, n_cases, n_threads):
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _run(self, n_threads):
+        from dipengine.grouper import group
+        from dipengine.reader import read_cases
+
+        return group(read_cases(self.path), self.rs, n_threads=n_threads)
+
+    def time_group(self, n_cases, n_threads):
+        from dipengine.io import write_table
+
+        write_table(self._run(n_threads), self.out)
+
+    def peakmem_group(self, n_cases, n_threads):
+        self._run(n_threads)
+
+    def track_grouped_cases(self, n_cases, n_threads):
+        """Cases given a DIP group (correctness: must not depend on the thread count)."""
+        out = self._run(n_threads)
+        return out.num_rows - out["dip_code"].null_count
+
+    track_grouped_cases.unit = "cases"
 
 
 class GroupEndToEnd:
     """(b) ``dipengine group`` Parquet to Parquet, (c) the pandas baseline, (d) the I/O floor."""
 
+    params = [ASV_CASES]
+    param_names = ["n_cases"]
     timeout = 900
 
-    def setup(self):
-        self.rules = make_catalogue()[0]
-        self.path = make_cases(N_CASES)
+    def setup(self, n_cases):
+        self.rules, self.path = asv_inputs(n_cases)
         self.tmp = tempfile.mkdtemp(prefix="dipengine-bench-")
         self.out = os.path.join(self.tmp, "grouped.parquet")
         run_cli(self.path, self.rules, self.out)
@@ -351,36 +417,26 @@ class GroupEndToEnd:
         self.template = pq.read_table(self.out, read_dictionary=dict_cols)
         self.columns = cli_columns(self.path)
 
-    def teardown(self):
+    def teardown(self, n_cases):
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def time_cli(self):
+    def time_cli(self, n_cases):
         run_cli(self.path, self.rules, self.out)
 
-    def track_cli_peak_mib(self):
+    def track_cli_peak_mib(self, n_cases):
         return run_cli(self.path, self.rules, self.out)["peak_mib"]
 
     track_cli_peak_mib.unit = "MiB"
 
-    def time_group_in_process(self):
-        from dipengine.grouper import group
-        from dipengine.io import write_table
-        from dipengine.reader import read_cases
-
-        write_table(group(read_cases(self.path), self.rules), self.out)
-
-    def peakmem_group_in_process(self):
-        self.time_group_in_process()
-
-    def time_pandas(self):
+    def time_pandas(self, n_cases):
         pandas_group(self.path, self.rules, self.out + ".pandas")
 
-    def time_io_floor(self):
+    def time_io_floor(self, n_cases):
         io_floor(self.path, self.columns, self.template, self.out + ".floor")
 
-    def track_pandas_agreement(self):
+    def track_pandas_agreement(self, n_cases):
         """Share of cases where the pandas baseline picks the same dip_code (corners cut)."""
         pandas_group(self.path, self.rules, self.out + ".pandas")
         a = pq.read_table(self.out, columns=["dip_code"])["dip_code"].to_numpy(zero_copy_only=False)

@@ -18,11 +18,16 @@ import pyarrow.compute as pc
 
 from dipengine.synth import synth_region, write_region
 
-LARGE = os.environ.get("DIPENGINE_BENCH_PROFILE") == "large"
+try:
+    from benchmarks import common
+except ImportError:  # run as a script (python benchmarks/bench_synth.py): this directory is on sys.path
+    import common
+
+SIZES = common.pick([100_000], [1_000_000])
 
 
 class SynthRegion:
-    params = ([100_000, 1_000_000] + ([5_000_000] if LARGE else []), [0.0, 0.01])
+    params = (SIZES, [0.0, 0.01])
     param_names = ["n_cases", "bad_rows"]
     timeout = 300
 
@@ -39,9 +44,11 @@ class SynthRegion:
         cases, _ = synth_region(2026, n_cases, seed=42, bad_rows=bad_rows)
         return len(cases) - cases["planted_defect"].null_count
 
+    track_planted_rows.unit = "rows"
+
 
 class WriteRegion:
-    params = [100_000, 1_000_000]
+    params = [SIZES]
     param_names = ["n_cases"]
     timeout = 300
 

@@ -33,13 +33,15 @@ cdef inline uint64_t _hash(const uint8_t* p, int64_t n) noexcept nogil:
 cdef class SeenSet:
     """Set of the strings seen so far in a run (open addressing, linear probing).
 
-    Keys are copied into an arena, so the caller's buffers may be freed after each call.
-    Memory is about (key bytes + 28) per distinct key.
+    Keys are copied into an arena, so the caller's buffers may be freed after each call. A
+    slot holds ``(hash >> 32) << 32 | (key number + 1)`` (0 = empty), so a probe touches only
+    the slot table unless the 32-bit fingerprints agree. Memory is about (key bytes + 32) per
+    distinct key; :meth:`reserve` sizes the tables up front when the run's size is known.
     """
     cdef object _arena      # uint8: key bytes, back to back
     cdef object _starts     # int64: start of key k in the arena (k + 1 entries used)
-    cdef object _hashes     # uint64: hash of key k
-    cdef object _slots      # int32: key number per slot, -1 empty; size is a power of two
+    cdef object _hashes     # uint64: hash of key k (for rehashing)
+    cdef object _slots      # uint64: fingerprint << 32 | (key number + 1), 0 empty; power-of-two size
     cdef int64_t _count
     cdef int64_t _nbytes
 
@@ -47,12 +49,16 @@ cdef class SeenSet:
         self._arena = np.zeros(1 << 16, dtype=np.uint8)
         self._starts = np.zeros(1 << 12, dtype=np.int64)
         self._hashes = np.zeros(1 << 12, dtype=np.uint64)
-        self._slots = np.full(1 << 13, -1, dtype=np.int32)
+        self._slots = np.zeros(1 << 13, dtype=np.uint64)
         self._count = 0
         self._nbytes = 0
 
     def __len__(self):
         return self._count
+
+    def reserve(self, int64_t more_keys, int64_t more_bytes):
+        """Make room for ``more_keys`` further keys of ``more_bytes`` bytes in all (an upper bound)."""
+        self._reserve(max(more_keys, 0), max(more_bytes, 0))
 
     cdef void _reserve(self, int64_t more_keys, int64_t more_bytes) except *:
         cdef int64_t need_keys = self._count + more_keys
@@ -63,28 +69,28 @@ cdef class SeenSet:
             cap = self._arena.shape[0]
             while cap < self._nbytes + more_bytes:
                 cap *= 2
-            grown = np.zeros(cap, dtype=np.uint8)
+            grown = np.empty(cap, dtype=np.uint8)
             grown[: self._nbytes] = self._arena[: self._nbytes]
             self._arena = grown
         if need_keys + 1 > self._starts.shape[0]:
             cap = self._starts.shape[0]
             while cap < need_keys + 1:
                 cap *= 2
-            starts = np.zeros(cap, dtype=np.int64)
+            starts = np.empty(cap, dtype=np.int64)
             starts[: self._count + 1] = self._starts[: self._count + 1]
             self._starts = starts
-            hashes = np.zeros(cap, dtype=np.uint64)
+            hashes = np.empty(cap, dtype=np.uint64)
             hashes[: self._count] = self._hashes[: self._count]
             self._hashes = hashes
         if 2 * need_keys > self._slots.shape[0]:
             cap = self._slots.shape[0]
             while 2 * need_keys > cap:
                 cap *= 2
-            self._slots = np.full(cap, -1, dtype=np.int32)
+            self._slots = np.zeros(cap, dtype=np.uint64)
             self._rehash()
 
     cdef void _rehash(self) except *:
-        cdef int32_t[::1] slots = self._slots
+        cdef uint64_t[::1] slots = self._slots
         cdef uint64_t[::1] hashes = self._hashes
         cdef uint64_t mask = slots.shape[0] - 1
         cdef uint64_t s
@@ -92,9 +98,9 @@ cdef class SeenSet:
         with nogil:
             for k in range(self._count):
                 s = hashes[k] & mask
-                while slots[s] != -1:
+                while slots[s] != 0:
                     s = (s + 1) & mask
-                slots[s] = <int32_t>k
+                slots[s] = (hashes[k] & 0xFFFFFFFF00000000ULL) | <uint64_t>(k + 1)
 
     def mark(self, const uint8_t[::1] data, const int64_t[::1] offsets,
              const uint8_t[::1] valid, uint8_t[::1] out):
@@ -118,9 +124,9 @@ cdef class SeenSet:
         cdef uint8_t[::1] arena = self._arena
         cdef int64_t[::1] starts = self._starts
         cdef uint64_t[::1] hashes = self._hashes
-        cdef int32_t[::1] slots = self._slots
+        cdef uint64_t[::1] slots = self._slots
         cdef uint64_t mask = slots.shape[0] - 1
-        cdef uint64_t h, s
+        cdef uint64_t h, s, v, fp
         cdef int64_t a, length, k
         cdef bint found
         cdef const uint8_t* base = &data[0] if data.shape[0] > 0 else NULL
@@ -132,14 +138,19 @@ cdef class SeenSet:
                 a = offsets[r]
                 length = offsets[r + 1] - a
                 h = _hash(base + a, length)
+                fp = h & 0xFFFFFFFF00000000ULL
                 s = h & mask
                 found = False
-                while slots[s] != -1:
-                    k = slots[s]
-                    if (hashes[k] == h and starts[k + 1] - starts[k] == length
-                            and (length == 0 or memcmp(&arena[starts[k]], base + a, length) == 0)):
-                        found = True
+                while True:
+                    v = slots[s]
+                    if v == 0:
                         break
+                    if (v & 0xFFFFFFFF00000000ULL) == fp:
+                        k = <int64_t>(v & 0xFFFFFFFFULL) - 1
+                        if (starts[k + 1] - starts[k] == length
+                                and (length == 0 or memcmp(&arena[starts[k]], base + a, length) == 0)):
+                            found = True
+                            break
                     s = (s + 1) & mask
                 if found:
                     out[r] = 1
@@ -150,8 +161,38 @@ cdef class SeenSet:
                 self._nbytes += length
                 starts[k + 1] = self._nbytes
                 hashes[k] = h
-                slots[s] = <int32_t>k
+                slots[s] = fp | <uint64_t>(k + 1)
                 self._count += 1
+
+
+def needs_trim(const uint8_t[::1] data, const int64_t[::1] offsets, const uint8_t[::1] valid):
+    """True if some valid string is empty or starts or ends with whitespace (space, tab, CR, LF,
+    VT, FF), i.e. trimming and empty -> null would change the array."""
+    cdef Py_ssize_t n = offsets.shape[0] - 1, r
+    cdef int64_t a, b
+    cdef uint8_t c
+    cdef bint hit = False
+    with nogil:
+        for r in range(n):
+            if valid[r] == 0:
+                continue
+            a = offsets[r]
+            b = offsets[r + 1]
+            if b <= a:
+                hit = True
+                break
+            c = data[a]
+            if c == 32 or (9 <= c <= 13):
+                hit = True
+                break
+            c = data[b - 1]
+            if c == 32 or (9 <= c <= 13):
+                hit = True
+                break
+            if c >= 0x80 or data[a] >= 0x80:  # non-ASCII edge: Unicode whitespace possible
+                hit = True
+                break
+    return hit
 
 
 cdef inline int _sep_len(const uint8_t* p, int64_t left) noexcept nogil:

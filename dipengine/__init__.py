@@ -6,6 +6,7 @@ The public functions take and return Arrow tables (pandas DataFrames are accepte
 from __future__ import annotations
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -33,3 +34,7 @@ def __getattr__(name):
     if mod is None:
         raise AttributeError(f"module 'dipengine' has no attribute {name!r}")
     return getattr(importlib.import_module(mod), name)
+
+
+if "pandas" in sys.modules:  # register DataFrame.dip without paying for a pandas import otherwise
+    importlib.import_module("dipengine.pandas_ext")

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from dipengine import codes as _codes
 from dipengine.errors import DataError
+from dipengine.hospitals import SCHEMA as _REGISTRY_SCHEMA
 from dipengine.io import read_table, write_table
 
 DEFECT_KINDS = (
@@ -86,17 +87,9 @@ CASE_SCHEMA = pa.schema(
 )
 """Arrow schema of the generated cases (contract §2 input form plus ``planted_defect``)."""
 
-HOSPITAL_SCHEMA = pa.schema(
-    [
-        ("hospital_id", pa.string()),
-        ("name", pa.string()),
-        ("level", pa.int8()),
-        ("region", pa.string()),
-        ("coefficient", pa.float64()),
-        ("assessment_coef", pa.float64()),
-    ]
-)
-"""Arrow schema of the generated registry (contract §3); ``coefficient`` null where absent."""
+HOSPITAL_SCHEMA = _REGISTRY_SCHEMA
+"""Arrow schema of the generated registry (contract §3, as :mod:`dipengine.hospitals` reads it);
+``coefficient`` null where absent."""
 
 
 @dataclass(frozen=True)

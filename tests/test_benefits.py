@@ -458,7 +458,7 @@ a4,ZZ,p3,resident,,440200,,F,40,2027-03-01,2027-03-10,K35.800,20000.00,1000,5000
 
 
 def test_cli_benefits_writes_one_row_per_case(tmp_path, capsys):
-    pytest.importorskip("dipengine.reader")
+    import dipengine.reader  # noqa: F401
     from dipengine.cli import main
     from dipengine.io import read_table
 

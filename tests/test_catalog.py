@@ -210,7 +210,7 @@ def test_mirrored_pairs_keep_one_group(tmp_path):
     g = groups(build([rows] * 3, tmp_path / "rules"))
     assert "K80.1-51.2300+54.5100" in g and "K80.1-54.5100+51.2300" not in g
     assert g["K80.1-54.5100"]["n_cases"] == 3 * 70
-    rules = pytest.importorskip("dipengine.rules")
+    from dipengine import rules
     assert rules.check_rules(tmp_path / "rules") == []
 
 
@@ -319,7 +319,7 @@ def _example_years():
 
 
 def test_writes_a_rule_set_that_checks_and_loads(tmp_path):
-    rules = pytest.importorskip("dipengine.rules")
+    from dipengine import rules
     res = build(_example_years(), tmp_path / "rules", tmp_path / "pricing", name="demo")
     assert rules.check_rules(tmp_path / "rules") == []
     rs = rules.load_rules(tmp_path / "rules")
@@ -337,7 +337,7 @@ def test_writes_a_rule_set_that_checks_and_loads(tmp_path):
 
 
 def test_pricing_skeleton_loads_as_a_policy(tmp_path):
-    policy = pytest.importorskip("dipengine.policy")
+    from dipengine import policy
     res = build(_example_years(), tmp_path / "rules", tmp_path / "pricing")
     doc = tomllib.loads((tmp_path / "pricing" / "policy.toml").read_text())
     assert doc["region"] == "440200" and doc["year"] == 2027 and doc["score_scale"] == 1000
@@ -451,9 +451,9 @@ def test_fast_build_agrees_with_the_reference_twin(hist):
 
 
 def test_raw_history_goes_through_the_reader(tmp_path):
-    synth = pytest.importorskip("dipengine.synth")
-    reader = pytest.importorskip("dipengine.reader")
-    rules = pytest.importorskip("dipengine.rules")
+    from dipengine import synth
+    from dipengine import reader
+    from dipengine import rules
     hist, hosp = [], None
     for year in YEARS:
         cases, hosp = synth.synth_region(year, 4000, seed=5, bad_rows=0.05, hospitals=hosp)

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("dipengine.reference", reason="the reference grouper (dipengine.reference) is not built yet")
 
-from dipengine.estimate import Estimator  # noqa: E402
-from dipengine.rules import write_rule_set  # noqa: E402
+from dipengine.estimate import Estimator
+from dipengine.rules import write_rule_set
 
 POLICY = """region = "440200"
 year = 2027

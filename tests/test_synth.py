@@ -346,7 +346,7 @@ def _fen_signed(col):
 
 
 def test_reader_reports_every_planted_defect(defective):
-    reader = pytest.importorskip("dipengine.reader")
+    from dipengine import reader
     cases, hosp = defective
     out = reader.read_cases(cases, hosp, period="2026")
     assert out["reason"].to_pylist() == cases["planted_defect"].to_pylist()
