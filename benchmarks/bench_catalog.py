@@ -1,6 +1,6 @@
 """Benchmark of the catalogue build (``dipengine catalog build``).
 
-asv-style class (``setup`` + ``time_*``/``peakmem_*``, small sizes); also runnable as a script::
+asv-style class (sizes from ``benchmarks/common.py`` profiles); also runnable as a script::
 
     python benchmarks/bench_catalog.py [--cases 3000000] [--years 3] [--dir /tmp/dipbench]
 

@@ -23,7 +23,11 @@ import pyarrow.compute  # noqa: F401
 
 from dipengine.benefits import compute_benefits, load_benefits
 
-REPO = Path(__file__).resolve().parents[1]
+try:
+    from benchmarks import common
+except ImportError:  # run as a script (python benchmarks/bench_estimate.py): this directory is on sys.path
+    import common
+
 DEMO_BENEFITS = str(resources.files("dipengine.data") / "benefits_demo.csv")
 REGIONS = np.array(["440200", "440300", "441400", "360700", "110100"])
 
@@ -102,14 +106,16 @@ def make_cases(n: int, n_hospitals: int = 60, seed: int = 42) -> pa.Table:
 
 
 class BenefitsBatch:
-    params = [[100_000, 1_000_000]]
+    """asv: ``compute_benefits`` over a normalised case table (built in memory, vectorised)."""
+
+    params = [common.pick([100_000], [1_000_000])]
     param_names = ["n_cases"]
     timeout = 300
 
     def setup(self, n):
         self.rules = load_benefits(DEMO_BENEFITS)
         self.hospitals = make_hospitals()
-        self.cases = make_cases(n)
+        self.cases = make_cases(n, seed=common.SEED)
 
     def time_compute_benefits(self, n):
         compute_benefits(self.cases, self.rules, self.hospitals)
@@ -122,7 +128,7 @@ def make_estimator_inputs(directory: Path):
     """Demo rule set + a pricing dir (policy, same-level costs, demo benefits) + registry."""
     from dipengine.rules import load_rules
 
-    rules = load_rules(REPO / "grouper_rules" / "demo")
+    rules = load_rules(common.DEMO_RULES)
     pricing = directory / "pricing"
     pricing.mkdir(parents=True, exist_ok=True)
     (pricing / "policy.toml").write_text(POLICY, encoding="utf-8")
@@ -151,21 +157,38 @@ def make_estimator_inputs(directory: Path):
 
 
 class EstimateSingle:
+    """asv: ``n_calls`` single-case estimates after loading (goal: 10,000 calls/s)."""
+
+    params = [common.pick([1_000], [10_000])]
+    param_names = ["n_calls"]
     timeout = 300
 
-    def setup(self):
+    def setup(self, n_calls):
         from dipengine.estimate import Estimator
 
         self._tmp = tempfile.TemporaryDirectory()
         rules, pricing, hosp, self.cases = make_estimator_inputs(Path(self._tmp.name))
         self.est = Estimator(rules, pricing, hosp)
+        self.calls = [self.cases[i % len(self.cases)] for i in range(n_calls)]
+        for c in self.cases[:50]:  # warm the code caches
+            self.est.estimate(c)
 
-    def teardown(self):
+    def teardown(self, n_calls):
         self._tmp.cleanup()
 
-    def time_estimate_100_cases(self):
-        for c in self.cases[:100]:
+    def time_estimate(self, n_calls):
+        for c in self.calls:
             self.est.estimate(c)
+
+    def time_estimate_no_trace(self, n_calls):
+        for c in self.calls:
+            self.est.estimate(c, trace=False)
+
+    def track_fund_due_fen(self, n_calls):
+        """Sum of ``fund_due_fen`` over the calls (correctness; int fen)."""
+        return sum(self.est.estimate(c, trace=False)["fund_due_fen"] or 0 for c in self.calls)
+
+    track_fund_due_fen.unit = "fen"
 
 
 def main() -> None:

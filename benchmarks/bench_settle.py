@@ -1,6 +1,6 @@
 """Annual settlement end to end from Parquet (read -> validate -> group -> score -> settle).
 
-asv: ``TimeSettle`` (sizes kept small for CI; ``DIPENGINE_BENCH_PROFILE=large`` adds 5M).
+asv: ``TimeSettle`` and ``SettleResult`` (50k cases; ``DIPENGINE_BENCH_PROFILE=large``: 5M).
 Script: ``python benchmarks/bench_settle.py [--cases 5000000] [--dir /tmp/dipengine-bench]``
 generates the input once (vectorised, cached), then times ``settle`` in a fresh process and
 prints the wall time, cases per second and peak RSS.
@@ -19,6 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+try:
+    from benchmarks import common
+except ImportError:  # run as a script (python benchmarks/bench_settle.py): this directory is on sys.path
+    import common
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "grouper_rules" / "demo"
@@ -129,38 +134,56 @@ def make_region(directory: Path, n: int, seed: int = 42) -> dict:
     return {"cases": directory / "cases.parquet", "hospitals": directory / "hospitals.csv", "pricing": pricing}
 
 
-def run_settle(directory: Path, out: Path | None = None):
+def run_settle(directory: Path, out: Path | None = None, n_threads: int | None = None):
     from dipengine.settlement import settle
 
-    res = settle(directory / "cases.parquet", RULES, directory / "pricing", directory / "hospitals.csv", "2027")
+    res = settle(directory / "cases.parquet", RULES, directory / "pricing", directory / "hospitals.csv", "2027",
+                 n_threads=n_threads)
     if out is not None:
         res.write(out)
     return res
 
 
-class TimeSettle:
-    """asv benchmark: annual settlement end to end."""
+SIZES = common.pick([50_000], [5_000_000])
 
-    params = [[100_000] + ([5_000_000] if os.environ.get("DIPENGINE_BENCH_PROFILE") == "large" else [])]
-    param_names = ["n_cases"]
-    timeout = 600
+
+def region_dir(n: int, seed: int = 42) -> Path:
+    """The cached input directory of :func:`make_region` for ``n`` cases and ``seed``."""
+    return common.cached(common.cache_path("settle", n=n, s=seed), lambda tmp: make_region(tmp, n, seed))
+
+
+class TimeSettle:
+    """asv benchmark: annual settlement end to end, by grouping threads."""
+
+    params = [SIZES, common.THREADS]
+    param_names = ["n_cases", "n_threads"]
+    timeout = common.pick(300, 1800)
 
     def setup_cache(self):
-        base = Path(os.environ.get("DIPENGINE_BENCH_DIR", "/tmp/dipengine-bench"))
-        for n in self.params[0]:
-            d = base / f"n{n}"
-            if not (d / "cases.parquet").exists():
-                make_region(d, n)
-        return str(base)
+        return {n: str(region_dir(n)) for n in SIZES}
 
-    def time_settle_annual(self, base, n):
-        run_settle(Path(base) / f"n{n}")
+    def time_settle_annual(self, dirs, n, n_threads):
+        run_settle(Path(dirs[n]), n_threads=n_threads)
 
-    def peakmem_settle_annual(self, base, n):
-        run_settle(Path(base) / f"n{n}")
 
-    def track_total_points(self, base, n):
-        return run_settle(Path(base) / f"n{n}").manifest["total_points"]
+class SettleResult:
+    """asv: peak memory of the settlement and correctness tracks of its manifest."""
+
+    params = [SIZES]
+    param_names = ["n_cases"]
+    timeout = common.pick(300, 1800)
+
+    def setup_cache(self):
+        return {n: str(region_dir(n)) for n in SIZES}
+
+    def peakmem_settle_annual(self, dirs, n):
+        run_settle(Path(dirs[n]))
+
+    def track_total_points(self, dirs, n):
+        """Total points of the period (changes only when grouping or scoring changes)."""
+        return run_settle(Path(dirs[n])).manifest["total_points"]
+
+    track_total_points.unit = "points"
 
 
 def main(argv=None):
