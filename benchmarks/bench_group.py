@@ -13,7 +13,8 @@ which runs the four measurements once each (best of ``--repeat``) and prints a t
 (c) ``pandas``  a straightforward merge-based pandas grouping, as an analyst would write it, on the
     same file with the same output columns (no validation, no auxiliary subtypes, exact codes only);
 (d) ``floor``   pyarrow alone: read the columns (b) reads and write (b)'s output table (same columns
-    and types, loaded before the clock starts).
+    and types, the input's extra columns included, loaded before the clock starts; same writer
+    statistics settings as (b)).
 
 (c) and (d) run in their own subprocess too (for their peak RSS) and time their work inside it.
 
@@ -268,9 +269,12 @@ def _cli_output_schema() -> pa.Schema:
 
 
 def io_floor(path, columns, template: pa.Table, out) -> None:
-    """pyarrow alone: read ``columns`` of the input, write ``template`` (the CLI's output table)."""
+    """pyarrow alone: read ``columns`` of the input, write ``template`` (the CLI's output table,
+    extra input columns included) with the CLI's writer settings (no min/max statistics for the
+    dictionary text columns)."""
     pq.read_table(path, columns=columns)
-    pq.write_table(template, out)
+    stats = [f.name for f in template.schema if not pa.types.is_dictionary(f.type)]
+    pq.write_table(template, out, write_statistics=stats)
 
 
 # --------------------------------------------------------------------------- subprocess children

@@ -11,6 +11,16 @@ import numpy as np
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
+
+cdef extern from *:
+    """
+    #define DIP_PREFETCH(p) __builtin_prefetch((const void*)(p))
+    """
+    void DIP_PREFETCH(const void* p) noexcept nogil
+
+cdef enum:
+    PREFETCH_AHEAD = 16
+
 cdef uint64_t FNV_OFFSET = 14695981039346656037ULL
 cdef uint64_t FNV_PRIME = 1099511628211ULL
 
@@ -130,14 +140,22 @@ cdef class SeenSet:
         cdef int64_t a, length, k
         cdef bint found
         cdef const uint8_t* base = &data[0] if data.shape[0] > 0 else NULL
+        row_hash_arr = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] row_hash = row_hash_arr
         with nogil:
+            # hashes first, so that the slot of a row PREFETCH_AHEAD rows on can be prefetched
+            for r in range(n):
+                a = offsets[r]
+                row_hash[r] = _hash(base + a, offsets[r + 1] - a)
             for r in range(n):
                 out[r] = 0
+                if r + PREFETCH_AHEAD < n:
+                    DIP_PREFETCH(&slots[row_hash[r + PREFETCH_AHEAD] & mask])
                 if valid[r] == 0:
                     continue
                 a = offsets[r]
                 length = offsets[r + 1] - a
-                h = _hash(base + a, length)
+                h = row_hash[r]
                 fp = h & 0xFFFFFFFF00000000ULL
                 s = h & mask
                 found = False
@@ -165,12 +183,18 @@ cdef class SeenSet:
                 self._count += 1
 
 
+cdef inline bint _trimmable(uint8_t c) noexcept nogil:
+    # 9-13 and 28-32 are the ASCII characters utf8_trim_whitespace strips; a non-ASCII byte
+    # may start or end Unicode whitespace (U+0085, U+3000, ...): the slow path decides
+    return (9 <= c <= 13) or (28 <= c <= 32) or c >= 0x80
+
+
 def needs_trim(const uint8_t[::1] data, const int64_t[::1] offsets, const uint8_t[::1] valid):
-    """True if some valid string is empty or starts or ends with whitespace (space, tab, CR, LF,
-    VT, FF), i.e. trimming and empty -> null would change the array."""
+    """True if some valid string is empty or starts or ends with a character that Arrow's
+    ``utf8_trim_whitespace`` may strip (ASCII 9-13, 28-32, or any non-ASCII byte), i.e. when
+    trimming and empty -> null could change the array."""
     cdef Py_ssize_t n = offsets.shape[0] - 1, r
     cdef int64_t a, b
-    cdef uint8_t c
     cdef bint hit = False
     with nogil:
         for r in range(n):
@@ -181,15 +205,7 @@ def needs_trim(const uint8_t[::1] data, const int64_t[::1] offsets, const uint8_
             if b <= a:
                 hit = True
                 break
-            c = data[a]
-            if c == 32 or (9 <= c <= 13):
-                hit = True
-                break
-            c = data[b - 1]
-            if c == 32 or (9 <= c <= 13):
-                hit = True
-                break
-            if c >= 0x80 or data[a] >= 0x80:  # non-ASCII edge: Unicode whitespace possible
+            if _trimmable(data[a]) or _trimmable(data[b - 1]):
                 hit = True
                 break
     return hit

@@ -74,15 +74,35 @@ def _ints(col, n, dtype, default=None) -> pa.Array:
     return pc.fill_null(out, default) if default is not None else out
 
 
-def prepare_cases(cases) -> pa.Table:
+def input_columns(schema: pa.Schema) -> list[str]:
+    """The input columns ``dipengine group`` reads from a file of this schema (all it validates
+    or carries through: every column but ``patient_id``)."""
+    from dipengine.reader import lean_columns
+
+    return lean_columns(schema)
+
+
+def _lean_prepared(t: pa.Table) -> pa.Table:
+    """A lean reader batch (``reader.LEAN_SCHEMA``, codes already normalised) as prepared columns."""
+    from dipengine.reader import LEAN_COLUMNS
+
+    return t.select(list(LEAN_COLUMNS))
+
+
+def prepare_cases(cases, *, normalised: bool = False) -> pa.Table:
     """The columns the groupers read, typed and normalised (shared by both groupers).
 
     Returns ``case_id, main_dx, main_proc`` (dictionary<string>), ``other_dx, other_procs``
     (list<string>), ``total_cost_fen`` (int64, 0 when null), ``discharge_mode`` (int8,
     default 1), ``los, age, age_days`` (int32, nullable), ``reason, reason_detail`` (string;
     empty -> null). Absent columns take those defaults; codes are put in 医保版 normal form.
+
+    With ``normalised=True``, ``cases`` is a lean batch of ``reader.iter_cases(lean=True)``
+    (codes already normalised, lists of dictionary codes): its columns are used as they are.
     """
     t = read_table(cases)
+    if normalised:
+        return _lean_prepared(t)
     n = t.num_rows
 
     def col(name):
@@ -159,22 +179,68 @@ def _proc_maps(u: pa.Array, rs: RuleSet):
     return full_id, base_id, cls, lvl
 
 
+def _dx_maps(u: pa.Array, rs: RuleSet):
+    """Per distinct main diagnosis: subcategory id, category number, valid (1/0/-1 null), excluded."""
+    main = _codes.main_code(u)
+    sub_u = _np(pc.index_in(_codes.subcategory(u), value_set=rs.compiled.sub_vocab), np.int32, -1)
+    cat_u = np.array([category_number(c) for c in _codes.category(u).to_pylist()], np.int32) if len(u) else \
+        np.zeros(0, np.int32)
+    valid_u = _np(_codes.is_valid_dx(u), np.int8, -1)
+    excl_u = (longest_prefix(main, rs.excluded_dx["code"].to_pylist()) >= 0).astype(np.int8)
+    return [sub_u, cat_u, valid_u, excl_u]
+
+
+def _secondary_maps(u: pa.Array, rs: RuleSet):
+    """Per distinct secondary diagnosis: CCI category (-1 none), CCI weight, severity level (0 none)."""
+    comp = rs.compiled
+    du = _codes.main_code(u)
+    cci_names = cci_category_names(rs)
+    cat_index = {c: k for k, c in enumerate(comp.cci_categories)}
+    cci_row = longest_prefix(du, rs.cci_weights["dx_prefix"].to_pylist())
+    cci_cat_of_row = np.array([cat_index[c] for c in cci_names] + [-1], np.int32)
+    cci_w_of_row = np.append(rs.cci_weights["weight"].to_numpy(zero_copy_only=False), 0).astype(np.int32)
+    sev_row = longest_prefix(du, rs.severity_dx["dx_prefix"].to_pylist())
+    sev_of_row = np.append(rs.severity_dx["level"].to_numpy(zero_copy_only=False), 0).astype(np.int8)
+    return [cci_cat_of_row[cci_row], cci_w_of_row[cci_row], sev_of_row[sev_row]]
+
+
+_CACHE = None
+
+
+def _cached(kind: str, u: pa.Array, rs: RuleSet, compute):
+    """``compute(u, rs)``, computed once per dictionary (batches of one Parquet row group share
+    theirs; see ``reader.DictionaryCache``) and rule set."""
+    global _CACHE
+    if _CACHE is None:
+        from dipengine.reader import DictionaryCache
+
+        _CACHE = DictionaryCache(32)
+    owner, value = _CACHE.get((kind, id(rs)), u, lambda a: (rs, compute(a, rs)))
+    # an entry keeps its rule set alive, so id(rs) cannot name another rule set while it exists
+    return value if owner is rs else compute(u, rs)
+
+
 def _map_dict(d: pa.DictionaryArray, per_unique: list[np.ndarray], fills: list):
     """Per-row values of per-unique arrays (``fills`` where the row is null)."""
-    idx = _np(d.indices, np.int64, -1)
-    null = idx < 0
-    idx[null] = 0
+    indices = d.indices
+    if indices.null_count:
+        idx = _np(indices, np.int64, -1)
+        idx[idx < 0] = len(d.dictionary)  # the fill value, appended after the uniques
+    else:
+        idx = indices.to_numpy()
     out = []
     for arr, fill in zip(per_unique, fills):
-        a = np.append(arr, fill)[np.where(null, len(arr), idx)] if len(arr) else np.full(len(idx), fill, arr.dtype)
-        out.append(np.ascontiguousarray(a, dtype=arr.dtype))
+        # all per-unique arrays have one entry per dictionary value
+        a = np.append(arr, fill).astype(arr.dtype, copy=False).take(idx) if len(arr) else \
+            np.full(len(idx), fill, arr.dtype)
+        out.append(a)
     return out
 
 
 def _flat_dict(lists: pa.ListArray):
     flat = pc.list_flatten(lists)
     lengths = _np(pc.list_value_length(lists), np.int64, 0)
-    return pc.dictionary_encode(flat), lengths
+    return (flat if pa.types.is_dictionary(flat.type) else pc.dictionary_encode(flat)), lengths
 
 
 @dataclass
@@ -204,13 +270,7 @@ def encode(prep: pa.Table, rs: RuleSet) -> dict:
     comp = rs.compiled
     n = prep.num_rows
     dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
-    u = dx.dictionary
-    main = _codes.main_code(u)
-    sub_u = _np(pc.index_in(_codes.subcategory(u), value_set=comp.sub_vocab), np.int32, -1)
-    cat_u = np.array([category_number(c) for c in _codes.category(u).to_pylist()], np.int32) if len(u) else np.zeros(0, np.int32)
-    valid_u = _np(_codes.is_valid_dx(u), np.int8, -1)
-    excl_u = (longest_prefix(main, rs.excluded_dx["code"].to_pylist()) >= 0).astype(np.int8)
-    sub_id, cat, valid, excluded = _map_dict(dx, [sub_u, cat_u, valid_u, excl_u], [-1, -1, -1, 0])
+    sub_id, cat, valid, excluded = _map_dict(dx, _cached("dx", dx.dictionary, rs, _dx_maps), [-1, -1, -1, 0])
     pre = np.zeros(n, np.int8)
     pre[valid == 0] = _reasons.INVALID_DX
     pre[valid == -1] = _reasons.MISSING_FIELD
@@ -218,35 +278,32 @@ def encode(prep: pa.Table, rs: RuleSet) -> dict:
 
     # procedures: CSR over [main_proc] + other_procs
     mp = prep["main_proc"].combine_chunks() if isinstance(prep["main_proc"], pa.ChunkedArray) else prep["main_proc"]
-    m_full, m_base, m_cls, m_lvl = _map_dict(mp, list(_proc_maps(mp.dictionary, rs)), [-1, -1, -1, 0])
+    m_full, m_base, m_cls, m_lvl = _map_dict(mp, list(_cached("proc", mp.dictionary, rs, _proc_maps)),
+                                             [-1, -1, -1, 0])
     has_main = _np(pc.is_valid(mp), np.int8, 0)
     op = prep["other_procs"].combine_chunks() if isinstance(prep["other_procs"], pa.ChunkedArray) else prep["other_procs"]
     od, olen = _flat_dict(op)
-    o_full, o_base, o_cls, o_lvl = _map_dict(od, list(_proc_maps(od.dictionary, rs)), [-1, -1, -1, 0])
+    o_full, o_base, o_cls, o_lvl = _map_dict(od, list(_cached("proc", od.dictionary, rs, _proc_maps)),
+                                             [-1, -1, -1, 0])
     counts = olen + has_main
     p_off = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=p_off[1:])
+    with_main = has_main == 1
+    main_pos = p_off[:-1][with_main]
     is_main = np.zeros(int(p_off[-1]), bool)
-    is_main[p_off[:-1][has_main == 1]] = True
+    is_main[main_pos] = True
+    other_pos = np.flatnonzero(~is_main)
     cols = []
     for m, o, dt in ((m_full, o_full, np.int32), (m_base, o_base, np.int32), (m_cls, o_cls, np.int8), (m_lvl, o_lvl, np.int8)):
         a = np.empty(len(is_main), dt)
-        a[is_main] = m[has_main == 1]
-        a[~is_main] = o
+        a[main_pos] = m[with_main]
+        a[other_pos] = o
         cols.append(a)
 
     # secondary diagnoses: CCI category and weight, severity level
     sd = prep["other_dx"].combine_chunks() if isinstance(prep["other_dx"], pa.ChunkedArray) else prep["other_dx"]
     dd, dlen = _flat_dict(sd)
-    du = _codes.main_code(dd.dictionary)
-    cci_names = cci_category_names(rs)
-    cat_index = {c: k for k, c in enumerate(comp.cci_categories)}
-    cci_row = longest_prefix(du, rs.cci_weights["dx_prefix"].to_pylist())
-    cci_cat_of_row = np.array([cat_index[c] for c in cci_names] + [-1], np.int32)
-    cci_w_of_row = np.append(rs.cci_weights["weight"].to_numpy(zero_copy_only=False), 0).astype(np.int32)
-    sev_row = longest_prefix(du, rs.severity_dx["dx_prefix"].to_pylist())
-    sev_of_row = np.append(rs.severity_dx["level"].to_numpy(zero_copy_only=False), 0).astype(np.int8)
-    d_cat, d_w, d_sev = _map_dict(dd, [cci_cat_of_row[cci_row], cci_w_of_row[cci_row], sev_of_row[sev_row]], [-1, 0, 0])
+    d_cat, d_w, d_sev = _map_dict(dd, _cached("dx2", dd.dictionary, rs, _secondary_maps), [-1, 0, 0])
     d_off = np.zeros(n + 1, np.int64)
     np.cumsum(dlen, out=d_off[1:])
 
@@ -373,7 +430,7 @@ def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet, *, dictionary: bool 
     # the grouper's own detail text: one take over [invalid | excluded | no group | missing] texts
     dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
     if (own != 0).any():
-        inv_u, exc_u, nog_u = _detail_texts(dx.dictionary, rs)
+        inv_u, exc_u, nog_u = _cached("detail", dx.dictionary, rs, _detail_texts)
         nu = len(inv_u)
         pick = np.full(len(own), -1, np.int64)
         idx = _np(dx.indices, np.int64, -1)
@@ -482,9 +539,20 @@ def group_stream(batches, rules, *, n_threads=None, dictionary: bool = False, pr
     rs = rules if isinstance(rules, RuleSet) else load_rules(rules)
     source = _prefetch(iter(batches), prefetch) if prefetch > 0 else batches
     for batch in source:
-        prep = prepare_cases(batch)
-        res = run_kernel(encode(prep, rs), rs, effective_threads(n_threads, prep.num_rows))
-        yield batch, assemble(prep, res, rs, dictionary=dictionary), res
+        out, res = group_batch(batch, rs, n_threads=n_threads, dictionary=dictionary)
+        yield batch, out, res
+
+
+def group_batch(batch, rs: RuleSet, *, n_threads=None, dictionary: bool = False, normalised: bool = False):
+    """Group one batch of normalised cases: ``(output table, GroupArrays)``.
+
+    ``normalised=True`` takes a lean batch of ``reader.iter_cases(lean=True)`` /
+    ``reader.map_cases(lean=True)`` as it is (see :func:`prepare_cases`). Thread-safe: the
+    CLI runs it on several batches at once.
+    """
+    prep = prepare_cases(batch, normalised=normalised)
+    res = run_kernel(encode(prep, rs), rs, effective_threads(n_threads, prep.num_rows))
+    return assemble(prep, res, rs, dictionary=dictionary), res
 
 
 def group(cases, rules, *, n_threads=None, explain=False):

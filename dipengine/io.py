@@ -257,13 +257,14 @@ def atomic_dir(path):
         os.replace(tmp, path)
 
 
-def write_batches(tables, path, schema: pa.Schema) -> int:
+def write_batches(tables, path, schema: pa.Schema, *, write_statistics=True) -> int:
     """Write a stream of tables/record batches to one file atomically; returns the row count.
 
     Parquet (one row group per item; dictionary columns are written as Parquet dictionaries but
     read back as their value type, as :func:`write_table` output would be) or CSV when the name
     ends in ``.csv``. Nothing appears at ``path`` unless the whole stream was written; with no
-    items an empty file with ``schema`` is written.
+    items an empty file with ``schema`` is written. ``write_statistics`` (Parquet): True, False
+    or the columns whose min/max statistics are written (as ``pyarrow.parquet.ParquetWriter``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +281,7 @@ def write_batches(tables, path, schema: pa.Schema) -> int:
                     w.write_table(_csv_ready(t))
                     rows += t.num_rows
         else:
-            with pq.ParquetWriter(tmp, schema, store_schema=False) as w:
+            with pq.ParquetWriter(tmp, schema, store_schema=False, write_statistics=write_statistics) as w:
                 for t in tables:
                     t = t if isinstance(t, pa.Table) else pa.Table.from_batches([t])
                     w.write_table(t)

@@ -10,7 +10,9 @@ returned. :func:`iter_cases` streams the same rows batch by batch.
 Everything is vectorised: string columns are dictionary-encoded and normalised once per
 distinct value, numbers and dates are parsed per distinct value or by kernels, duplicate
 ``case_id`` detection runs in the :class:`dipengine._libs.validate.SeenSet` kernel, whose state
-is carried across batches. :func:`read_cases_reference` is the slow row-by-row twin.
+is carried across batches. :func:`map_cases` runs the batches on several threads (the duplicate
+pass stays sequential, in input order) and can yield *lean* batches with only the grouper's
+columns. :func:`read_cases_reference` is the slow row-by-row twin.
 
 Choices made here (see docs/validate.md):
 
@@ -39,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from dipengine import codes as _codes
 from dipengine import io as _io
@@ -298,13 +300,48 @@ def _text_column(col, n):
         return pa.nulls(n, pa.string())
     if pa.types.is_dictionary(col.type):
         col = col.dictionary_decode()
-    return _clean_text(col.cast(pa.string()))
+    col = col.cast(pa.string())
+    if n and pa.types.is_string(col.type):
+        from dipengine._libs.validate import needs_trim
+
+        if not needs_trim(*_string_buffers(col)):  # nothing to trim, no empty cell: as it is
+            return col
+    return _clean_text(col)
 
 
-def _enum_column(col, n, name, allowed, checks, default=None, case=None):
+class _Coded:
+    """A low-cardinality text column as distinct values ``u`` and per-row indices ``idx`` (-1 null).
+
+    Checks run on the distinct values; rows are materialised only when asked for.
+    """
+
+    def __init__(self, u: pa.Array, idx: np.ndarray):
+        self.u, self.idx = u, idx
+
+    def per_row(self, flags_u: np.ndarray) -> np.ndarray:
+        """Per-row value of a per-distinct-value bool array (False on null rows)."""
+        if not flags_u.any():  # the usual case for a defect flag: no row to look up
+            return np.zeros(len(self.idx), bool)
+        if flags_u.all():
+            return self.idx >= 0
+        return (self.idx >= 0) & flags_u[np.maximum(self.idx, 0)]
+
+    def missing(self) -> np.ndarray:
+        return ~self.per_row(_np_bool(pc.is_valid(self.u)))
+
+    def at(self, rows: np.ndarray) -> pa.Array:
+        return _take(self.u, self.idx[rows])
+
+    def rows(self) -> pa.Array:
+        return _take(self.u, self.idx)
+
+
+def _enum_column(col, n, name, allowed, checks, default=None, case=None) -> _Coded:
     """Low-cardinality text column checked against ``allowed``; nulls take ``default``."""
     if col is None:
-        return pa.nulls(n, pa.string()) if default is None else pa.repeat(pa.scalar(default, pa.string()), n)
+        if default is None:
+            return _Coded(pa.nulls(1, pa.string()), np.full(n, -1, np.int32))
+        return _Coded(pa.array([default], pa.string()), np.zeros(n, np.int32))
     uniques, idx = _encode(col)
     u = _clean_text(uniques)
     if case == "upper":
@@ -315,14 +352,13 @@ def _enum_column(col, n, name, allowed, checks, default=None, case=None):
         u = pc.fill_null(u, default)
         idx = np.where(idx < 0, len(u), idx)
         u = pa.concat_arrays([u, pa.array([default], pa.string())])
+    coded = _Coded(u, idx)
     if allowed is not None:
         bad_u = _np_bool(pc.invert(pc.is_in(u, pa.array(allowed, pa.string()))))
         bad_u &= _np_bool(pc.is_valid(u))
-        bad = (idx >= 0) & bad_u[np.maximum(idx, 0)]
-        out = _take(u, idx)
-        checks.value(R.BAD_VALUE, bad, name, out, f"is not one of {', '.join(map(str, allowed))}")
-        return out
-    return _take(u, idx)
+        checks.value(R.BAD_VALUE, coded.per_row(bad_u), name, coded.at,
+                     f"is not one of {', '.join(map(str, allowed))}")
+    return coded
 
 
 def _int_column(col, n):
@@ -451,22 +487,50 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data, np.ascontiguousarray(offsets), np.ascontiguousarray(valid)
 
 
-def _code_list(col, n):
-    """Normalised code lists. Returns (list column, element codes, element row numbers)."""
-    lst = _split_list(col, n)
-    values = lst.flatten()
-    parents = pc.list_parent_indices(lst).to_numpy(zero_copy_only=False).astype(np.int64)
-    if len(values):
-        uniques, idx = _encode(values)
-        norm = _take(_codes.normalize(uniques), idx)
+def _code_list(col, n, kind, listed, cache=None):
+    """Normalised code lists as ``(offsets int32 n + 1, uniques, element indices, element rows,
+    malformed, unlisted)``: element k of the flattened lists is ``uniques[el_idx[k]]`` and belongs
+    to row ``parents[k]``; null and empty codes are dropped; the flags are per unique (see
+    :func:`_code_flags`). Normalisation runs once per distinct code (once per Parquet row group
+    when the lists arrive dictionary-encoded and ``cache`` is given)."""
+    if col is not None and _kind(col.type) == "list" and pa.types.is_dictionary(col.type.value_type) and \
+            pa.types.is_list(col.type):
+        lst = col  # list<dictionary<string>> straight from Parquet: no splitting, no hashing
     else:
-        norm = pa.array([], pa.string())
-    keep = _np_bool(pc.is_valid(norm))
-    values = norm.filter(pa.array(keep))
-    parents = parents[keep]
+        lst = _split_list(col, n)
+    values = lst.flatten()
+    if len(values):
+        parents = pc.list_parent_indices(lst).to_numpy(zero_copy_only=False).astype(np.int64)
+        uniques, idx = _encode(values)
+        compute = (lambda a: _normalise_codes(a, kind, listed))
+        u, malformed_u, unlisted_u = compute(uniques) if cache is None else cache.get(kind, uniques, compute)
+        keep = (idx >= 0) & _np_bool(pc.is_valid(u))[np.maximum(idx, 0)]
+        el_idx = idx[keep]
+        parents = parents[keep]
+    else:
+        u, el_idx, parents = pa.nulls(1, pa.string()), np.zeros(0, np.int32), np.zeros(0, np.int64)
+        malformed_u = unlisted_u = np.zeros(1, bool)
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(np.bincount(parents, minlength=n), out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), values), values, parents
+    return offsets, u, el_idx, parents, malformed_u, unlisted_u
+
+
+def _list_array(offsets, u, el_idx, dictionary: bool) -> pa.ListArray:
+    """list<string> (or list<dictionary<int32, string>>) of :func:`_code_list`'s parts."""
+    if dictionary:
+        values = pa.DictionaryArray.from_arrays(pa.array(el_idx.astype(np.int32, copy=False)), u)
+    else:
+        values = u.take(pa.array(el_idx)) if len(el_idx) else pa.array([], pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _dict_array(coded: _Coded) -> pa.DictionaryArray:
+    """A coded column as a dictionary array (rows whose value is null get a null index)."""
+    valid = coded.per_row(_np_bool(pc.is_valid(coded.u)))
+    if valid.all():
+        return pa.DictionaryArray.from_arrays(pa.array(coded.idx.astype(np.int32, copy=False)), coded.u)
+    idx = np.where(valid, coded.idx, 0).astype(np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(idx, mask=~valid), coded.u)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,6 +583,61 @@ def parse_period(period) -> tuple[int, int] | None:
     return (first - epoch).days, (last - epoch).days
 
 
+class DictionaryCache:
+    """Results computed per distinct value of a dictionary, kept for the next batches.
+
+    The batches of one Parquet row group carry the same dictionary, so work per distinct value
+    (normalising, regex checks, rule look-ups) is done once per row group, not once per batch.
+    Entries are keyed by the dictionary's contents (a BLAKE2b digest of its offsets, bytes and
+    validity: O(size of the dictionary), tiny next to the per-row work). Thread-safe.
+    """
+
+    def __init__(self, size: int = 16):
+        import threading
+        from collections import OrderedDict
+
+        self._items: OrderedDict = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(kind, arr: pa.Array):
+        import hashlib
+
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            return None
+        n = len(arr)
+        bufs = arr.buffers()
+        width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+        if n == 0 or bufs[1] is None:
+            return (kind, n, arr.null_count)
+        offsets = np.frombuffer(bufs[1], dtype=width, count=n + 1 + arr.offset)[arr.offset:]
+        h = hashlib.blake2b(digest_size=20)
+        h.update((offsets - offsets[0]).astype(np.int64).tobytes())
+        if bufs[2] is not None:
+            h.update(memoryview(bufs[2])[int(offsets[0]):int(offsets[-1])])
+        if arr.null_count:
+            h.update(_np_bool(pc.is_valid(arr)).tobytes())
+        return (kind, n, arr.null_count, h.digest())
+
+    def get(self, kind, arr: pa.Array, compute: Callable):
+        """``compute(arr)``, or its value from an earlier call on an array of the same contents."""
+        key = self._key(kind, arr)
+        if key is None:
+            return compute(arr)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                return hit
+        value = compute(arr)
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
 class _Context:
     """Options and run state shared by every batch of one run."""
 
@@ -526,6 +645,7 @@ class _Context:
         from dipengine._libs.validate import SeenSet
 
         self.seen = SeenSet()
+        self.cache = DictionaryCache()
         self.period = parse_period(period)
         self.period_text = None if period is None else str(period).strip()
         self.hospital_ids = None
@@ -564,30 +684,66 @@ def _code_flags(u: pa.Array, kind: str, listed: pa.Array | None):
     return malformed, unlisted
 
 
-def _list_defects(checks, code, name, values, parents, n, kind, listed):
+def _normalise_codes(u: pa.Array, kind: str, listed):
+    """Normalised distinct codes and their (malformed, not listed) flags."""
+    norm = _codes.normalize(u)
+    return (norm, *_code_flags(norm, kind, listed))
+
+
+def _list_defects(checks, code, name, u, el_idx, parents, malformed_u, unlisted_u, n, kind):
     """Register defects of the elements of a code list column (detail lists the bad elements)."""
-    if len(values) == 0:
+    if len(el_idx) == 0:
         return
-    uniques, idx = _encode(values)
-    malformed_u, unlisted_u = _code_flags(uniques, kind, listed)
     form = _DX_FORM if kind == "dx" else _PROC_FORM
     for flags_u, text in ((malformed_u, form), (unlisted_u, "is not in the code list")):
         if not flags_u.any():
             continue
-        bad_el = flags_u[idx]
+        bad_el = flags_u[el_idx]
         rows = parents[bad_el]
         if not len(rows):
             continue
         mask = np.zeros(n, dtype=bool)
         mask[rows] = True
-        el_text = _cat(f"{name}: ", _quote(values.filter(pa.array(bad_el))), f" {text}")
+        el_text = _cat(f"{name}: ", _quote(u.take(pa.array(el_idx[bad_el]))), f" {text}")
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
         per_row = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), el_text), "; ")
         checks.add(code, mask, lambda r, per_row=per_row: per_row.take(pa.array(r)))
 
 
-def _normalise_batch(batch: pa.RecordBatch, ctx: _Context) -> pa.RecordBatch:
+LEAN_COLUMNS = ("case_id", "main_dx", "main_proc", "other_dx", "other_procs", "total_cost_fen", "discharge_mode",
+                "los", "age", "age_days", "reason", "reason_detail")
+"""Columns of a lean batch (``lean=True``): what the grouper reads, in its order; extras follow."""
+
+_CODE_DICT = pa.dictionary(pa.int32(), pa.string())
+LEAN_SCHEMA = pa.schema([
+    ("case_id", pa.string()), ("main_dx", _CODE_DICT), ("main_proc", _CODE_DICT),
+    ("other_dx", pa.list_(_CODE_DICT)), ("other_procs", pa.list_(_CODE_DICT)), ("total_cost_fen", pa.int64()),
+    ("discharge_mode", pa.int8()), ("los", pa.int32()), ("age", pa.int32()), ("age_days", pa.int32()),
+    ("reason", pa.string()), ("reason_detail", pa.string()),
+])
+"""Schema of a lean batch: codes as dictionaries of normalised codes, ``discharge_mode`` never null."""
+
+
+def _mark_duplicates(batch: pa.RecordBatch, ctx: _Context):
+    """The cleaned ``case_id`` column and its DUPLICATE_CASE mask (uint8), updating the run state.
+
+    Must run on the batches in input order (the rest of the batch work may run in parallel).
+    """
+    names = batch.schema.names
+    case_id = _text_column(batch.column(names.index("case_id")) if "case_id" in names else None, batch.num_rows)
+    data, offsets, valid = _string_buffers(case_id)
+    dup = np.zeros(batch.num_rows, dtype=np.uint8)
+    ctx.seen.mark(data, offsets, valid, dup)
+    return case_id, dup, valid
+
+
+def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bool = False) -> pa.RecordBatch:
+    """Normalise and validate one batch (``marked``: :func:`_mark_duplicates` of it, else done here).
+
+    With ``lean`` the result has :data:`LEAN_SCHEMA` (plus the extra columns): every column is
+    still validated, so ``reason``/``reason_detail`` are those of the full table.
+    """
     n = batch.num_rows
     names = batch.schema.names
 
@@ -598,30 +754,30 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context) -> pa.RecordBatch:
     missing = {}  # column -> mask of rows where the required value is missing
 
     # --- identifiers and enumerations
-    case_id = _text_column(col("case_id"), n)
-    data, offsets, valid = _string_buffers(case_id)
-    dup = np.zeros(n, dtype=np.uint8)
-    ctx.seen.mark(data, offsets, valid, dup)
+    case_id, dup, valid = marked if marked is not None else _mark_duplicates(batch, ctx)
     checks.value(R.DUPLICATE_CASE, dup.view(bool), "case_id", case_id, "was seen before in this run")
     missing["case_id"] = ~valid.view(bool)
 
     hospital_id = _enum_column(col("hospital_id"), n, "hospital_id", None, checks)
-    missing["hospital_id"] = _np_bool(pc.is_null(hospital_id))
+    missing["hospital_id"] = hospital_id.missing()
     if ctx.hospital_ids is not None:
-        unknown = _np_bool(pc.invert(pc.is_in(hospital_id, ctx.hospital_ids))) & ~missing["hospital_id"]
-        checks.value(R.UNKNOWN_HOSPITAL, unknown, "hospital_id", hospital_id, "is not in the hospital registry")
-    patient_id = _text_column(col("patient_id"), n)
+        unknown_u = _np_bool(pc.invert(pc.is_in(hospital_id.u, ctx.hospital_ids))) & _np_bool(
+            pc.is_valid(hospital_id.u))
+        checks.value(R.UNKNOWN_HOSPITAL, hospital_id.per_row(unknown_u), "hospital_id", hospital_id.at,
+                     "is not in the hospital registry")
     insurance_type = _enum_column(col("insurance_type"), n, "insurance_type", INSURANCE_TYPES, checks,
                                   case="lower")
-    missing["insurance_type"] = _np_bool(pc.is_null(insurance_type))
+    missing["insurance_type"] = insurance_type.missing()
     person_type = _enum_column(col("person_type"), n, "person_type", PERSON_TYPES, checks, "other", "lower")
     remote_filing = _enum_column(col("remote_filing"), n, "remote_filing", REMOTE_FILINGS, checks, "none",
                                  "lower")
     sex = _enum_column(col("sex"), n, "sex", SEXES, checks, case="upper")
     insured_region = _enum_column(col("insured_region"), n, "insured_region", None, checks)
-    missing["insured_region"] = _np_bool(pc.is_null(insured_region))
-    bad_region = ~_np_bool(pc.match_substring_regex(insured_region, r"^[0-9]{6}$")) & ~missing["insured_region"]
-    checks.value(R.BAD_VALUE, bad_region, "insured_region", insured_region, "is not a 6-digit region code")
+    missing["insured_region"] = insured_region.missing()
+    bad_region_u = ~_np_bool(pc.match_substring_regex(insured_region.u, r"^[0-9]{6}$")) & _np_bool(
+        pc.is_valid(insured_region.u))
+    checks.value(R.BAD_VALUE, insured_region.per_row(bad_region_u), "insured_region", insured_region.at,
+                 "is not a 6-digit region code")
 
     # --- integers
     ints = {}
@@ -648,8 +804,6 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context) -> pa.RecordBatch:
                                 " is not one of 1, 2, 3, 4, 5, 9"))
     dm_out = np.where(dm_present & ~dm_bad, dm, 1)
     dm_fits = (dm_out >= -128) & (dm_out <= 127)
-    discharge_mode = pa.array(np.where(dm_fits, dm_out, 0).astype(np.int8), mask=~dm_fits if (~dm_fits).any()
-                              else None)
 
     # --- dates and length of stay
     admit, admit_present, admit_bad = _date_column(col("admit_date"), n)
@@ -660,18 +814,18 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context) -> pa.RecordBatch:
         checks.value(R.BAD_DATES, bad, name, lambda idx, name=name: _raw_text(col(name).take(pa.array(idx))),
                      "is not a date (YYYY-MM-DD)")
     both = admit_present & ~admit_bad & disch_present & ~disch_bad
-    admit_arr = pa.array(admit.astype(np.int32), pa.int32(), mask=~(admit_present & ~admit_bad)).cast(pa.date32())
-    disch_arr = pa.array(disch.astype(np.int32), pa.int32(), mask=~(disch_present & ~disch_bad)).cast(pa.date32())
+
+    def date_text(days, idx):
+        return pa.array(days[idx].astype(np.int32), pa.int32()).cast(pa.date32()).cast(pa.string())
+
     before = both & (disch < admit)
     checks.add(R.BAD_DATES, before, lambda idx: _cat(
-        "discharge_date: ", disch_arr.take(pa.array(idx)).cast(pa.string()), " is before admit_date ",
-        admit_arr.take(pa.array(idx)).cast(pa.string())))
+        "discharge_date: ", date_text(disch, idx), " is before admit_date ", date_text(admit, idx)))
     if ctx.period is not None:
         lo, hi = ctx.period
         outside = disch_present & ~disch_bad & ((disch < lo) | (disch > hi))
         checks.add(R.BAD_DATES, outside, lambda idx: _cat(
-            "discharge_date: ", disch_arr.take(pa.array(idx)).cast(pa.string()),
-            f" is outside the period {ctx.period_text}"))
+            "discharge_date: ", date_text(disch, idx), f" is outside the period {ctx.period_text}"))
     derived = np.maximum(disch - admit, 1)
     derivable = both & ~before
     los_v, los_present, los_bad = ints["los"]
@@ -687,30 +841,25 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context) -> pa.RecordBatch:
 
     # --- codes
     dx_u, dx_idx = _encode(col("main_dx"))
-    dx_u = _codes.normalize(dx_u)
-    main_dx = _take(dx_u, dx_idx)
-    missing["main_dx"] = _np_bool(pc.is_null(main_dx))
-    malformed_u, unlisted_u = _code_flags(dx_u, "dx", ctx.dx_list)
-    j = np.maximum(dx_idx, 0)
-    has = dx_idx >= 0
-    checks.value(R.INVALID_DX, has & malformed_u[j], "main_dx", main_dx, _DX_FORM)
-    checks.value(R.INVALID_DX, has & unlisted_u[j], "main_dx", main_dx, "is not in the code list")
+    dx_norm, malformed_u, unlisted_u = ctx.cache.get("dx", dx_u, lambda u: _normalise_codes(u, "dx", ctx.dx_list))
+    main_dx = _Coded(dx_norm, dx_idx)
+    missing["main_dx"] = main_dx.missing()
+    checks.value(R.INVALID_DX, main_dx.per_row(malformed_u), "main_dx", main_dx.at, _DX_FORM)
+    checks.value(R.INVALID_DX, main_dx.per_row(unlisted_u), "main_dx", main_dx.at, "is not in the code list")
     proc_col = col("main_proc")
     if proc_col is None or pa.types.is_null(proc_col.type):
-        main_proc = pa.nulls(n, pa.string())
+        main_proc = _Coded(pa.nulls(1, pa.string()), np.full(n, -1, np.int32))
     else:
         pu, pidx = _encode(proc_col)
-        pu = _codes.normalize(pu)
-        main_proc = _take(pu, pidx)
-        malformed_u, unlisted_u = _code_flags(pu, "proc", ctx.proc_list)
-        j = np.maximum(pidx, 0)
-        has = pidx >= 0
-        checks.value(R.INVALID_PROC, has & malformed_u[j], "main_proc", main_proc, _PROC_FORM)
-        checks.value(R.INVALID_PROC, has & unlisted_u[j], "main_proc", main_proc, "is not in the code list")
-    other_dx, odx_values, odx_parents = _code_list(col("other_dx"), n)
-    _list_defects(checks, WARNING, "other_dx", odx_values, odx_parents, n, "dx", ctx.dx_list)
-    other_procs, op_values, op_parents = _code_list(col("other_procs"), n)
-    _list_defects(checks, R.INVALID_PROC, "other_procs", op_values, op_parents, n, "proc", ctx.proc_list)
+        pu, malformed_u, unlisted_u = ctx.cache.get("proc", pu, lambda u: _normalise_codes(u, "proc", ctx.proc_list))
+        main_proc = _Coded(pu, pidx)
+        checks.value(R.INVALID_PROC, main_proc.per_row(malformed_u), "main_proc", main_proc.at, _PROC_FORM)
+        checks.value(R.INVALID_PROC, main_proc.per_row(unlisted_u), "main_proc", main_proc.at,
+                     "is not in the code list")
+    odx = _code_list(col("other_dx"), n, "dx", ctx.dx_list, ctx.cache)
+    _list_defects(checks, WARNING, "other_dx", *odx[1:], n, "dx")
+    ops = _code_list(col("other_procs"), n, "proc", ctx.proc_list, ctx.cache)
+    _list_defects(checks, R.INVALID_PROC, "other_procs", *ops[1:], n, "proc")
 
     # --- money
     fen = {}
@@ -756,20 +905,38 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context) -> pa.RecordBatch:
     def int_array(values, valid_mask):
         return pa.array(values.astype(np.int32), pa.int32(), mask=~valid_mask if (~valid_mask).any() else None)
 
+    extra_names = extra_columns(batch.schema)
+    extras = [batch.column(names.index(e)) for e in extra_names]
+    ints_out = [int_array(np.clip(los_out, -2**31, 2**31 - 1), los_valid), int_array(age, age_present & ~age_bad),
+                int_array(ad, ad_present & ~ad_bad)]
+    if lean:
+        arrays = [
+            case_id, _dict_array(main_dx), _dict_array(main_proc),
+            _list_array(*odx[:3], dictionary=True), _list_array(*ops[:3], dictionary=True),
+            fen_array("total_cost", fill_zero=True),
+            pa.array(np.where(dm_fits, dm_out, 1).astype(np.int8)),  # the grouper's default for null
+            *ints_out, reason, reason_detail,
+        ]
+        schema = LEAN_SCHEMA
+        for e in extra_names:
+            schema = schema.append(batch.schema.field(e))
+        return pa.RecordBatch.from_arrays(arrays + extras, schema=schema)
+
+    discharge_mode = pa.array(np.where(dm_fits, dm_out, 0).astype(np.int8), mask=~dm_fits if (~dm_fits).any()
+                              else None)
+    admit_arr = pa.array(admit.astype(np.int32), pa.int32(), mask=~(admit_present & ~admit_bad)).cast(pa.date32())
+    disch_arr = pa.array(disch.astype(np.int32), pa.int32(), mask=~(disch_present & ~disch_bad)).cast(pa.date32())
     arrays = [
-        case_id, hospital_id, patient_id, insurance_type, person_type, insured_region, remote_filing, sex,
-        int_array(age, age_present & ~age_bad),
-        int_array(ad, ad_present & ~ad_bad),
-        int_array(np.clip(los_out, -2**31, 2**31 - 1), los_valid),
-        admit_arr, disch_arr, discharge_mode, main_dx, main_proc, other_dx, other_procs,
+        case_id, hospital_id.rows(), _text_column(col("patient_id"), n), insurance_type.rows(), person_type.rows(),
+        insured_region.rows(), remote_filing.rows(), sex.rows(),
+        ints_out[1], ints_out[2], ints_out[0],
+        admit_arr, disch_arr, discharge_mode, main_dx.rows(), main_proc.rows(),
+        _list_array(*odx[:3], dictionary=False), _list_array(*ops[:3], dictionary=False),
         fen_array("total_cost", fill_zero=True), fen_array("fund_paid"), fen_array("patient_paid"),
         fen_array("out_of_catalogue_cost"), fen_array("class_b_cost"),
         reason, reason_detail,
     ]
-    extra_names = extra_columns(batch.schema)
-    arrays += [batch.column(names.index(e)) for e in extra_names]
-    schema = output_schema(batch.schema)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+    return pa.RecordBatch.from_arrays(arrays + extras, schema=output_schema(batch.schema))
 
 
 def _yuan_text(fen_values: np.ndarray) -> pa.Array:
@@ -797,19 +964,33 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
 # --------------------------------------------------------------------------------------------
 # sources and the public functions
 
-def _open(source, batch_size):
-    """(file label, schema, total rows, batch iterator) of any source :func:`io.read_table` takes."""
+def _open(source, batch_size, columns=None):
+    """(file label, schema, total rows, batch iterator) of any source :func:`io.read_table` takes.
+
+    ``columns``: read only these (those present); the schema is still the whole input's.
+    Low-cardinality text is read from Parquet as dictionaries (no per-row strings, no hashing).
+    """
     files = _io.source_files(source)
     label = files[0] if len(files) == 1 else (str(source) if files else "input")
-    if files and all(f.lower().endswith((".parquet", ".pq")) for f in files):
+    if _is_parquet(source):
+        pick = (lambda names: None if columns is None else [c for c in names if c in set(columns)])
         try:
-            first = ds.dataset(files[:1], format="parquet").schema
-            # Low-cardinality text read as dictionaries: no per-row strings, no hashing.
-            dict_cols = [c for c in DICTIONARY_COLUMNS if c in first.names and _kind(first.field(c).type) == "text"]
-            fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=dict_cols))
-            dataset = ds.dataset(files, format=fmt)
-            schema, total = dataset.schema, dataset.count_rows()
-            batches = dataset.scanner(batch_size=batch_size).to_batches()
+            if len(files) == 1:  # code lists decoded straight to dictionaries, one row group at a time
+                first = pq.read_schema(files[0])
+                f = pq.ParquetFile(files[0], read_dictionary=_dictionary_columns(first, nested=True))
+                schema, total = f.schema_arrow, f.metadata.num_rows
+                # one row group at a time: a batch spanning two cannot hold nested dictionaries
+                batches = (b for rg in range(f.num_row_groups)
+                           for b in f.iter_batches(batch_size=batch_size, row_groups=[rg], columns=pick(schema.names)))
+            else:
+                import pyarrow.dataset as ds
+
+                first = ds.dataset(files[:1], format="parquet").schema
+                fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
+                    dictionary_columns=_dictionary_columns(first)))
+                dataset = ds.dataset(files, format=fmt)
+                schema, total = dataset.schema, dataset.count_rows()
+                batches = dataset.scanner(columns=pick(schema.names), batch_size=batch_size).to_batches()
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
         return label, schema, total, _guard(batches, label)
@@ -817,7 +998,22 @@ def _open(source, batch_size):
         table = _io.read_table(source)
     except (pa.ArrowException, ValueError) as e:  # e.g. a pandas column mixing numbers and text
         raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
+    if columns is not None:
+        table = table.select([c for c in table.column_names if c in set(columns)])
     return label, table.schema, table.num_rows, iter(table.to_batches(max_chunksize=batch_size))
+
+
+def _dictionary_columns(schema: pa.Schema, nested: bool = False) -> list[str]:
+    """Columns to read as dictionaries; with ``nested``, also the elements of text code lists
+    (``other_dx.list.element``: Parquet decodes them to codes, nothing is hashed per element)."""
+    cols = [c for c in DICTIONARY_COLUMNS if c in schema.names and _kind(schema.field(c).type) == "text"]
+    if nested:
+        for c in ("other_dx", "other_procs"):
+            t = schema.field(c).type if c in schema.names else None
+            if t is not None and pa.types.is_list(t) and _kind(t.value_type) == "text" and \
+                    not pa.types.is_dictionary(t.value_type):
+                cols.append(f"{c}.list.{t.value_field.name}")
+    return cols
 
 
 def _guard(batches, label):
@@ -828,36 +1024,179 @@ def _guard(batches, label):
         raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
 
 
+def lean_columns(schema: pa.Schema) -> list[str]:
+    """Input columns a lean read needs: all but ``patient_id`` (which nothing checks)."""
+    return [c for c in schema.names if c != "patient_id"]
+
+
+def default_workers() -> int:
+    """Worker threads for batch work: ``OMP_NUM_THREADS`` if set, else the CPUs available (at most 8)."""
+    import os
+
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not Linux
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, progress=None,
+              batch_size: int = _io.BATCH_SIZE, workers: int | None = 1, lean: bool = False,
+              depth: int | None = None) -> Iterator:
+    """Normalise the cases batch by batch and yield ``fn(batch)`` for each, in input order.
+
+    The duplicate-``case_id`` pass runs on the batches one after the other, in input order (its
+    state spans the run); the rest of each batch's work, ``fn`` included, runs on ``workers``
+    threads (Arrow compute, numpy and the kernels release the GIL). Results do not depend on
+    ``workers`` or ``batch_size``.
+
+    Parameters
+    ----------
+    source, hospitals, period, code_lists, progress
+        As for :func:`read_cases`.
+    fn : callable, optional
+        Applied to each normalised batch in a worker thread (default: the batch itself).
+    batch_size : int
+        Rows per batch.
+    workers : int or None
+        Threads (None: :func:`default_workers`).
+    lean : bool
+        Batches of :data:`LEAN_SCHEMA` plus the extra columns (what the grouper reads); every
+        column is still validated, ``patient_id`` is not read.
+    depth : int, optional
+        Batches read ahead of the consumer (default ``workers + 1``); more lets the workers run
+        on while the consumer is busy elsewhere, at the cost of memory.
+    """
+    ctx = _Context(hospitals, period, code_lists)
+    columns = None
+    if lean and _is_parquet(source):  # skip the columns nothing checks (files are read lazily)
+        try:
+            columns = lean_columns(pq.read_schema(_io.source_files(source)[0]))
+        except (pa.ArrowException, OSError):
+            columns = None  # _open reports it
+    label, schema, total, batches = _open(source, batch_size, columns)
+    check_schema(schema, label)
+    ctx.seen.reserve(total, 0)
+    workers = default_workers() if workers is None else max(1, int(workers))
+
+    def work(batch, marked):
+        try:
+            out = _normalise_batch(batch, ctx, marked, lean)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+            raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
+        return out if fn is None else fn(out)
+
+    done = 0
+    if workers == 1:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            result = work(batch, None)
+            done += batch.num_rows
+            if progress is not None:
+                progress(done, total)
+            yield result
+        return
+
+    import queue
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    # A feeder thread reads the batches and runs the ordered duplicate pass, then hands each
+    # batch to the pool; this generator yields the results in order. So reading, the batch
+    # work and the caller's own work (e.g. writing) all overlap.
+    ready: queue.Queue = queue.Queue(maxsize=max(1, workers + 1 if depth is None else int(depth)))
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def feed(pool):
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                if batch.num_rows == 0:
+                    continue
+                try:
+                    marked = _mark_duplicates(batch, ctx)  # sequential: input order decides repeats
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
+                if not put((pool.submit(work, batch, marked), batch.num_rows)):
+                    return
+            put((end, 0))
+        except BaseException as e:  # handed to the consumer
+            put((e, 0))
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="dipengine-cases") as pool:
+        feeder = threading.Thread(target=feed, args=(pool,), name="dipengine-feeder", daemon=True)
+        feeder.start()
+        try:
+            while True:
+                item, rows = ready.get()
+                if item is end:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                result = item.result()
+                done += rows
+                if progress is not None:
+                    progress(done, total)
+                yield result
+        finally:
+            stop.set()
+            while feeder.is_alive():
+                try:
+                    item, _ = ready.get(timeout=0.05)
+                    if hasattr(item, "cancel"):
+                        item.cancel()
+                except queue.Empty:
+                    pass
+            feeder.join()
+            while not ready.empty():
+                item, _ = ready.get_nowait()
+                if hasattr(item, "cancel"):
+                    item.cancel()
+
+
+def _is_parquet(source) -> bool:
+    try:
+        files = _io.source_files(source)
+    except DataError:
+        return False  # _open reports it
+    return bool(files) and all(f.lower().endswith((".parquet", ".pq")) for f in files)
+
+
 def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
-               batch_size: int = _io.BATCH_SIZE) -> Iterator[pa.RecordBatch]:
+               batch_size: int = _io.BATCH_SIZE, workers: int | None = 1,
+               lean: bool = False) -> Iterator[pa.RecordBatch]:
     """Stream the normalised case table batch by batch (see :func:`read_cases`).
 
     The duplicate-``case_id`` state is carried across batches, so the result does not depend
-    on ``batch_size``. The file-level checks run before the first batch is yielded.
+    on ``batch_size`` (nor on ``workers``, see :func:`map_cases`). The file-level checks run
+    before the first batch is yielded.
 
     Yields
     ------
     pyarrow.RecordBatch
-        Normalised rows, in input order, with the schema of :func:`output_schema`.
+        Normalised rows, in input order, with the schema of :func:`output_schema` (with
+        ``lean``: :data:`LEAN_SCHEMA` plus the extra columns).
     """
-    ctx = _Context(hospitals, period, code_lists)
-    label, schema, total, batches = _open(source, batch_size)
-    check_schema(schema, label)
-    done = 0
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        try:
-            out = _normalise_batch(batch, ctx)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-            raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
-        done += batch.num_rows
-        if progress is not None:
-            progress(done, total)
-        yield out
+    return map_cases(source, None, hospitals, period=period, code_lists=code_lists, progress=progress,
+                     batch_size=batch_size, workers=workers, lean=lean)
 
 
-def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None) -> pa.Table:
+def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
+               workers: int | None = None) -> pa.Table:
     """Read, normalise and validate cases (contract §2, reasons of §7).
 
     Parameters
@@ -874,6 +1213,9 @@ def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress
         codes not listed -> ``INVALID_DX`` / ``INVALID_PROC`` (secondary diagnoses: a warning).
     progress : callable, optional
         ``progress(done_rows, total_rows)``, called once per batch.
+    workers : int, optional
+        Threads validating batches (default: :func:`default_workers`); the result never
+        depends on it (see :func:`map_cases`).
 
     Returns
     -------
@@ -888,7 +1230,8 @@ def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress
         A required column is missing, a file cannot be read, or a column has a type that cannot
         be read as its contract type.
     """
-    batches = list(iter_cases(source, hospitals, period=period, code_lists=code_lists, progress=progress))
+    batches = list(iter_cases(source, hospitals, period=period, code_lists=code_lists, progress=progress,
+                              workers=workers))
     if batches:
         return pa.Table.from_batches(batches).combine_chunks()
     label, schema, _, _ = _open(source, _io.BATCH_SIZE)

@@ -406,12 +406,11 @@ def test_group_csv_output_and_explain(small, capsys):
     code, text, _ = run(["group", "--rules", small / "blank", "--input", small / "cases.csv", "--out", out,
                          "--explain", "c1"], capsys)
     assert code == 0
-    assert out.read_text(encoding="utf-8").splitlines()[0] == ",".join(f'"{c}"' for c in GROUP_COLUMNS)
+    header = out.read_text(encoding="utf-8").splitlines()[0]
+    assert header == ",".join(f'"{c}"' for c in GROUP_COLUMNS + ["ward"])  # §6.1, then §2 extras
     assert "c1" in text and "K35.8-47.0100" in text
 
 
-@pytest.mark.xfail(strict=True, reason="contract §2: unknown extra input columns are carried through to the "
-                                       "case output; `group --out` drops them (cli/group.py)")
 def test_group_output_carries_extra_columns(small, capsys):
     out = small / "g.parquet"
     assert main(["group", "--rules", str(small / "blank"), "--input", str(small / "cases.csv"),

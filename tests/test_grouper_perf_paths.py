@@ -21,7 +21,8 @@ from dipengine.errors import DataError
 from dipengine.grouper import assemble, encode, group, group_stream, output_schema, prepare_cases, run_kernel
 from dipengine.io import write_batches
 from dipengine.money import yuan_to_fen
-from dipengine.reader import _fen_column, iter_cases, read_cases
+from dipengine.reader import (LEAN_COLUMNS, LEAN_SCHEMA, DictionaryCache, _fen_column, iter_cases, map_cases,
+                              read_cases)
 from dipengine.rules import load_rules
 from dipengine.synth import synth_region
 
@@ -86,9 +87,11 @@ def test_cli_file_equals_in_memory_group(region, rules_features, tmp_path, suffi
     out = tmp_path / f"grouped{suffix}"
     assert main(["group", "--rules", str(rules_features), "--input", str(region), "--out", str(out)]) == 0
     expected = group(read_cases(region), load_rules(rules_features))
+    # contract §2: the extra input columns follow the §6.1 columns, untouched
+    expected = expected.append_column("planted_defect", pq.read_table(region)["planted_defect"])
     if suffix == ".parquet":
         got = pq.read_table(out)
-        assert got.schema == output_schema()  # plain strings for readers, not dictionaries
+        assert got.schema == output_schema().append(pq.read_schema(region).field("planted_defect"))
         assert got.equals(expected)
     else:
         ref = tmp_path / "ref.csv"
@@ -117,3 +120,147 @@ def test_empty_stream_writes_an_empty_file(tmp_path):
     assert write_batches([], out, output_schema(dictionary=True)) == 0
     t = pq.read_table(out)
     assert t.num_rows == 0 and t.schema == output_schema()
+
+
+# --- the lean, threaded reader path that `dipengine group` uses ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """Cases with repeated case_ids across batches, padded and lower-case codes, text lists,
+    several row groups: every branch of the fast reader."""
+    cases, _ = synth_region(2026, 1500, seed=11, bad_rows=0.08)
+    t = cases.to_pydict()
+    for k in range(0, len(t["case_id"]), 97):  # repeats spread over batches
+        t["case_id"][k] = t["case_id"][(k * 7) % 50]
+    for k in range(0, len(t["main_dx"]), 13):
+        if t["main_dx"][k]:
+            t["main_dx"][k] = " " + t["main_dx"][k].lower() + " "
+    table = pa.table(t, schema=cases.schema)
+    path = tmp_path_factory.mktemp("m") / "messy.parquet"
+    pq.write_table(table, path, row_group_size=400)
+    return path
+
+
+@pytest.mark.parametrize("workers,batch_size", [(1, 10_000), (2, 128), (3, 333)])
+def test_lean_batches_equal_the_full_table(messy, workers, batch_size):
+    full = read_cases(messy)
+    lean = pa.Table.from_batches(list(iter_cases(messy, batch_size=batch_size, workers=workers, lean=True)))
+    assert lean.column_names == list(LEAN_COLUMNS) + ["planted_defect"]
+    assert lean.schema.field("main_dx").type == LEAN_SCHEMA.field("main_dx").type
+    for name in LEAN_COLUMNS:
+        want = full[name].to_pylist()
+        if name == "discharge_mode":
+            want = [1 if v is None else v for v in want]  # the grouper's default, filled early
+        assert lean[name].to_pylist() == want, name
+    assert lean["planted_defect"].equals(full["planted_defect"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_full_batches_do_not_depend_on_workers(messy, workers):
+    whole = read_cases(messy)
+    parts = pa.Table.from_batches(list(iter_cases(messy, batch_size=200, workers=workers)))
+    assert parts.equals(whole)
+    assert whole["reason"].to_pylist().count("DUPLICATE_CASE") >= 10
+
+
+def test_lean_group_equals_group_of_full_table(messy, rules_features):
+    from dipengine.grouper import group_batch
+
+    rs = load_rules(rules_features)
+    expected = group(read_cases(messy), rs)
+    parts = list(map_cases(messy, lambda b: group_batch(b, rs, dictionary=True, normalised=True)[0],
+                           batch_size=256, workers=2, lean=True))
+    got = pa.concat_tables(parts)
+    for name in expected.column_names:
+        assert got[name].to_pylist() == expected[name].to_pylist(), name
+
+
+def test_map_cases_reports_progress_in_order(messy):
+    calls = []
+    sizes = list(map_cases(messy, lambda b: b.num_rows, batch_size=300, workers=2,
+                           progress=lambda done, total: calls.append((done, total))))
+    assert max(sizes) <= 300 and len(sizes) >= 5
+    assert calls == [(int(d), 1500) for d in np.cumsum(sizes)] and calls[-1] == (1500, 1500)
+
+
+def test_dictionary_cache_keys_on_contents():
+    cache = DictionaryCache(size=2)
+    calls = []
+
+    def compute(a):
+        calls.append(a.to_pylist())
+        return len(calls)
+
+    a = pa.array(["x", "y", None])
+    same = pa.array(["w", "x", "y", None]).slice(1)  # same contents, other buffers and offset
+    assert cache.get("k", a, compute) == 1
+    assert cache.get("k", same, compute) == 1
+    assert cache.get("other", a, compute) == 2  # kinds do not share entries
+    assert cache.get("k", pa.array(["x", "y", "z"]), compute) == 3
+    assert cache.get("k", pa.array(["x", "y"]), compute) == 4
+    assert len(calls) == 4
+
+
+def test_group_cli_threads_and_extra_columns(messy, rules_features, tmp_path):
+    outs = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"g{threads}.parquet"
+        assert main(["group", "--rules", str(rules_features), "--input", str(messy), "--out", str(out),
+                     "--threads", threads]) == 0
+        outs.append(pq.read_table(out))
+    assert outs[0].equals(outs[1])
+    assert outs[0].column_names[-1] == "planted_defect"
+    assert outs[0]["planted_defect"].equals(pq.read_table(messy)["planted_defect"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(alphabet=st.sampled_from(
+    ["a", "Z", "0", " ", "\t", "\n", "\x0b", "\x1c", "\x1f", "\x85", "\u3000", "\u00a0", "é", "+"]), max_size=6)),
+    max_size=30))
+def test_text_column_fast_path_equals_trim(values):
+    from dipengine.reader import _clean_text, _text_column
+
+    arr = pa.array(values, pa.string())
+    assert _text_column(arr, len(values)).to_pylist() == _clean_text(arr).to_pylist()
+
+
+def test_seen_set_reserve_keeps_marks_exact():
+    from dipengine._libs.validate import SeenSet
+
+    from dipengine.reader import _string_buffers
+
+    keys = [f"k{i % 700}" for i in range(2000)]
+    for reserve in (0, 5000):
+        seen, expected, got = SeenSet(), set(), []
+        seen.reserve(reserve, 0)
+        for start in range(0, len(keys), 300):
+            part = pa.array(keys[start:start + 300])
+            out = np.zeros(len(part), np.uint8)
+            seen.mark(*_string_buffers(part), out)
+            got += out.tolist()
+        for k in keys:
+            got_k = k in expected
+            expected.add(k)
+            assert got.pop(0) == got_k
+        assert len(seen) == 700
+
+
+def test_map_cases_reraises_a_worker_error_and_stops(messy):
+    import threading
+
+    lock = threading.Lock()
+    calls = []
+
+    def fn(batch):
+        with lock:
+            calls.append(1)
+            second = len(calls) == 2
+        if second:
+            raise DataError("boom in batch 2", file="x")
+        return batch.num_rows
+
+    before = threading.active_count()
+    with pytest.raises(DataError, match="boom"):
+        list(map_cases(messy, fn, batch_size=100, workers=2, depth=2))
+    assert threading.active_count() <= before  # feeder and pool are gone

@@ -4,6 +4,7 @@ import numpy.typing as npt
 class SeenSet:
     def __init__(self) -> None: ...
     def __len__(self) -> int: ...
+    def reserve(self, more_keys: int, more_bytes: int) -> None: ...
     def mark(
         self,
         data: npt.NDArray[np.uint8],
@@ -11,6 +12,12 @@ class SeenSet:
         valid: npt.NDArray[np.uint8],
         out: npt.NDArray[np.uint8],
     ) -> None: ...
+
+def needs_trim(
+    data: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    valid: npt.NDArray[np.uint8],
+) -> bool: ...
 
 def split_codes(
     data: npt.NDArray[np.uint8],
