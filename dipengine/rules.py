@@ -7,16 +7,25 @@ lists every problem with file, line and column; :func:`load_rules` raises
 :class:`RuleSet` whose ``compiled`` attribute holds the flat integer arrays the Cython
 grouper walks (built once per rule set). The format is documented in ``docs/rules-format.md``.
 
+Compiled rule sets are cached (:func:`cache_dir`, one ``rules-<sha256 key>.npz`` per rule set,
+no pickle): the manifest and every table's sha256 are verified on each load, and only when they
+match an entry are the row checks and the compilation skipped.
+
 Procedure expressions (``proc_expr``) are parsed by :func:`parse_proc_expr`, a small strict
 parser: ``+`` separates all-of terms, ``/`` separates the any-of codes of a term.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io as _io
+import json
 import math
+import os
 import re
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -197,9 +206,10 @@ def _read_csv_rows(path: Path, fname: str, problems: list[Problem]):
             if header is None:
                 header = [c.strip() for c in rec]
                 continue
-            if not rec or all(not c.strip() for c in rec):
+            cells = [c.strip() for c in rec]
+            if not any(cells):
                 continue
-            rows.append((line, [c.strip() for c in rec]))
+            rows.append((line, cells))
     except csv.Error as e:
         problems.append(Problem(fname, reader.line_num, "", f"malformed CSV ({e})"))
     if header is None:
@@ -302,13 +312,15 @@ def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
     return opts
 
 
-def _check(directory: Path):
-    """Check a rule set; returns ``(problems, manifest, options, rows by file)``."""
+def _check_head(directory: Path):
+    """The cheap part of :func:`_check`: directory, manifest, sha256 of every table, options.
+
+    Returns ``(problems, manifest, mtext, options)``; ``manifest`` is ``None`` when the
+    directory does not exist (then ``problems`` says so and nothing else is checked).
+    """
     problems: list[Problem] = []
-    directory = Path(directory)
-    rows: dict[str, list | None] = {}
     if not directory.is_dir():
-        return [Problem(str(directory), 0, "", "rule-set directory not found")], {}, dict(DEFAULT_OPTIONS), rows
+        return [Problem(str(directory), 0, "", "rule-set directory not found")], None, "", dict(DEFAULT_OPTIONS)
     mpath = directory / "manifest.toml"
     manifest: dict = {}
     mtext = ""
@@ -333,6 +345,20 @@ def _check(directory: Path):
             if (directory / fname).exists() and fname not in listed:
                 problems.append(Problem(fname, 0, "", "not listed in manifest.toml [files] (no sha256)"))
     options = _check_options(manifest, mtext, problems) if manifest else dict(DEFAULT_OPTIONS)
+    return problems, manifest, mtext, options
+
+
+def _check(directory: Path, head=None):
+    """Check a rule set; returns ``(problems, manifest, options, rows by file)``.
+
+    ``head`` is the result of :func:`_check_head` when the caller already has it.
+    """
+    directory = Path(directory)
+    problems, manifest, _mtext, options = _check_head(directory) if head is None else head
+    problems = list(problems)
+    rows: dict[str, list | None] = {}
+    if manifest is None:
+        return problems, {}, options, rows
 
     for fname in TABLES:
         rows[fname] = _table_rows(directory, fname, problems)
@@ -539,8 +565,41 @@ _TYPES = {
 }
 
 
-def load_rules(path) -> RuleSet:
-    """Load, check and compile a rule set.
+_S = str
+# Columns of each table of a RuleSet: name -> converter from the checked CSV text.
+_COLUMNS = {
+    "groups.csv": {
+        "dip_code": _S, "dip_name": _S, "group_type": _S, "dx_key": _S, "proc_expr": _S, "treat_class": _S,
+        "score": float, "avg_cost": float, "n_cases": lambda v: int(v) if v else 0},
+    "procedures.csv": {"code": _S, "class": _S, "level": lambda v: int(v) if v else 0},
+    "excluded_dx.csv": {"code": _S},
+    "excluded_proc.csv": {"code": _S},
+    "aux_coefficients.csv": {"dip_code": _S, "subtype": _S, "coefficient": float},
+    "cci_weights.csv": {"dx_prefix": _S, "weight": int, "category": _S},
+    "severity_dx.csv": {"dx_prefix": _S, "level": SEVERITY_LEVELS.get},
+}
+
+
+def _schema(fname: str) -> pa.Schema:
+    return pa.schema([(c, _TYPES[c]) for c in _COLUMNS[fname]])
+
+
+def load_rules(path, *, cache=None) -> RuleSet:
+    """Load, check and compile a rule set, through the compiled-rules cache.
+
+    The manifest and the sha256 of every table are always verified from the files. When they
+    match a cache entry (same engine, manifest bytes, table digests and options), the row
+    checks and the compilation are skipped and the entry is read instead; otherwise the rule
+    set is checked and compiled and the entry written (see :mod:`dipengine.rules` "cache" and
+    ``docs/rules-format.md``). The result is the same either way.
+
+    Parameters
+    ----------
+    path : path
+        Rule-set directory.
+    cache : bool, optional
+        ``False`` never reads or writes the cache; ``True`` uses it even when
+        ``DIPENGINE_CACHE=0``; ``None`` (default) uses it unless ``DIPENGINE_CACHE=0``.
 
     Raises
     ------
@@ -548,29 +607,31 @@ def load_rules(path) -> RuleSet:
         Listing every problem (``.problems``) when :func:`check_rules` finds any.
     """
     path = Path(path)
-    problems, manifest, options, rows = _check(path)
+    head = _check_head(path)
+    problems, manifest, mtext, options = head
+    entry = None
+    if not problems and cache_enabled(cache):
+        entry = _cache_file(_cache_key(mtext, manifest, options))
+        if entry is not None:
+            rs = _cache_read(entry, path, manifest, options)
+            if rs is not None:
+                return rs
+    rs = _load_checked(path, head)
+    if entry is not None:
+        _cache_write(entry, rs)
+    return rs
+
+
+def _load_checked(path: Path, head) -> RuleSet:
+    """Check every row (:func:`_check`) and compile: the uncached load."""
+    problems, manifest, options, rows = _check(path, head)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise RuleSetError(f"rule set does not check: {first}{more}", problems=problems, file=path)
-    s = str
-    rs = RuleSet(
-        path=path,
-        manifest=manifest,
-        name=manifest["name"],
-        version=manifest["version"],
-        options=options,
-        sha256=dict(manifest.get("files", {})),
-        groups=_typed(rows["groups.csv"], {
-            "dip_code": s, "dip_name": s, "group_type": s, "dx_key": s, "proc_expr": s, "treat_class": s,
-            "score": float, "avg_cost": float, "n_cases": lambda v: int(v) if v else 0}),
-        procedures=_typed(rows["procedures.csv"], {"code": s, "class": s, "level": lambda v: int(v) if v else 0}),
-        excluded_dx=_typed(rows["excluded_dx.csv"], {"code": s}),
-        excluded_proc=_typed(rows["excluded_proc.csv"], {"code": s}),
-        aux_coefficients=_typed(rows["aux_coefficients.csv"], {"dip_code": s, "subtype": s, "coefficient": float}),
-        cci_weights=_typed(rows["cci_weights.csv"], {"dx_prefix": s, "weight": int, "category": s}),
-        severity_dx=_typed(rows["severity_dx.csv"], {"dx_prefix": s, "level": SEVERITY_LEVELS.get}),
-    )
+    tables = {fname[:-4]: _typed(rows[fname], cols) for fname, cols in _COLUMNS.items()}
+    rs = RuleSet(path=path, manifest=manifest, name=manifest["name"], version=manifest["version"],
+                 options=options, sha256=dict(manifest.get("files", {})), **tables)
     rs.compiled = compile_rules(rs)
     return rs
 
@@ -722,7 +783,6 @@ def compile_rules(rs: RuleSet) -> Compiled:
     for name in cci_category_names(rs):
         if name not in cci_cats:
             cci_cats.append(name)
-    pr = rs.procedures.to_pydict()
     o = rs.options
     return Compiled(
         sub_vocab=pa.array(subs, pa.string()),
@@ -750,8 +810,15 @@ def compile_rules(rs: RuleSet) -> Compiled:
         death_mode=int(o["death_discharge_mode"]),
         cons_max_class=cls_rank[o["conservative_max_class"]],
         cons_max_level=int(o["conservative_max_level"]),
-        proc_class={c: (cls_rank[k], lv) for c, k, lv in zip(pr["code"], pr["class"], pr["level"])},
+        proc_class=_proc_class(rs.procedures),
     )
+
+
+def _proc_class(procedures: pa.Table) -> dict:
+    """``procedures.csv`` code -> (treat_class rank, level) (``Compiled.proc_class``)."""
+    cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
+    pr = procedures.to_pydict()
+    return {c: (cls_rank[k], lv) for c, k, lv in zip(pr["code"], pr["class"], pr["level"])}
 
 
 def cci_category_names(rs: RuleSet) -> list[str]:
@@ -778,6 +845,173 @@ def longest_prefix(values: pa.Array, prefixes: list[str]) -> np.ndarray:
         hit = (idx >= 0) & (out < 0)
         out[hit] = np.asarray(rows, np.int32)[idx[hit]]
     return out
+
+
+# --------------------------------------------------------------------------- compiled-rules cache
+#
+# One file per rule set, ``rules-<key>.npz`` (uncompressed, loaded with allow_pickle=False):
+# the Compiled numpy arrays as members, each RuleSet table and vocabulary as Arrow IPC file
+# bytes (uint8 members ``table.<name>`` / ``vocab.<name>``) and the scalars, small lists and
+# the key as JSON bytes (``meta``). Zip CRC-32 catches a damaged file; any failure to read an
+# entry is a miss, any failure to write one is ignored.
+
+CACHE_FORMAT = 1
+_ENGINE_SOURCES = ("rules.py", "codes.py")  # compiled content depends on these files
+_counters = {"hits": 0, "misses": 0, "writes": 0}
+_source_digest = None
+
+
+def cache_dir() -> Path:
+    """Folder of compiled rule sets: ``$DIPENGINE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/dipengine/rules``, else ``~/.cache/dipengine/rules``."""
+    env = os.environ.get("DIPENGINE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "dipengine" / "rules"
+
+
+def cache_enabled(cache=None) -> bool:
+    """Whether :func:`load_rules` uses the cache: ``cache`` when given, else not ``DIPENGINE_CACHE=0``."""
+    if cache is not None:
+        return bool(cache)
+    return os.environ.get("DIPENGINE_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_stats() -> dict:
+    """Counts of cache ``hits``, ``misses`` and ``writes`` in this process (a copy)."""
+    return dict(_counters)
+
+
+def _engine_digest() -> str:
+    """sha256 of the engine version and the source of the modules compilation depends on."""
+    global _source_digest
+    if _source_digest is None:
+        from dipengine import __version__
+
+        h = hashlib.sha256(f"dipengine {__version__}\n".encode())
+        here = Path(__file__).resolve().parent
+        for name in _ENGINE_SOURCES:
+            try:
+                h.update((here / name).read_bytes())
+            except OSError:
+                h.update(b"?" + name.encode())
+        _source_digest = h.hexdigest()
+    return _source_digest
+
+
+def _cache_key(mtext: str, manifest: dict, options: dict) -> str:
+    """sha256 over (engine, cache format, manifest bytes, verified table digests, options)."""
+    doc = {
+        "engine": _engine_digest(),
+        "format": CACHE_FORMAT,
+        "manifest": hashlib.sha256(mtext.encode("utf-8")).hexdigest(),
+        "files": sorted((str(k), str(v)) for k, v in manifest.get("files", {}).items()),
+        "options": options,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_file(key: str):
+    """Path of the entry for ``key`` (``None`` when no cache location can be named)."""
+    try:
+        return cache_dir() / f"rules-{key}.npz"
+    except (RuntimeError, OSError):  # no home directory
+        return None
+
+
+def _ipc_bytes(table: pa.Table) -> np.ndarray:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    return np.frombuffer(sink.getvalue(), np.uint8)
+
+
+def _ipc_table(arr: np.ndarray) -> pa.Table:
+    return pa.ipc.open_file(pa.py_buffer(arr)).read_all()
+
+
+_JSON_FIELDS = ("blank", "match_all", "severity_min_los", "death_mode", "cons_max_class", "cons_max_level",
+                "cci_categories")
+_VOCAB_FIELDS = ("sub_vocab", "proc_vocab")
+_DERIVED_FIELDS = ("proc_class",)  # rebuilt from the procedures table on read
+
+
+def _cache_write(entry: Path, rs: RuleSet) -> None:
+    """Write the entry atomically (temp file + rename); silently nothing when that fails."""
+    tmp = None
+    try:
+        c = rs.compiled
+        members = {}
+        meta = {"format": CACHE_FORMAT, "key": entry.stem[len("rules-"):], "dtypes": {}}
+        for f in fields(Compiled):
+            v = getattr(c, f.name)
+            if f.name in _JSON_FIELDS:
+                meta[f.name] = v
+            elif f.name in _VOCAB_FIELDS:
+                members["vocab." + f.name] = _ipc_bytes(pa.table({"v": v}))
+            elif f.name not in _DERIVED_FIELDS:
+                members["array." + f.name] = np.ascontiguousarray(v)
+                meta["dtypes"][f.name] = np.dtype(v.dtype).str
+        for fname in _COLUMNS:
+            members["table." + fname[:-4]] = _ipc_bytes(getattr(rs, fname[:-4]))
+        members["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-rules-", suffix=".npz", dir=entry.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **members)
+        os.replace(tmp, entry)
+        tmp = None
+        _counters["writes"] += 1
+    except Exception:  # never fail a run because of the cache
+        pass
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _cache_read(entry: Path, path: Path, manifest: dict, options: dict):
+    """The RuleSet stored in ``entry``, or ``None`` (missing, damaged or not this key)."""
+    try:
+        if not entry.is_file():
+            _counters["misses"] += 1
+            return None
+        with np.load(entry, allow_pickle=False) as z:
+            data = {name: z[name] for name in z.files}
+        meta = json.loads(data["meta"].tobytes().decode())
+        if meta.get("format") != CACHE_FORMAT or meta.get("key") != entry.stem[len("rules-"):]:
+            raise ValueError("not this entry")
+        tables = {}
+        for fname in _COLUMNS:
+            t = _ipc_table(data["table." + fname[:-4]])
+            if not t.schema.equals(_schema(fname)):
+                raise ValueError(f"schema of {fname}")
+            tables[fname[:-4]] = t
+        comp = {}
+        for f in fields(Compiled):
+            if f.name in _JSON_FIELDS:
+                comp[f.name] = meta[f.name]
+            elif f.name in _VOCAB_FIELDS:
+                col = _ipc_table(data["vocab." + f.name]).column("v")
+                if col.type != pa.string():
+                    raise ValueError(f"type of {f.name}")
+                comp[f.name] = col.combine_chunks()
+            elif f.name not in _DERIVED_FIELDS:
+                a = data["array." + f.name]
+                if a.ndim != 1 or a.dtype.str != meta["dtypes"][f.name]:
+                    raise ValueError(f"dtype of {f.name}")
+                comp[f.name] = a
+        comp["proc_class"] = _proc_class(tables["procedures"])
+        rs = RuleSet(path=path, manifest=manifest, name=manifest["name"], version=manifest["version"],
+                     options=options, sha256=dict(manifest.get("files", {})), **tables)
+        rs.compiled = Compiled(**comp)
+    except Exception:  # damaged, partial or foreign entry: rebuild it
+        _counters["misses"] += 1
+        return None
+    _counters["hits"] += 1
+    return rs
 
 
 # --------------------------------------------------------------------------- shipped rule sets

@@ -33,3 +33,20 @@ RULES_FEATURES = REPO / "tests" / "data" / "rules_features"
 def rules_features() -> Path:
     """The hand-made rule set exercising every grouper feature (``tests/data/make_rules_features.py``)."""
     return RULES_FEATURES
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rules_cache_dir(tmp_path_factory):
+    """Compiled rule sets go to a temporary folder (never the user's ~/.cache) for the whole run.
+
+    Set in ``os.environ`` so that CLI subprocesses inherit it; restored afterwards.
+    """
+    import os
+
+    old = os.environ.get("DIPENGINE_CACHE_DIR")
+    os.environ["DIPENGINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("dipengine-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DIPENGINE_CACHE_DIR", None)
+    else:
+        os.environ["DIPENGINE_CACHE_DIR"] = old
