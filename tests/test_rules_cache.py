@@ -63,8 +63,9 @@ def cases(rs: R.RuleSet, n: int, seed: int) -> pa.Table:
     """``n`` cases over the rule set's own diagnoses and procedures (and some unknown codes)."""
     rng = np.random.default_rng(seed)
     g = rs.groups.to_pydict()
-    dx_pool = sorted({k + "00" for k, t in zip(g["dx_key"], g["group_type"]) if t in ("core", "basic")}
-                     | {k + ".900" for k, t in zip(g["dx_key"], g["group_type"]) if t == "comprehensive" and len(k) == 3}
+    keys = list(zip(g["dx_key"], g["group_type"]))
+    dx_pool = sorted({k + "00" for k, t in keys if t in ("core", "basic")}
+                     | {k + ".900" for k, t in keys if t == "comprehensive" and len(k) == 3}
                      | {"Q99.900", "A41.900", "Z00.000"})
     proc_pool = rs.compiled.proc_vocab.to_pylist() + ["88.0100", "01.0900", None]
     sec_pool = ["A41.900", "R57.100", "J96.000", "N17.900", "E11.900", "C78.000", "K21.000"]
