@@ -316,3 +316,63 @@ def group_cases(
         n_threads = 1
     for i in prange(n, nogil=True, schedule='static', num_threads=n_threads):
         _group_one(&R, &C, &O, i)
+
+
+def proc_csr(const int32_t[::1] m_idx, const int32_t[::1] m_full, const int32_t[::1] m_base,
+             const int8_t[::1] m_cls, const int8_t[::1] m_lvl,
+             const int64_t[::1] o_len, const int32_t[::1] o_idx, const int32_t[::1] o_full,
+             const int32_t[::1] o_base, const int8_t[::1] o_cls, const int8_t[::1] o_lvl,
+             int64_t[::1] p_off, int8_t[::1] has_main, int32_t[::1] p_full, int32_t[::1] p_base,
+             int8_t[::1] p_class, int8_t[::1] p_level):
+    """The per-case procedure CSR the kernel reads: the main procedure first, then the others.
+
+    Parameters
+    ----------
+    m_idx : int32[n]
+        Dictionary index of each case's main procedure (-1 none).
+    m_full, m_base, m_cls, m_lvl
+        Per distinct main procedure: full-code id, base-code id, class rank (-1 not counted),
+        level.
+    o_len : int64[n]
+        Number of other procedures per case; their dictionary indices ``o_idx`` follow case by
+        case (-1 for a null element, which gets ids -1, class -1, level 0).
+    o_full, o_base, o_cls, o_lvl
+        The per-distinct-value tables of the other procedures' dictionary.
+    p_off : int64[n + 1]
+        Written: offsets of each case's entries.
+    has_main : int8[n]
+        Written: 1 when the case has a main procedure.
+    p_full, p_base, p_class, p_level
+        Written: one entry per procedure (length ``has_main.sum() + o_len.sum()``).
+    """
+    cdef Py_ssize_t n = m_idx.shape[0], i
+    cdef int64_t k = 0, e = 0, t
+    cdef int32_t j
+    with nogil:
+        p_off[0] = 0
+        for i in range(n):
+            j = m_idx[i]
+            if j >= 0:
+                has_main[i] = 1
+                p_full[k] = m_full[j]
+                p_base[k] = m_base[j]
+                p_class[k] = m_cls[j]
+                p_level[k] = m_lvl[j]
+                k += 1
+            else:
+                has_main[i] = 0
+            for t in range(o_len[i]):
+                j = o_idx[e]
+                e += 1
+                if j >= 0:
+                    p_full[k] = o_full[j]
+                    p_base[k] = o_base[j]
+                    p_class[k] = o_cls[j]
+                    p_level[k] = o_lvl[j]
+                else:
+                    p_full[k] = -1
+                    p_base[k] = -1
+                    p_class[k] = -1
+                    p_level[k] = 0
+                k += 1
+            p_off[i + 1] = k

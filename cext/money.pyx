@@ -146,3 +146,40 @@ def parse_fen(const uint8_t[::1] data, const int64_t[::1] offsets,
             else:
                 status[r] = _parse_one(data, offsets[r], offsets[r + 1], &value)
             out[r] = value if (status[r] == ST_OK or status[r] == ST_NEGATIVE) else 0
+
+
+def decimal_fen(const int64_t[::1] words, Py_ssize_t offset, int64_t mult, const uint8_t[::1] valid,
+                int64_t[::1] out, int8_t[::1] status):
+    """Fen of an Arrow ``decimal128`` array of scale 0-2 and precision <= 18, from its unscaled integers.
+
+    Parameters
+    ----------
+    words : int64[:]
+        The array's value buffer as int64 words (two per value, little-endian: the low word of
+        a value of precision <= 18 is the value itself).
+    offset : int
+        The array's offset (in values).
+    mult : int
+        ``10 ** (2 - scale)``: fen per unscaled unit.
+    valid : uint8[:]
+        1 where the value is not null (one byte per row).
+    out : int64[:]
+        Written: fen (0 where null or too large).
+    status : int8[:]
+        Written: OK, NULL, NEGATIVE or TOO_LARGE (beyond 10**15 fen), as :func:`parse_fen`.
+    """
+    cdef Py_ssize_t n = out.shape[0], i
+    cdef int64_t v, limit = FEN_LIMIT // mult
+    with nogil:
+        for i in range(n):
+            if valid[i] == 0:
+                out[i] = 0
+                status[i] = ST_NULL
+                continue
+            v = words[2 * (offset + i)]
+            if v > limit or v < -limit:
+                out[i] = 0
+                status[i] = ST_TOO_LARGE
+                continue
+            out[i] = v * mult
+            status[i] = ST_NEGATIVE if v < 0 else ST_OK

@@ -72,12 +72,18 @@ cdef class SeenSet:
 
     cdef void _reserve(self, int64_t more_keys, int64_t more_bytes) except *:
         cdef int64_t need_keys = self._count + more_keys
-        cdef int64_t cap
+        cdef int64_t cap, target
         if need_keys > 0x3FFFFFFF:
             raise OverflowError("SeenSet holds at most 2**30 distinct keys")
         if self._nbytes + more_bytes > self._arena.shape[0]:
+            target = self._nbytes + more_bytes
+            if self._count > 0:
+                # room for every key reserved so far at the mean length seen: one copy instead
+                # of one per doubling (pages not yet written cost no memory)
+                target = max(target, min((self._nbytes // self._count + 1) * (self._starts.shape[0] - 1),
+                                         4 * target))
             cap = self._arena.shape[0]
-            while cap < self._nbytes + more_bytes:
+            while cap < target:
                 cap *= 2
             grown = np.empty(cap, dtype=np.uint8)
             grown[: self._nbytes] = self._arena[: self._nbytes]

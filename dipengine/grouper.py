@@ -243,6 +243,60 @@ def _flat_dict(lists: pa.ListArray):
     return (flat if pa.types.is_dictionary(flat.type) else pc.dictionary_encode(flat)), lengths
 
 
+_PROC_DTYPES = (np.int32, np.int32, np.int8, np.int8)  # full id, base id, class rank, level
+
+
+def _proc_csr(m_idx, m_maps, o_len, o_idx, o_maps):
+    """``(p_off, has_main, [full, base, class, level])``: the kernel's procedure CSR (main first).
+
+    ``m_idx``/``o_idx``: int32 dictionary indices (-1 null) of the main procedures and of the
+    flattened other procedures (``o_len`` int64 per case); ``*_maps``: :func:`_proc_maps` of
+    their dictionaries. One pass in ``_libs.grouping.proc_csr``; :func:`_proc_csr_numpy` is
+    its plain twin.
+    """
+    from dipengine._libs.grouping import proc_csr
+
+    n = len(m_idx)
+    o_len = np.ascontiguousarray(o_len, np.int64)
+    if int(o_len.sum()) != len(o_idx):
+        raise ValueError("o_len does not add up to the number of other procedures")
+    total = int(np.count_nonzero(m_idx >= 0)) + len(o_idx)
+    p_off = np.empty(n + 1, np.int64)
+    has_main = np.empty(n, np.int8)
+    cols = [np.empty(total, dt) for dt in _PROC_DTYPES]
+    m_tabs = [np.ascontiguousarray(a, dt) for a, dt in zip(m_maps, _PROC_DTYPES)]
+    o_tabs = [np.ascontiguousarray(a, dt) for a, dt in zip(o_maps, _PROC_DTYPES)]
+    proc_csr(np.ascontiguousarray(m_idx, np.int32), *m_tabs, o_len, np.ascontiguousarray(o_idx, np.int32), *o_tabs,
+             p_off, has_main, *cols)
+    return p_off, has_main, cols
+
+
+def _proc_csr_numpy(m_idx, m_maps, o_len, o_idx, o_maps):
+    """:func:`_proc_csr` with numpy gathers and scatters (the readable twin)."""
+    fills = (-1, -1, -1, 0)
+    m_idx = np.asarray(m_idx, np.int64)
+    o_idx = np.asarray(o_idx, np.int64)
+    m_vals = [np.append(a, f).astype(dt)[np.where(m_idx < 0, len(a), m_idx)]
+              for a, f, dt in zip(m_maps, fills, _PROC_DTYPES)]
+    o_vals = [np.append(a, f).astype(dt)[np.where(o_idx < 0, len(a), o_idx)]
+              for a, f, dt in zip(o_maps, fills, _PROC_DTYPES)]
+    has_main = (m_idx >= 0).astype(np.int8)
+    p_off = np.zeros(len(m_idx) + 1, np.int64)
+    np.cumsum(np.asarray(o_len, np.int64) + has_main, out=p_off[1:])
+    with_main = has_main == 1
+    main_pos = p_off[:-1][with_main]
+    is_main = np.zeros(int(p_off[-1]), bool)
+    is_main[main_pos] = True
+    other_pos = np.flatnonzero(~is_main)
+    cols = []
+    for m, o, dt in zip(m_vals, o_vals, _PROC_DTYPES):
+        a = np.empty(len(is_main), dt)
+        a[main_pos] = m[with_main]
+        a[other_pos] = o
+        cols.append(a)
+    return p_off, has_main, cols
+
+
 @dataclass
 class GroupArrays:
     """Integer results of the kernel, one entry per case (see ``docs/grouping.md``).
@@ -278,27 +332,12 @@ def encode(prep: pa.Table, rs: RuleSet) -> dict:
 
     # procedures: CSR over [main_proc] + other_procs
     mp = prep["main_proc"].combine_chunks() if isinstance(prep["main_proc"], pa.ChunkedArray) else prep["main_proc"]
-    m_full, m_base, m_cls, m_lvl = _map_dict(mp, list(_cached("proc", mp.dictionary, rs, _proc_maps)),
-                                             [-1, -1, -1, 0])
-    has_main = _np(pc.is_valid(mp), np.int8, 0)
     op = prep["other_procs"].combine_chunks() if isinstance(prep["other_procs"], pa.ChunkedArray) else prep["other_procs"]
     od, olen = _flat_dict(op)
-    o_full, o_base, o_cls, o_lvl = _map_dict(od, list(_cached("proc", od.dictionary, rs, _proc_maps)),
-                                             [-1, -1, -1, 0])
-    counts = olen + has_main
-    p_off = np.zeros(n + 1, np.int64)
-    np.cumsum(counts, out=p_off[1:])
-    with_main = has_main == 1
-    main_pos = p_off[:-1][with_main]
-    is_main = np.zeros(int(p_off[-1]), bool)
-    is_main[main_pos] = True
-    other_pos = np.flatnonzero(~is_main)
-    cols = []
-    for m, o, dt in ((m_full, o_full, np.int32), (m_base, o_base, np.int32), (m_cls, o_cls, np.int8), (m_lvl, o_lvl, np.int8)):
-        a = np.empty(len(is_main), dt)
-        a[main_pos] = m[with_main]
-        a[other_pos] = o
-        cols.append(a)
+    m_maps = _cached("proc", mp.dictionary, rs, _proc_maps)
+    o_maps = _cached("proc", od.dictionary, rs, _proc_maps)
+    p_off, has_main, cols = _proc_csr(_np(mp.indices, np.int32, -1), m_maps, olen, _np(od.indices, np.int32, -1),
+                                      o_maps)
 
     # secondary diagnoses: CCI category and weight, severity level
     sd = prep["other_dx"].combine_chunks() if isinstance(prep["other_dx"], pa.ChunkedArray) else prep["other_dx"]
@@ -387,11 +426,21 @@ def _detail_texts(u: pa.Array, rs: RuleSet):
     return pa.array(inv, pa.string()), pa.array(exc, pa.string()), pa.array(nog, pa.string())
 
 
+def _dict_indices(indices: np.ndarray) -> pa.Array:
+    """int32 dictionary indices (index -1 -> null)."""
+    none = indices < 0
+    if not none.any():
+        return pa.array(indices.astype(np.int32, copy=False), pa.int32())
+    return pa.array(np.where(none, 0, indices).astype(np.int32), pa.int32(), mask=none)
+
+
 def _dict(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
     """values[indices] as a dictionary array (index -1 -> null): no string copied per row."""
-    none = indices < 0
-    idx = pa.array(np.where(none, 0, indices).astype(np.int32), pa.int32(), mask=none if none.any() else None)
-    return pa.DictionaryArray.from_arrays(idx, values)
+    return pa.DictionaryArray.from_arrays(_dict_indices(indices), values)
+
+
+def _chunk(col) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
 def _assemble_dictionary(prep: pa.Table, res: GroupArrays, rs: RuleSet, reason, detail) -> pa.Table:
@@ -402,11 +451,12 @@ def _assemble_dictionary(prep: pa.Table, res: GroupArrays, rs: RuleSet, reason, 
     g_cls = np.append(rs.compiled.g_class, -1).astype(np.int32)  # treat_class rank per group, -1 none
     treat = np.where(res.match_path == 3, res.case_class, g_cls[np.where(none, len(g_cls) - 1, gi)])
     score = np.append(groups["score"].to_numpy(), 0.0)
+    g_idx = _dict_indices(gi)  # shared by the three group columns
     return pa.table({
         "case_id": prep["case_id"],
-        "dip_code": _dict(gi, groups["dip_code"].combine_chunks()),
-        "dip_name": _dict(gi, groups["dip_name"].combine_chunks()),
-        "group_type": _dict(gi, groups["group_type"].combine_chunks()),
+        "dip_code": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["dip_code"])),
+        "dip_name": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["dip_name"])),
+        "group_type": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["group_type"])),
         "match_path": _dict(res.match_path, pa.array(MATCH_PATHS, pa.string())),
         "treat_class": _dict(treat, pa.array(TREAT_CLASSES, pa.string())),
         "base_score": pa.array(score[np.where(none, len(score) - 1, gi)], pa.float64()),
@@ -425,11 +475,15 @@ def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet, *, dictionary: bool 
     """
     reason_in = prep["reason"].combine_chunks() if isinstance(prep["reason"], pa.ChunkedArray) else prep["reason"]
     own = np.where(res.reason == _MARK, 0, res.reason)
-    reason = pc.coalesce(reason_in, _reasons.to_strings(own)).cast(pa.string())
+    own_any = bool(own.any())  # usually not: the reader has rejected the bad rows already
+    if own_any or not pa.types.is_string(reason_in.type):
+        reason = pc.coalesce(reason_in, _reasons.to_strings(own)).cast(pa.string())
+    else:
+        reason = reason_in
 
     # the grouper's own detail text: one take over [invalid | excluded | no group | missing] texts
     dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
-    if (own != 0).any():
+    if own_any:
         inv_u, exc_u, nog_u = _cached("detail", dx.dictionary, rs, _detail_texts)
         nu = len(inv_u)
         pick = np.full(len(own), -1, np.int64)
@@ -443,7 +497,10 @@ def assemble(prep: pa.Table, res: GroupArrays, rs: RuleSet, *, dictionary: bool 
     else:
         new = pa.nulls(len(own), pa.string())
     old = prep["reason_detail"].combine_chunks() if isinstance(prep["reason_detail"], pa.ChunkedArray) else prep["reason_detail"]
-    detail = pc.coalesce(pc.binary_join_element_wise(old, new, pa.scalar("; ")), old, new)
+    if own_any or not pa.types.is_string(old.type):
+        detail = pc.coalesce(pc.binary_join_element_wise(old, new, pa.scalar("; ")), old, new)
+    else:
+        detail = old  # nothing to append
     if dictionary:
         return _assemble_dictionary(prep, res, rs, reason, detail)
 

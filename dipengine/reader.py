@@ -44,7 +44,6 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from dipengine import codes as _codes
-from dipengine import io as _io
 from dipengine import reasons as R
 from dipengine.errors import DataError
 from dipengine.money import MALFORMED, NEGATIVE, NULL, OK, TOO_LARGE, yuan_to_fen
@@ -55,6 +54,18 @@ MAX_CASE_FEN = 10_000_000 * 100
 The costliest stays (long ICU stays with ECMO, transplants) cost a few million yuan; a larger
 figure is a keying or unit error (fen entered as yuan), so it is ``BAD_AMOUNT``.
 """
+
+_BATCH_SIZE = 131_072
+# = dipengine.io.BATCH_SIZE. dipengine.io is imported on first use (_iomod): it imports
+# pyarrow.dataset and with it pandas (0.15 s), which `dipengine group` overlaps with the
+# decoding of the first batches (ParquetPrefetch).
+
+
+def _iomod():
+    from dipengine import io
+
+    return io
+
 
 CONSISTENCY_FEN = 100
 """fund_paid + patient_paid may differ from total_cost by at most this many fen (1 yuan)."""
@@ -120,7 +131,7 @@ INPUT_COLUMNS = frozenset(
 
 WARNING = 99  # pseudo reason code of a warning: listed last in reason_detail, sets no reason
 
-_NULL_STR = pa.scalar(None, pa.string())
+_NULL_STR = pa.nulls(1, pa.string())[0]  # a null string scalar (pa.scalar(None) would import pandas)
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,18 +472,17 @@ def _fen_column(col) -> tuple[np.ndarray, np.ndarray]:
     t = col.type
     if not (pa.types.is_decimal128(t) and 0 <= t.scale <= 2 and t.precision <= 18 and sys.byteorder == "little"):
         return yuan_to_fen(col)
+    from dipengine._libs.money import decimal_fen
+
     n = len(col)
+    fen, status = np.empty(n, np.int64), np.empty(n, np.int8)
+    if n == 0:
+        return fen, status
     # int128 little-endian: the low 64-bit word is the value (|value| < 10**18 fits in int64)
     words = np.frombuffer(col.buffers()[1], dtype=np.int64, count=2 * (n + col.offset))
-    unscaled = words[2 * col.offset::2]
-    mult = 10 ** (2 - t.scale)
-    valid = _np_bool(pc.is_valid(col)) if col.null_count else np.ones(n, bool)
-    too_large = np.abs(unscaled) > _FEN_LIMIT // mult
-    fen = np.where(valid & ~too_large, unscaled * mult, 0)
-    status = np.where(fen < 0, NEGATIVE, OK).astype(np.int8)
-    status[too_large] = TOO_LARGE
-    status[~valid] = NULL
-    return fen.astype(np.int64, copy=False), status
+    valid = _np_bool(pc.is_valid(col)).view(np.uint8) if col.null_count else np.ones(n, np.uint8)
+    decimal_fen(words, col.offset, 10 ** (2 - t.scale), valid, fen, status)  # limit: _FEN_LIMIT
+    return fen, status
 
 
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -597,6 +607,7 @@ class DictionaryCache:
         from collections import OrderedDict
 
         self._items: OrderedDict = OrderedDict()
+        self._running: dict = {}  # key -> Event set when the thread computing it is done
         self._size = size
         self._lock = threading.Lock()
 
@@ -621,21 +632,48 @@ class DictionaryCache:
         return (kind, n, arr.null_count, h.digest())
 
     def get(self, kind, arr: pa.Array, compute: Callable):
-        """``compute(arr)``, or its value from an earlier call on an array of the same contents."""
+        """``compute(arr)``, or its value from an earlier call on an array of the same contents.
+
+        A thread asking for a value another thread is computing waits for it (the workers
+        start on batches of the same row group), rather than computing it a second time.
+        """
+        import threading
+
         key = self._key(kind, arr)
         if key is None:
             return compute(arr)
         with self._lock:
-            hit = self._items.get(key)
+            hit = self._lookup(key)
             if hit is not None:
-                self._items.move_to_end(key)
                 return hit
-        value = compute(arr)
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return value
+            running = self._running.get(key)
+            if running is None:
+                running = self._running[key] = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            running.wait()
+            with self._lock:
+                hit = self._lookup(key)
+            return hit if hit is not None else compute(arr)  # it failed (or was evicted at once)
+        try:
+            value = compute(arr)
+            with self._lock:
+                self._items[key] = value
+                while len(self._items) > self._size:
+                    self._items.popitem(last=False)
+            return value
+        finally:
+            with self._lock:
+                del self._running[key]
+            running.set()
+
+    def _lookup(self, key):
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+        return hit
 
 
 class _Context:
@@ -964,24 +1002,24 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
 # --------------------------------------------------------------------------------------------
 # sources and the public functions
 
-def _open(source, batch_size, columns=None):
+def _open(source, batch_size, columns=None, prefetched=None):
     """(file label, schema, total rows, batch iterator) of any source :func:`io.read_table` takes.
 
     ``columns``: read only these (those present); the schema is still the whole input's.
     Low-cardinality text is read from Parquet as dictionaries (no per-row strings, no hashing).
+    ``prefetched``: a :class:`ParquetPrefetch` of this single file, batch size and columns,
+    already decoding (used when it opened the file; else the file is opened here).
     """
-    files = _io.source_files(source)
+    files = _iomod().source_files(source)
     label = files[0] if len(files) == 1 else (str(source) if files else "input")
     if _is_parquet(source):
         pick = (lambda names: None if columns is None else [c for c in names if c in set(columns)])
         try:
-            if len(files) == 1:  # code lists decoded straight to dictionaries, one row group at a time
-                first = pq.read_schema(files[0])
-                f = pq.ParquetFile(files[0], read_dictionary=_dictionary_columns(first, nested=True))
-                schema, total = f.schema_arrow, f.metadata.num_rows
-                # one row group at a time: a batch spanning two cannot hold nested dictionaries
-                batches = (b for rg in range(f.num_row_groups)
-                           for b in f.iter_batches(batch_size=batch_size, row_groups=[rg], columns=pick(schema.names)))
+            opened = None if prefetched is None or len(files) != 1 else prefetched.opened()
+            if opened is not None:
+                schema, total, batches = opened
+            elif len(files) == 1:
+                schema, total, batches = _parquet_batches(files[0], batch_size, pick)
             else:
                 import pyarrow.dataset as ds
 
@@ -995,12 +1033,109 @@ def _open(source, batch_size, columns=None):
             raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
         return label, schema, total, _guard(batches, label)
     try:
-        table = _io.read_table(source)
+        table = _iomod().read_table(source)
     except (pa.ArrowException, ValueError) as e:  # e.g. a pandas column mixing numbers and text
         raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
     if columns is not None:
         table = table.select([c for c in table.column_names if c in set(columns)])
     return label, table.schema, table.num_rows, iter(table.to_batches(max_chunksize=batch_size))
+
+
+def _parquet_batches(path, batch_size, pick):
+    """(schema, total rows, batch iterator) of one Parquet file; code lists are decoded straight
+    to dictionaries, one row group at a time (a batch spanning two cannot hold nested dictionaries)."""
+    first = pq.read_schema(path)
+    f = pq.ParquetFile(path, read_dictionary=_dictionary_columns(first, nested=True))
+    schema, total = f.schema_arrow, f.metadata.num_rows
+    batches = (b for rg in range(f.num_row_groups)
+               for b in f.iter_batches(batch_size=batch_size, row_groups=[rg], columns=pick(schema.names)))
+    return schema, total, batches
+
+
+class ParquetPrefetch:
+    """Decode the batches of one Parquet file in a background thread, from the moment it is made.
+
+    ``dipengine group`` makes one before its heavier imports (pandas comes with
+    ``pyarrow.dataset``; 0.15 s of one core), so the first batches are decoded meanwhile on the
+    other core; then reading (decoding) and the ordered duplicate pass run in different threads.
+    Pass it as the ``source`` of :func:`map_cases`: the batches are exactly those
+    :func:`map_cases` would read itself (same columns, dictionaries and batch size; it reads the
+    file itself when this one could not open it, so errors are reported the usual way).
+
+    Parameters
+    ----------
+    path : str
+        A single ``.parquet`` file.
+    batch_size : int
+        Rows per batch (must equal :func:`map_cases`'s).
+    lean : bool
+        Read the columns of a lean read (:func:`lean_columns`), as ``map_cases(lean=True)``.
+    depth : int
+        Batches decoded ahead (bounds the memory).
+    """
+
+    def __init__(self, path, batch_size: int = _BATCH_SIZE, *, lean: bool = True, depth: int = 4):
+        import queue
+        import threading
+
+        self.path, self.batch_size, self.lean = str(path), int(batch_size), lean
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._info = None  # (schema, total) once opened
+        self._thread = threading.Thread(target=self._run, name="dipengine-parquet", daemon=True)
+        self._thread.start()
+
+    _END = object()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self):
+        try:
+            try:
+                names = pq.read_schema(self.path).names
+                cols = lean_columns_of(names) if self.lean else None
+                schema, total, batches = _parquet_batches(
+                    self.path, self.batch_size, lambda ns: None if cols is None else [c for c in ns if c in set(cols)])
+                self._info = (schema, total)
+            finally:
+                self._ready.set()  # opened, or not: map_cases then opens the file itself
+            for b in batches:
+                if not self._put((b, None)):
+                    return
+            self._put((self._END, None))
+        except BaseException as e:  # re-raised in the consumer's thread (reading errors included)
+            if self._info is not None:
+                self._put((self._END, e))
+
+    def opened(self):
+        """``(schema, total rows, batch iterator)``, or None if the file could not be opened."""
+        self._ready.wait()
+        if self._info is None:
+            return None
+        return (*self._info, self._batches())
+
+    def _batches(self):
+        while True:
+            item, err = self._queue.get()
+            if item is self._END:
+                if err is not None:
+                    raise err
+                return
+            yield item
+
+    def close(self) -> None:
+        """Stop decoding (the thread ends at its next batch)."""
+        self._stop.set()
 
 
 def _dictionary_columns(schema: pa.Schema, nested: bool = False) -> list[str]:
@@ -1026,7 +1161,12 @@ def _guard(batches, label):
 
 def lean_columns(schema: pa.Schema) -> list[str]:
     """Input columns a lean read needs: all but ``patient_id`` (which nothing checks)."""
-    return [c for c in schema.names if c != "patient_id"]
+    return lean_columns_of(schema.names)
+
+
+def lean_columns_of(names) -> list[str]:
+    """:func:`lean_columns` of a list of column names."""
+    return [c for c in names if c != "patient_id"]
 
 
 def default_workers() -> int:
@@ -1043,7 +1183,7 @@ def default_workers() -> int:
 
 
 def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, progress=None,
-              batch_size: int = _io.BATCH_SIZE, workers: int | None = 1, lean: bool = False,
+              batch_size: int = _BATCH_SIZE, workers: int | None = 1, lean: bool = False,
               depth: int | None = None) -> Iterator:
     """Normalise the cases batch by batch and yield ``fn(batch)`` for each, in input order.
 
@@ -1069,14 +1209,34 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
         Batches read ahead of the consumer (default ``workers + 1``); more lets the workers run
         on while the consumer is busy elsewhere, at the cost of memory.
     """
-    ctx = _Context(hospitals, period, code_lists)
-    columns = None
-    if lean and _is_parquet(source):  # skip the columns nothing checks (files are read lazily)
-        try:
-            columns = lean_columns(pq.read_schema(_io.source_files(source)[0]))
-        except (pa.ArrowException, OSError):
-            columns = None  # _open reports it
-    label, schema, total, batches = _open(source, batch_size, columns)
+    prefetched = None
+    if isinstance(source, ParquetPrefetch):
+        prefetched, source = source, source.path
+        if prefetched.batch_size != batch_size or prefetched.lean != lean:  # not these batches
+            prefetched.close()
+            prefetched = None
+    try:
+        ctx = _Context(hospitals, period, code_lists)
+        columns = None
+        if lean and _is_parquet(source):  # skip the columns nothing checks (files are read lazily)
+            try:
+                columns = lean_columns(pq.read_schema(_iomod().source_files(source)[0]))
+            except (pa.ArrowException, OSError):
+                columns = None  # _open reports it
+        label, schema, total, batches = _open(source, batch_size, columns, prefetched)
+    except BaseException:
+        if prefetched is not None:
+            prefetched.close()
+        raise
+    try:
+        yield from _map_batches(ctx, label, schema, total, batches, fn, progress, workers, lean, depth)
+    finally:
+        if prefetched is not None:
+            prefetched.close()
+
+
+def _map_batches(ctx, label, schema, total, batches, fn, progress, workers, lean, depth):
+    """:func:`map_cases` once the source is open."""
     check_schema(schema, label)
     ctx.seen.reserve(total, 0)
     workers = default_workers() if workers is None else max(1, int(workers))
@@ -1170,14 +1330,14 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
 
 def _is_parquet(source) -> bool:
     try:
-        files = _io.source_files(source)
+        files = _iomod().source_files(source)
     except DataError:
         return False  # _open reports it
     return bool(files) and all(f.lower().endswith((".parquet", ".pq")) for f in files)
 
 
 def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
-               batch_size: int = _io.BATCH_SIZE, workers: int | None = 1,
+               batch_size: int = _BATCH_SIZE, workers: int | None = 1,
                lean: bool = False) -> Iterator[pa.RecordBatch]:
     """Stream the normalised case table batch by batch (see :func:`read_cases`).
 
@@ -1234,7 +1394,7 @@ def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress
                               workers=workers))
     if batches:
         return pa.Table.from_batches(batches).combine_chunks()
-    label, schema, _, _ = _open(source, _io.BATCH_SIZE)
+    label, schema, _, _ = _open(source, _BATCH_SIZE)
     check_schema(schema, label)
     return output_schema(schema).empty_table()
 
@@ -1250,9 +1410,9 @@ def read_cases_reference(source, hospitals=None, *, period=None, code_lists=None
     production sizes: it loops in Python over every row.
     """
     ctx = _Context(hospitals, period, code_lists)
-    label, schema, _, _ = _open(source, _io.BATCH_SIZE)
+    label, schema, _, _ = _open(source, _BATCH_SIZE)
     check_schema(schema, label)
-    table = _io.read_table(source)
+    table = _iomod().read_table(source)
     hosp = None if ctx.hospital_ids is None else set(ctx.hospital_ids.to_pylist())
     lists = {k: set(v.to_pylist()) for k, v in (("dx", ctx.dx_list), ("proc", ctx.proc_list)) if v is not None}
     seen: set = set()

@@ -264,3 +264,118 @@ def test_map_cases_reraises_a_worker_error_and_stops(messy):
     with pytest.raises(DataError, match="boom"):
         list(map_cases(messy, fn, batch_size=100, workers=2, depth=2))
     assert threading.active_count() <= before  # feeder and pool are gone
+
+
+# --- ParquetPrefetch (decoding while `dipengine group` imports) and the procedure CSR kernel ---
+
+
+@pytest.mark.parametrize("workers,batch_size", [(1, 300), (2, 128)])
+def test_prefetched_source_gives_the_same_batches(messy, workers, batch_size):
+    from dipengine.reader import ParquetPrefetch
+
+    plain = pa.Table.from_batches(list(iter_cases(messy, batch_size=batch_size, workers=workers, lean=True)))
+    pre = ParquetPrefetch(str(messy), batch_size, lean=True, depth=2)
+    got = pa.Table.from_batches(list(iter_cases(pre, batch_size=batch_size, workers=workers, lean=True)))
+    assert got.equals(plain)
+    # a prefetch made for other batches is not used: still the same rows
+    other = ParquetPrefetch(str(messy), batch_size + 1, lean=True)
+    assert pa.Table.from_batches(list(iter_cases(other, batch_size=batch_size, lean=True))).equals(plain)
+
+
+def test_prefetched_source_reports_a_bad_file_as_usual(tmp_path):
+    from dipengine.reader import ParquetPrefetch
+
+    bad = tmp_path / "cases.parquet"
+    bad.write_bytes(b"not a parquet file at all")
+    with pytest.raises(DataError) as plain:
+        list(map_cases(str(bad), lean=True))
+    with pytest.raises(DataError) as pre:
+        list(map_cases(ParquetPrefetch(str(bad)), lean=True))
+    assert str(pre.value) == str(plain.value)
+    assert "cases.parquet" in str(pre.value)
+
+
+def test_stopping_early_ends_the_prefetch_thread(messy):
+    import threading
+    import time
+
+    from dipengine.reader import ParquetPrefetch
+
+    before = threading.active_count()
+    stream = map_cases(ParquetPrefetch(str(messy), 100, depth=1), batch_size=100, lean=True)
+    next(stream)
+    stream.close()
+    deadline = time.time() + 5
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= before
+
+
+def test_reader_imports_without_pandas():
+    # `dipengine group` starts decoding right after importing the reader; pandas (0.15 s) comes
+    # later, with dipengine.io, while the first batches decode on the other core
+    import subprocess
+    import sys
+
+    code = "import sys, dipengine.reader; print('pandas' in sys.modules, 'dipengine.io' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_reader_batch_size_is_io_batch_size():
+    from dipengine import io, reader
+
+    assert reader._BATCH_SIZE == io.BATCH_SIZE
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(0, 30), n_main=st.integers(0, 6), n_other=st.integers(0, 6))
+def test_proc_csr_kernel_matches_numpy(data, n, n_main, n_other):
+    from dipengine.grouper import _proc_csr, _proc_csr_numpy
+
+    def maps(k):
+        return [np.array(data.draw(st.lists(st.integers(lo, hi), min_size=k, max_size=k)), dt)
+                for lo, hi, dt in ((-1, 50, np.int32), (-1, 50, np.int32), (-1, 3, np.int8), (0, 4, np.int8))]
+
+    m_maps, o_maps = maps(n_main), maps(n_other)
+    m_idx = np.array(data.draw(st.lists(st.integers(-1, n_main - 1), min_size=n, max_size=n)), np.int32)
+    o_len = np.array(data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)), np.int64)
+    total = int(o_len.sum())
+    o_idx = np.array(data.draw(st.lists(st.integers(-1, n_other - 1), min_size=total, max_size=total)), np.int32)
+    got, want = _proc_csr(m_idx, m_maps, o_len, o_idx, o_maps), _proc_csr_numpy(m_idx, m_maps, o_len, o_idx, o_maps)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    for a, b in zip(got[2], want[2]):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dictionary_cache_computes_a_value_once_for_concurrent_threads():
+    import threading
+    import time
+
+    cache = DictionaryCache()
+    calls = []
+    started = threading.Event()
+
+    def compute(a):
+        calls.append(1)
+        started.set()
+        time.sleep(0.05)
+        return len(a)
+
+    arr = pa.array(["a", "b", "c"])
+    results = []
+    t = threading.Thread(target=lambda: results.append(cache.get("k", arr, compute)))
+    t.start()
+    started.wait()
+    results.append(cache.get("k", pa.array(["a", "b", "c"]), compute))  # waits for the first
+    t.join()
+    assert results == [3, 3] and len(calls) == 1
+
+    def fail(a):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        cache.get("bad", arr, fail)
+    assert cache.get("bad", arr, compute) == 3  # a failure is not remembered

@@ -19,3 +19,12 @@ def group_cases(
     out_class: npt.NDArray[np.int8], out_aux: npt.NDArray[np.int8], out_coef: npt.NDArray[np.float64],
     n_threads: int = ...,
 ) -> None: ...
+
+def proc_csr(
+    m_idx: npt.NDArray[np.int32], m_full: npt.NDArray[np.int32], m_base: npt.NDArray[np.int32],
+    m_cls: npt.NDArray[np.int8], m_lvl: npt.NDArray[np.int8],
+    o_len: npt.NDArray[np.int64], o_idx: npt.NDArray[np.int32], o_full: npt.NDArray[np.int32],
+    o_base: npt.NDArray[np.int32], o_cls: npt.NDArray[np.int8], o_lvl: npt.NDArray[np.int8],
+    p_off: npt.NDArray[np.int64], has_main: npt.NDArray[np.int8], p_full: npt.NDArray[np.int32],
+    p_base: npt.NDArray[np.int32], p_class: npt.NDArray[np.int8], p_level: npt.NDArray[np.int8],
+) -> None: ...

@@ -8,3 +8,12 @@ def parse_fen(
     out: npt.NDArray[np.int64],
     status: npt.NDArray[np.int8],
 ) -> None: ...
+
+def decimal_fen(
+    words: npt.NDArray[np.int64],
+    offset: int,
+    mult: int,
+    valid: npt.NDArray[np.uint8],
+    out: npt.NDArray[np.int64],
+    status: npt.NDArray[np.int8],
+) -> None: ...

@@ -4,6 +4,25 @@ from __future__ import annotations
 import click
 
 BATCH_SIZE = 131_072  # rows per batch: small enough for two workers to share a row group, memory flat
+ROW_GROUP_ROWS = 4 * BATCH_SIZE
+"""Rows per output row group: every row group repeats the group dictionaries (20,000 names for a
+full catalogue), so four batches per row group write about 20% faster than one."""
+
+
+def _row_groups(tables, rows: int = ROW_GROUP_ROWS):
+    """Consecutive tables concatenated into tables of at least ``rows`` rows (the last may be
+    shorter); order kept."""
+    import pyarrow as pa
+
+    buf, n = [], 0
+    for t in tables:
+        buf.append(t)
+        n += t.num_rows
+        if n >= rows:
+            yield pa.concat_tables(buf)
+            buf, n = [], 0
+    if buf:
+        yield pa.concat_tables(buf)
 
 
 @click.command("group")
@@ -19,6 +38,16 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads):
 
     The output has the grouping columns (contract §6.1), then the input's extra columns.
     """
+    import os
+
+    from dipengine.reader import ParquetPrefetch
+
+    # Decoding starts now, on the other core, while the rest is imported (pandas alone takes
+    # 0.15 s of this one); map_cases then takes the batches from it.
+    source = input_
+    if os.path.isfile(input_) and input_.lower().endswith((".parquet", ".pq")):
+        source = ParquetPrefetch(input_, BATCH_SIZE, lean=True)
+
     import itertools
     import sys
     from concurrent.futures import ThreadPoolExecutor
@@ -65,14 +94,14 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads):
                 hits.append(hit)
             yield result
 
-    stream = outputs(map_cases(input_, work, hospitals, batch_size=BATCH_SIZE, workers=threads, lean=True))
+    stream = outputs(map_cases(source, work, hospitals, batch_size=BATCH_SIZE, workers=threads, lean=True))
     first = next(stream, None)
     rs = rules_future.result()  # a bad rule set stops the run here, before anything is written
     schema = output_schema(dictionary=True) if first is None else first.schema
     # min/max statistics of the dictionary text columns would cost a third of the write (they are
     # computed on decoded values) and prune nothing: every row group holds most groups
     stats = [f.name for f in schema if not pa.types.is_dictionary(f.type)]
-    n = write_batches(itertools.chain([] if first is None else [first], stream), out, schema,
+    n = write_batches(_row_groups(itertools.chain([] if first is None else [first], stream)), out, schema,
                       write_statistics=stats)
     click.echo(f"grouped {n:,} cases with rules {rs.name} {rs.version} -> {out}")
     click.echo("by match_path: " + ", ".join(f"{k} {int(v):,}" for k, v in zip(MATCH_PATHS, paths)))
