@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,40 +13,9 @@ from hypothesis import strategies as st
 from dipengine.estimate import Estimator
 from dipengine.rules import write_rule_set
 
-POLICY = """region = "440200"
-year = 2027
-score_scale = 1000
-[budget]
-employee = 630000000
-resident = 410000000
-reserve_rate = 0.03
-include_remote = "in_province"
-[point_value]
-settlement_method = "fund_plus_personal"
-budget_value = 8.00
-[level_coefficients]
-1 = 0.80
-2 = 0.90
-3 = 1.00
-basic_group = 1.00
-[deviation]
-low_ratio = 0.5
-high_ratio = 2.0
-extreme_ratio = 5.0
-high_formula = "ratio_minus_1"
-apply_level_coef_to_outliers = false
-blank_group_factor = 0.7
-[settlement]
-monthly_method = "points"
-monthly_advance_rate = 0.95
-quality_deposit = 0.05
-bands = [
-  { upper = 0.80, rule = "partial_retention", share = 0.80 },
-  { upper = 1.00, rule = "pay_due" },
-  { upper = 1.10, rule = "share_overspend", fund_share = 0.5 },
-  { rule = "cap", cap_over = 0.10, fund_share = 0.5 },
-]
-"""
+# the contract §5 example policy, without the band clamp and with the worked examples' value 8.00
+POLICY = ((Path(__file__).parent / "data" / "contract_policy.toml").read_text(encoding="utf-8")
+          .replace("band = [0.9, 1.1]\n", "").replace("budget_value = 8.39", "budget_value = 8.00"))
 # dip-rules §6.6: bill 11,000, patient burden 3,300 (fund records 7,700): no deductible, 70 %
 BENEFITS = """insured_region,insurance_type,person_type,level,locality,filing,deductible,deductible_repeat,band_upper,ratio,annual_cap,class_b_self_rate
 440200,employee,*,2,local,*,0,0,,0.7,500000,0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -11,42 +12,7 @@ from dipengine.manifest import write_manifest
 from dipengine.policy import load_policy, parse_policy
 
 # The contract §5 example (ILLUS values) plus the agreed budget point value key.
-POLICY_TOML = """
-region = "440200"
-year = 2027
-score_scale = 1000
-[budget]
-employee = 630000000
-resident = 410000000
-reserve_rate = 0.03
-include_remote = "in_province"
-[point_value]
-settlement_method = "fund_plus_personal"
-band = [0.9, 1.1]
-budget_value = 8.39
-[level_coefficients]
-1 = 0.80
-2 = 0.90
-3 = 1.00
-basic_group = 1.00
-[deviation]
-low_ratio = 0.5
-high_ratio = 2.0
-extreme_ratio = 5.0
-high_formula = "ratio_minus_1"
-apply_level_coef_to_outliers = false
-blank_group_factor = 0.7
-[settlement]
-monthly_method = "points"
-monthly_advance_rate = 0.95
-quality_deposit = 0.05
-bands = [
-  { upper = 0.80, rule = "partial_retention", share = 0.80 },
-  { upper = 1.00, rule = "pay_due" },
-  { upper = 1.10, rule = "share_overspend", fund_share = 0.5 },
-  { rule = "cap", cap_over = 0.10, fund_share = 0.5 },
-]
-"""
+POLICY_TOML = (Path(__file__).parent / "data" / "contract_policy.toml").read_text(encoding="utf-8")
 
 SAME_LEVEL_CSV = "dip_code,level,avg_cost\nG1,2,9000\nG1,3,10000.50\nG2,1,3000\n"
 
