@@ -21,23 +21,35 @@ cdef extern from *:
 cdef enum:
     PREFETCH_AHEAD = 16
 
-cdef uint64_t FNV_OFFSET = 14695981039346656037ULL
-cdef uint64_t FNV_PRIME = 1099511628211ULL
-
-
-cdef inline uint64_t _hash(const uint8_t* p, int64_t n) noexcept nogil:
-    """FNV-1a 64 with a final avalanche (splitmix64), so low bits index the table well."""
-    cdef uint64_t h = FNV_OFFSET
-    cdef int64_t i
-    for i in range(n):
-        h ^= p[i]
-        h *= FNV_PRIME
-    h ^= h >> 30
-    h *= 0xbf58476d1ce4e5b9ULL
-    h ^= h >> 27
-    h *= 0x94d049bb133111ebULL
-    h ^= h >> 31
-    return h
+cdef extern from *:
+    """
+    #include <string.h>
+    /* 8 bytes at a time (unaligned loads through memcpy), each word mixed by a multiply and a
+       shift, then a splitmix64 finaliser so the low bits index the table well. */
+    static inline uint64_t dip_hash_bytes(const uint8_t* p, int64_t n) {
+        uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, w;
+        while (n >= 8) {
+            memcpy(&w, p, 8);
+            h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+            h ^= h >> 29;
+            p += 8;
+            n -= 8;
+        }
+        if (n > 0) {
+            w = 0;
+            memcpy(&w, p, (size_t)n);
+            h = (h ^ w) * 0xbf58476d1ce4e5b9ULL;
+            h ^= h >> 29;
+        }
+        h ^= h >> 30;
+        h *= 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 27;
+        h *= 0x94d049bb133111ebULL;
+        h ^= h >> 31;
+        return h;
+    }
+    """
+    uint64_t _hash "dip_hash_bytes" (const uint8_t* p, int64_t n) noexcept nogil
 
 
 cdef class SeenSet:
@@ -45,12 +57,11 @@ cdef class SeenSet:
 
     Keys are copied into an arena, so the caller's buffers may be freed after each call. A
     slot holds ``(hash >> 32) << 32 | (key number + 1)`` (0 = empty), so a probe touches only
-    the slot table unless the 32-bit fingerprints agree. Memory is about (key bytes + 32) per
+    the slot table unless the 32-bit fingerprints agree. Memory is about (key bytes + 24) per
     distinct key; :meth:`reserve` sizes the tables up front when the run's size is known.
     """
     cdef object _arena      # uint8: key bytes, back to back
     cdef object _starts     # int64: start of key k in the arena (k + 1 entries used)
-    cdef object _hashes     # uint64: hash of key k (for rehashing)
     cdef object _slots      # uint64: fingerprint << 32 | (key number + 1), 0 empty; power-of-two size
     cdef int64_t _count
     cdef int64_t _nbytes
@@ -58,7 +69,6 @@ cdef class SeenSet:
     def __cinit__(self):
         self._arena = np.zeros(1 << 16, dtype=np.uint8)
         self._starts = np.zeros(1 << 12, dtype=np.int64)
-        self._hashes = np.zeros(1 << 12, dtype=np.uint64)
         self._slots = np.zeros(1 << 13, dtype=np.uint64)
         self._count = 0
         self._nbytes = 0
@@ -95,9 +105,6 @@ cdef class SeenSet:
             starts = np.empty(cap, dtype=np.int64)
             starts[: self._count + 1] = self._starts[: self._count + 1]
             self._starts = starts
-            hashes = np.empty(cap, dtype=np.uint64)
-            hashes[: self._count] = self._hashes[: self._count]
-            self._hashes = hashes
         if 2 * need_keys > self._slots.shape[0]:
             cap = self._slots.shape[0]
             while 2 * need_keys > cap:
@@ -106,17 +113,21 @@ cdef class SeenSet:
             self._rehash()
 
     cdef void _rehash(self) except *:
+        # hashes are recomputed from the arena: rare (reserve sizes the table up front), and
+        # not storing them saves 8 bytes per key
         cdef uint64_t[::1] slots = self._slots
-        cdef uint64_t[::1] hashes = self._hashes
+        cdef uint8_t[::1] arena = self._arena
+        cdef int64_t[::1] starts = self._starts
         cdef uint64_t mask = slots.shape[0] - 1
-        cdef uint64_t s
+        cdef uint64_t s, h
         cdef int64_t k
         with nogil:
             for k in range(self._count):
-                s = hashes[k] & mask
+                h = _hash(&arena[0] + starts[k], starts[k + 1] - starts[k])
+                s = h & mask
                 while slots[s] != 0:
                     s = (s + 1) & mask
-                slots[s] = (hashes[k] & 0xFFFFFFFF00000000ULL) | <uint64_t>(k + 1)
+                slots[s] = (h & 0xFFFFFFFF00000000ULL) | <uint64_t>(k + 1)
 
     def mark(self, const uint8_t[::1] data, const int64_t[::1] offsets,
              const uint8_t[::1] valid, uint8_t[::1] out):
@@ -139,7 +150,6 @@ cdef class SeenSet:
         self._reserve(n, offsets[n] - offsets[0])
         cdef uint8_t[::1] arena = self._arena
         cdef int64_t[::1] starts = self._starts
-        cdef uint64_t[::1] hashes = self._hashes
         cdef uint64_t[::1] slots = self._slots
         cdef uint64_t mask = slots.shape[0] - 1
         cdef uint64_t h, s, v, fp
@@ -184,7 +194,6 @@ cdef class SeenSet:
                     memcpy(&arena[self._nbytes], base + a, length)
                 self._nbytes += length
                 starts[k + 1] = self._nbytes
-                hashes[k] = h
                 slots[s] = fp | <uint64_t>(k + 1)
                 self._count += 1
 

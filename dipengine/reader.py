@@ -392,6 +392,12 @@ def _int_column(col, n):
     else:
         if pa.types.is_dictionary(col.type):
             col = col.dictionary_decode()
+        if pa.types.is_integer(col.type) and not pa.types.is_uint64(col.type):
+            # exact without the float detour; values beyond int32 are bad as below
+            present = _np_bool(pc.is_valid(col)) if col.null_count else np.ones(n, bool)
+            v = np.asarray(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), np.int64)
+            bad = present & (np.abs(v) >= 2**31)
+            return np.where(bad, 0, v), present, bad
         f = col.cast(pa.float64())
         v = pc.fill_null(f, np.nan).to_numpy(zero_copy_only=False)
         present = ~np.isnan(v)
@@ -502,7 +508,8 @@ def _code_list(col, n, kind, listed, cache=None):
     malformed, unlisted)``: element k of the flattened lists is ``uniques[el_idx[k]]`` and belongs
     to row ``parents[k]``; null and empty codes are dropped; the flags are per unique (see
     :func:`_code_flags`). Normalisation runs once per distinct code (once per Parquet row group
-    when the lists arrive dictionary-encoded and ``cache`` is given)."""
+    when the lists arrive dictionary-encoded and ``cache`` is given). ``parents`` is a callable
+    returning that int64 array: it is needed only when some element is flagged."""
     if col is not None and _kind(col.type) == "list" and pa.types.is_dictionary(col.type.value_type) and \
             pa.types.is_list(col.type):
         lst = col  # list<dictionary<string>> straight from Parquet: no splitting, no hashing
@@ -510,19 +517,31 @@ def _code_list(col, n, kind, listed, cache=None):
         lst = _split_list(col, n)
     values = lst.flatten()
     if len(values):
-        parents = pc.list_parent_indices(lst).to_numpy(zero_copy_only=False).astype(np.int64)
         uniques, idx = _encode(values)
         compute = (lambda a: _normalise_codes(a, kind, listed))
         u, malformed_u, unlisted_u = compute(uniques) if cache is None else cache.get(kind, uniques, compute)
-        keep = (idx >= 0) & _np_bool(pc.is_valid(u))[np.maximum(idx, 0)]
+        u_valid = _np_bool(pc.is_valid(u))
+        if lst.null_count == 0 and (idx >= 0).all() and u_valid.all():
+            # every element kept (the usual case): the list offsets are the answer
+            el_idx = idx
+            offsets = lst.offsets.to_numpy()
+            offsets = (offsets - offsets[0]).astype(np.int32)
+            return offsets, u, el_idx, (lambda: _parents(offsets)), malformed_u, unlisted_u
+        rows = pc.list_parent_indices(lst).to_numpy(zero_copy_only=False).astype(np.int64)
+        keep = (idx >= 0) & u_valid[np.maximum(idx, 0)]
         el_idx = idx[keep]
-        parents = parents[keep]
+        parents = rows[keep]
     else:
         u, el_idx, parents = pa.nulls(1, pa.string()), np.zeros(0, np.int32), np.zeros(0, np.int64)
         malformed_u = unlisted_u = np.zeros(1, bool)
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(np.bincount(parents, minlength=n), out=offsets[1:])
-    return offsets, u, el_idx, parents, malformed_u, unlisted_u
+    return offsets, u, el_idx, (lambda: parents), malformed_u, unlisted_u
+
+
+def _parents(offsets: np.ndarray) -> np.ndarray:
+    """Row of each list element (int64), from list offsets."""
+    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
 
 
 def _list_array(offsets, u, el_idx, dictionary: bool) -> pa.ListArray:
@@ -737,7 +756,7 @@ def _list_defects(checks, code, name, u, el_idx, parents, malformed_u, unlisted_
         if not flags_u.any():
             continue
         bad_el = flags_u[el_idx]
-        rows = parents[bad_el]
+        rows = parents()[bad_el]
         if not len(rows):
             continue
         mask = np.zeros(n, dtype=bool)
