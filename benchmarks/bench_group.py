@@ -17,6 +17,9 @@ which runs the four measurements once each (best of ``--repeat``) and prints a t
     statistics settings as (b)).
 
 (c) and (d) run in their own subprocess too (for their peak RSS) and time their work inside it.
+(d') is (d) measured as (b) is: the wall time of a fresh ``python`` process that imports pyarrow
+alone, reads and writes, minus the time it spends loading the output's content before writing
+it. (b) is a whole process; (d') puts the floor on the same footing, (d) is the stricter one.
 
 The catalogue is built with :func:`dipengine.catalog.build_catalog` (threshold 2) from one
 synthetic history year of 600,000 cases drawn from the full official code lists
@@ -277,6 +280,43 @@ def io_floor(path, columns, template: pa.Table, out) -> None:
     pq.write_table(template, out, write_statistics=stats)
 
 
+_FLOOR_PROCESS = """
+import json, sys, time
+t0 = time.perf_counter()
+import pyarrow as pa, pyarrow.parquet as pq
+path, template, out, spec = sys.argv[1:5]
+spec = json.loads(spec)
+t1 = time.perf_counter()
+tmpl = pq.read_table(template, read_dictionary=spec["dictionary"])  # the output's content: not the floor
+load = time.perf_counter() - t1
+pq.read_table(path, columns=spec["columns"])
+pq.write_table(tmpl, out, write_statistics=spec["statistics"])
+print(json.dumps({"load": load}))
+"""
+
+
+def run_floor_process(path, template, out) -> dict:
+    """(d') the floor as a program, measured like (b): a fresh ``python`` that imports pyarrow
+    alone, reads the columns (b) reads and writes (b)'s output. Wall seconds of the whole process
+    minus the time it spends loading that output's content (``template``) before writing it."""
+    dict_cols = [f.name for f in _cli_output_schema() if pa.types.is_dictionary(f.type)]
+    schema = pq.read_schema(template)
+    spec = {"columns": cli_columns(path), "dictionary": dict_cols,
+            "statistics": [n for n in schema.names if n not in dict_cols]}
+    cmd = [sys.executable, "-c", _FLOOR_PROCESS, str(path), str(template), str(out), json.dumps(spec)]
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - t
+    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.stdout.close()
+    proc.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"floor process failed: {stderr.strip()}")
+    load = json.loads(stdout.strip().splitlines()[-1])["load"]
+    return {"seconds": secs - load, "peak_mib": usage.ru_maxrss / 1024}
+
+
 # --------------------------------------------------------------------------- subprocess children
 
 
@@ -467,6 +507,11 @@ def main(argv=None) -> None:
         _child(args.child, args.input, args.rules, args.out, args.template)
         return
 
+    # An installed package is byte-compiled (pip does it); a source checkout run with
+    # PYTHONDONTWRITEBYTECODE=1 would compile dipengine's modules again in every (b) process.
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "dipengine"), quiet=1)
     # Everything big runs in child processes: a child's peak RSS would otherwise include the
     # parent's (Linux keeps maxrss across fork + exec).
     n = args.cases
@@ -485,6 +530,8 @@ def main(argv=None) -> None:
         summary = cli["stdout"].strip().splitlines()
         floor = min((run_child("floor", path, rules, os.path.join(tmp, "floor.parquet"), out)
                      for _ in range(args.repeat)), key=lambda r: r["seconds"])
+        floor_p = min((run_floor_process(path, out, os.path.join(tmp, "floor_p.parquet"))
+                       for _ in range(args.repeat)), key=lambda r: r["seconds"])
         pdo = os.path.join(tmp, "pandas.parquet")
         pand = run_child("pandas", path, rules, pdo)
         a = pq.read_table(out, columns=["dip_code"])["dip_code"].to_numpy(zero_copy_only=False)
@@ -498,6 +545,8 @@ def main(argv=None) -> None:
         ("(b) dipengine group (CLI)", cli["seconds"], cli["peak_mib"], f"{cli['seconds'] / floor['seconds']:.2f}x"),
         ("(c) pandas baseline", pand["seconds"], pand["peak_mib"], f"{pand['seconds'] / floor['seconds']:.2f}x"),
         ("(d) I/O floor (pyarrow)", floor["seconds"], floor["peak_mib"], "1.00x"),
+        ("(d') floor as a process", floor_p["seconds"], floor_p["peak_mib"],
+         f"{floor_p['seconds'] / floor['seconds']:.2f}x"),
     ]
     print(f"\n{n:,} cases; {n_groups:,} groups; CLI output: {summary[0] if summary else ''}")
     print(f"{'measurement':<28}{'seconds':>9}{'cases/s':>14}{'peak RSS':>11}{'vs floor':>10}")
@@ -507,11 +556,13 @@ def main(argv=None) -> None:
     print(f"(b) vs (c): pandas takes {pand['seconds'] / cli['seconds']:.2f}x the CLI's time; "
           f"pandas picks the same dip_code for {agree:.1%} of cases")
     print(f"interpreter + CLI start-up (python -m dipengine --help): {start:.3f} s, included in (b)")
+    print(f"(b) vs (d'), both whole processes: {cli['seconds'] / floor_p['seconds']:.2f}x")
     ok = {
         "(a) >= 10M cases/s, 1 thread": n / k1 >= 10e6,
         "(b) >= 1M cases/s": n / cli["seconds"] >= 1e6,
         "(b) peak RSS < 1.5 GiB": cli["peak_mib"] < 1536,
-        "(b) <= 1.5x floor": cli["seconds"] <= 1.5 * floor["seconds"],
+        "(b) <= 1.5x floor (d), timed after its imports": cli["seconds"] <= 1.5 * floor["seconds"],
+        "(b) <= 1.5x floor (d'), both whole processes": cli["seconds"] <= 1.5 * floor_p["seconds"],
         "(b) >= 3x faster than (c)": pand["seconds"] >= 3 * cli["seconds"],
     }
     for k, v in ok.items():
