@@ -56,9 +56,8 @@ figure is a keying or unit error (fen entered as yuan), so it is ``BAD_AMOUNT``.
 """
 
 _BATCH_SIZE = 131_072
-# = dipengine.io.BATCH_SIZE. dipengine.io is imported on first use (_iomod): it imports
-# pyarrow.dataset and with it pandas (0.15 s), which `dipengine group` overlaps with the
-# decoding of the first batches (ParquetPrefetch).
+# = dipengine.io.BATCH_SIZE. dipengine.io is imported on first use (_iomod), so that importing
+# the reader (for ParquetPrefetch) stays light.
 
 
 def _iomod():

@@ -312,8 +312,7 @@ def test_stopping_early_ends_the_prefetch_thread(messy):
 
 
 def test_reader_imports_without_pandas():
-    # `dipengine group` starts decoding right after importing the reader; pandas (0.15 s) comes
-    # later, with dipengine.io, while the first batches decode on the other core
+    # `dipengine group` starts decoding (ParquetPrefetch) with the reader imported: keep it light
     import subprocess
     import sys
 

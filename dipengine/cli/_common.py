@@ -1,6 +1,7 @@
-"""Helpers shared by the command modules: progress bars and summaries."""
+"""Helpers shared by the command modules: progress bars, summaries, start-up."""
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -76,3 +77,33 @@ class MultiValueCommand(click.Command):
 
     def parse_args(self, ctx, args):
         return super().parse_args(ctx, spread_multi_values(list(args), self.multi_value))
+
+
+class _NoPandas:
+    """A meta-path finder for which pandas is not installed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r} (not loaded by this command)", name=name)
+        return None
+
+
+@contextlib.contextmanager
+def without_pandas():
+    """Run a command that makes no DataFrame without importing pandas.
+
+    pyarrow imports pandas, when it is installed, on its first conversion to or from numpy, only
+    to recognise pandas objects: 0.2-0.4 s of one core, holding the GIL, in front of all the work
+    of a command like ``dipengine group`` (pyarrow works the same without pandas). While this
+    context is open, in a process that has not imported pandas, pandas is not found; on exit it
+    is importable again (pyarrow retries when it needs it). No effect if pandas is loaded.
+    """
+    if "pandas" in sys.modules:
+        yield
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
