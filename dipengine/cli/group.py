@@ -17,14 +17,21 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads):
 
     The output has the grouping columns (contract §6.1), then the input's extra columns.
     """
-    from dipengine.cli._common import without_pandas
+    import sys
+
+    from dipengine.cli._common import progress_bar, without_pandas
 
     with without_pandas():
         from dipengine.stream import group_file, prefetch
 
-        # decoding starts now, on the other core, while the rule set loads
-        run = group_file(prefetch(input_), rules_dir, out, hospitals=hospitals, threads=threads,
-                         explain_id=explain_id)
+        source = prefetch(input_)  # decoding starts now, on the other core, while the rule set loads
+        # a bar on a terminal only (not even tqdm's import otherwise)
+        callback, close = progress_bar(None, "group") if sys.stderr.isatty() else (None, lambda: None)
+        try:
+            run = group_file(source, rules_dir, out, hospitals=hospitals, threads=threads, explain_id=explain_id,
+                             progress=callback)
+        finally:
+            close()
         rs = run.rules
     click.echo(f"grouped {run.rows:,} cases with rules {rs.name} {rs.version} -> {out}")
     click.echo("by match_path: " + ", ".join(f"{k} {v:,}" for k, v in run.by_match_path.items()))
