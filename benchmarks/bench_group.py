@@ -474,6 +474,13 @@ class GroupEndToEnd:
 
     track_cli_peak_mib.unit = "MiB"
 
+    def track_cli_over_floor_process(self, n_cases):
+        """(b) / (d'): the CLI against the floor measured the same way (both whole processes)."""
+        out = self.out + ".floor_p"
+        return run_cli(self.path, self.rules, self.out)["seconds"] / run_floor_process(self.path, self.out, out)["seconds"]
+
+    track_cli_over_floor_process.unit = "ratio"
+
     def time_pandas(self, n_cases):
         pandas_group(self.path, self.rules, self.out + ".pandas")
 
