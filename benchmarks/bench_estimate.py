@@ -31,40 +31,6 @@ except ImportError:  # run as a script (python benchmarks/bench_estimate.py): th
 DEMO_BENEFITS = str(resources.files("dipengine.data") / "benefits_demo.csv")
 REGIONS = np.array(["440200", "440300", "441400", "360700", "110100"])
 
-POLICY = """region = "440200"
-year = 2027
-score_scale = 1000
-[budget]
-employee = 630000000
-resident = 410000000
-reserve_rate = 0.03
-include_remote = "in_province"
-[point_value]
-settlement_method = "fund_plus_personal"
-budget_value = 8.39
-[level_coefficients]
-1 = 0.80
-2 = 0.90
-3 = 1.00
-basic_group = 1.00
-[deviation]
-low_ratio = 0.5
-high_ratio = 2.0
-extreme_ratio = 5.0
-high_formula = "ratio_minus_1"
-apply_level_coef_to_outliers = false
-blank_group_factor = 0.7
-[settlement]
-monthly_method = "points"
-monthly_advance_rate = 0.95
-quality_deposit = 0.05
-bands = [
-  { upper = 0.80, rule = "partial_retention", share = 0.80 },
-  { upper = 1.00, rule = "pay_due" },
-  { upper = 1.10, rule = "share_overspend", fund_share = 0.5 },
-  { rule = "cap", cap_over = 0.10, fund_share = 0.5 },
-]
-"""
 
 
 def make_hospitals(n: int = 60) -> pa.Table:
@@ -131,7 +97,7 @@ def make_estimator_inputs(directory: Path):
     rules = load_rules(common.DEMO_RULES)
     pricing = directory / "pricing"
     pricing.mkdir(parents=True, exist_ok=True)
-    (pricing / "policy.toml").write_text(POLICY, encoding="utf-8")
+    (pricing / "policy.toml").write_text(common.policy_toml(630_000_000, 410_000_000, 8.39), encoding="utf-8")
     g = rules.groups.to_pylist()
     lines = ["dip_code,level,avg_cost"] + [f"{r['dip_code']},{lv},{r['avg_cost'] * (0.8 + 0.1 * lv):.2f}"
                                            for r in g if r["avg_cost"] for lv in (1, 2, 3)]

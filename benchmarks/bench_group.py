@@ -33,7 +33,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -145,18 +144,7 @@ def run_cli(path, rules, out, threads=None) -> dict:
     cmd = [sys.executable, "-m", "dipengine", "group", "--rules", str(rules), "--input", str(path), "--out", str(out)]
     if threads:
         cmd += ["--threads", str(threads)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
-    proc.stdout.close()
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"dipengine group failed ({proc.returncode}): {stderr.strip()}")
-    return {"seconds": secs, "peak_mib": usage.ru_maxrss / 1024, "stdout": stdout}
+    return common.run_process(cmd, _env(), "dipengine group")
 
 
 # --------------------------------------------------------------------------- (c) pandas baseline
@@ -283,7 +271,7 @@ def io_floor(path, columns, template: pa.Table, out) -> None:
 _FLOOR_PROCESS = """
 import json, sys, time
 t0 = time.perf_counter()
-import pyarrow as pa, pyarrow.parquet as pq
+import pyarrow.parquet as pq
 path, template, out, spec = sys.argv[1:5]
 spec = json.loads(spec)
 t1 = time.perf_counter()
@@ -304,17 +292,9 @@ def run_floor_process(path, template, out) -> dict:
     spec = {"columns": cli_columns(path), "dictionary": dict_cols,
             "statistics": [n for n in schema.names if n not in dict_cols]}
     cmd = [sys.executable, "-c", _FLOOR_PROCESS, str(path), str(template), str(out), json.dumps(spec)]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    secs = time.perf_counter() - t
-    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
-    proc.stdout.close()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"floor process failed: {stderr.strip()}")
-    load = json.loads(stdout.strip().splitlines()[-1])["load"]
-    return {"seconds": secs - load, "peak_mib": usage.ru_maxrss / 1024}
+    res = common.run_process(cmd, None, "floor process")
+    load = json.loads(res["stdout"].strip().splitlines()[-1])["load"]
+    return {"seconds": res["seconds"] - load, "peak_mib": res["peak_mib"]}
 
 
 # --------------------------------------------------------------------------- subprocess children
@@ -352,15 +332,8 @@ def run_child(kind: str, path, rules, out, template=None) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--input", str(path), "--rules", str(rules), "--out", str(out)]
     if template:
         cmd += ["--template", str(template)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    stdout, stderr = proc.stdout.read().decode(), proc.stderr.read().decode()
-    proc.stdout.close()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{kind} failed: {stderr.strip()}")
-    return dict(json.loads(stdout.strip().splitlines()[-1]), peak_mib=usage.ru_maxrss / 1024)
+    res = common.run_process(cmd, _env(), kind)
+    return dict(json.loads(res["stdout"].strip().splitlines()[-1]), peak_mib=res["peak_mib"])
 
 
 # --------------------------------------------------------------------------- asv classes
@@ -577,10 +550,12 @@ def main(argv=None) -> None:
 
 
 def _startup() -> float:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dipengine", "group", "--help"], env=env, check=True, capture_output=True)
-    return time.perf_counter() - t
+    return common.run_process([sys.executable, "-m", "dipengine", "group", "--help"], _env(), "--help")["seconds"]
+
+
+def _env() -> dict:
+    """This environment, with the repository root first on PYTHONPATH (a source checkout runs)."""
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 if __name__ == "__main__":

@@ -29,40 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "grouper_rules" / "demo"
 N_HOSPITALS = 200
 
-POLICY = """region = "440200"
-year = 2027
-score_scale = 1000
-[budget]
-employee = {employee}
-resident = {resident}
-reserve_rate = 0.03
-include_remote = "in_province"
-[point_value]
-settlement_method = "fund_plus_personal"
-budget_value = 8.0
-[level_coefficients]
-1 = 0.80
-2 = 0.90
-3 = 1.00
-basic_group = 1.00
-[deviation]
-low_ratio = 0.5
-high_ratio = 2.0
-extreme_ratio = 5.0
-high_formula = "ratio_minus_1"
-apply_level_coef_to_outliers = false
-blank_group_factor = 0.7
-[settlement]
-monthly_method = "points"
-monthly_advance_rate = 0.95
-quality_deposit = 0.05
-bands = [
-  {{ upper = 0.80, rule = "partial_retention", share = 0.80 }},
-  {{ upper = 1.00, rule = "pay_due" }},
-  {{ upper = 1.10, rule = "share_overspend", fund_share = 0.5 }},
-  {{ rule = "cap", cap_over = 0.10, fund_share = 0.5 }},
-]
-"""
 
 
 def _groups():
@@ -125,7 +91,7 @@ def make_region(directory: Path, n: int, seed: int = 42) -> dict:
     pricing.mkdir(exist_ok=True)
     emp = int(fund_fen[table["insurance_type"].to_numpy(zero_copy_only=False) == "employee"].sum() // 100)
     res = int(fund_fen.sum() // 100) - emp
-    (pricing / "policy.toml").write_text(POLICY.format(employee=emp, resident=res), encoding="utf-8")
+    (pricing / "policy.toml").write_text(common.policy_toml(emp, res, 8.0), encoding="utf-8")
     with open(pricing / "same_level_avg.csv", "w", encoding="utf-8") as f:
         f.write("dip_code,level,avg_cost\n")
         for r in groups:

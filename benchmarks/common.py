@@ -120,3 +120,69 @@ def local_catalogue(n_history: int, *, seed: int = SEED, threshold: float = 5) -
     hosp = hospitals_csv(seed)
     return cached(cache_path("catalogue", h=n_history, s=seed, t=threshold),
                   lambda tmp: build_catalog([str(p) for p in paths], str(hosp), tmp, threshold=threshold))
+
+
+def policy_toml(employee_yuan: int, resident_yuan: int, budget_value: float) -> str:
+    """A pricing policy (docs/policy-format.md) for region 440200, year 2027, with these pool
+    budgets (yuan) and budget point value (``[point_value] budget_value``); the rest as the
+    contract's example policy."""
+    return f"""region = "440200"
+year = 2027
+score_scale = 1000
+[budget]
+employee = {int(employee_yuan)}
+resident = {int(resident_yuan)}
+reserve_rate = 0.03
+include_remote = "in_province"
+[point_value]
+settlement_method = "fund_plus_personal"
+budget_value = {budget_value}
+[level_coefficients]
+1 = 0.80
+2 = 0.90
+3 = 1.00
+basic_group = 1.00
+[deviation]
+low_ratio = 0.5
+high_ratio = 2.0
+extreme_ratio = 5.0
+high_formula = "ratio_minus_1"
+apply_level_coef_to_outliers = false
+blank_group_factor = 0.7
+[settlement]
+monthly_method = "points"
+monthly_advance_rate = 0.95
+quality_deposit = 0.05
+bands = [
+  {{ upper = 0.80, rule = "partial_retention", share = 0.80 }},
+  {{ upper = 1.00, rule = "pay_due" }},
+  {{ upper = 1.10, rule = "share_overspend", fund_share = 0.5 }},
+  {{ rule = "cap", cap_over = 0.10, fund_share = 0.5 }},
+]
+"""
+
+
+def run_process(cmd: list[str], env: dict | None = None, what: str = "process") -> dict:
+    """Run ``cmd`` to the end: ``{"seconds": wall seconds of the whole process, "peak_mib": its
+    peak RSS (os.wait4), "stdout": its output}``; raises RuntimeError with its stderr if it fails."""
+    import subprocess
+    import threading
+    import time
+
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # drain both pipes while it runs (a full pipe would block it), then reap it for its rusage
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(proc.stderr.read()))
+    reader.start()
+    stdout = proc.stdout.read().decode()
+    reader.join()
+    stderr = err[0].decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    secs = time.perf_counter() - t
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {stderr.strip()}")
+    return {"seconds": secs, "peak_mib": usage.ru_maxrss / 1024, "stdout": stdout}
