@@ -2,7 +2,7 @@
 
 :class:`Estimator` loads the rule set, the pricing policy, the benefits tables and the hospital
 registry once, then answers one case at a time in plain Python, with no Arrow call per case:
-normalise and validate (:func:`dipengine.reader.normalise_case`, the reader's rules for one
+normalise and validate (:func:`dipengine.case.normalise_case`, the reader's rules for one
 row), group (the pure-Python reference grouper, which also gives the trace), case points
 (:func:`dipengine.scoring.points_one`), payment standard at the budget point value, patient
 share and fund benefit (:func:`dipengine.benefits.benefit_case`) and the hospital's fund due
@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from dipengine.benefits import BenefitRules, benefit_case, load_benefits, locality_of
 from dipengine.errors import DataError
-from dipengine.reader import normalise_case
+from dipengine.case import normalise_case
 from dipengine.scoring import points_one
 
 SCORED_PATHS = ("core", "basic", "comprehensive", "blank")
@@ -108,7 +108,7 @@ class Estimator:
     def normalise(self, case: dict) -> dict:
         """The case as one row of the normalised case table (``reason`` set when it is bad).
 
-        :func:`dipengine.reader.normalise_case` in plain Python (no Arrow per call): a case
+        :func:`dipengine.case.normalise_case` in plain Python (no Arrow per call): a case
         gives what :func:`dipengine.reader.read_cases` gives for a one-row table holding the
         same values (text, integers, floats, lists of codes). A boolean is read as its text
         (no contract field is a boolean). There is no duplicate-``case_id`` check: one

@@ -14,14 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from dipengine.case import read_cases_reference
 from dipengine.errors import DataError
-from dipengine.reader import (
-    SCHEMA,
-    iter_cases,
-    load_code_list,
-    read_cases,
-    read_cases_reference,
-)
+from dipengine.reader import SCHEMA, iter_cases, load_code_list, read_cases
 
 HEADER = ("case_id,hospital_id,insurance_type,insured_region,age,admit_date,discharge_date,main_dx,"
           "main_proc,other_procs,total_cost,fund_paid,patient_paid,sex,note")
