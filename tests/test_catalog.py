@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dipengine import catalog
-from dipengine.catalog import build_catalog, reference_catalog
+from dipengine.catalog import build_catalog
+from dipengine.catalog_reference import reference_catalog
 from dipengine.errors import DataError
 
 SCHEMA = pa.schema([
