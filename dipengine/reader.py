@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from dipengine import codes as _codes
 from dipengine import reasons as R
+from dipengine.arrays import sparse_strings
 from dipengine.errors import DataError
 from dipengine.money import MALFORMED, NEGATIVE, NULL, OK, TOO_LARGE, yuan_to_fen
 
@@ -279,23 +280,28 @@ class _Checks:
         reason = R.to_strings(code)
         if not items:
             return reason, pa.nulls(n, pa.string())
-        flagged = np.zeros(n, dtype=bool)
-        for _, mask, _ in items:
-            flagged |= mask
-        rows = np.flatnonzero(flagged)
-        parts = []
+        # every (row, text) pair, items in precedence order; a stable sort by row keeps that
+        # order within a row, then one join per flagged row
+        at, texts = [], []
         for c, mask, detail in items:
-            sub = np.flatnonzero(mask[rows])
-            text = detail(rows[sub])
+            idx = np.flatnonzero(mask)
+            text = detail(idx)
             if c == WARNING:
                 text = _cat("warning: ", text)
-            pos = np.full(len(rows), -1, dtype=np.int64)
-            pos[sub] = np.arange(len(sub))
-            parts.append(_take(text, pos))
-        joined = pc.binary_join_element_wise(*parts, "; ", null_handling="skip")
-        where = np.full(n, -1, dtype=np.int64)
-        where[rows] = np.arange(len(rows))
-        return reason, _take(joined, where)
+            at.append(idx)
+            texts.append(text.cast(pa.string()))
+        at = np.concatenate(at)
+        order = np.argsort(at, kind="stable")
+        at = at[order]
+        text = pa.concat_arrays(texts).take(pa.array(order))
+        keep = text.is_valid()
+        if text.null_count:  # skipped, as binary_join_element_wise(null_handling="skip") would
+            at, text = at[keep.to_numpy(zero_copy_only=False)], text.filter(keep)
+        rows, counts = np.unique(at, return_counts=True)
+        offsets = np.zeros(len(rows) + 1, np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), text), "; ")
+        return reason, sparse_strings(n, rows, joined)
 
 
 # --------------------------------------------------------------------------------------------
@@ -851,7 +857,9 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
                lambda idx: _cat("age_days: ", _quote(_raw_text(col("age_days").take(pa.array(idx)))),
                                 f" is outside 0..{MAX_AGE_DAYS} days"))
     dm, dm_present, dm_bad = ints["discharge_mode"]
-    dm_ok = ~dm_present | dm_bad | np.isin(dm, DISCHARGE_MODES)
+    dm_listed = np.zeros(max(DISCHARGE_MODES) + 1, bool)
+    dm_listed[list(DISCHARGE_MODES)] = True  # a table lookup: np.isin sorts per call
+    dm_ok = ~dm_present | dm_bad | ((dm >= 0) & (dm < len(dm_listed)) & dm_listed[np.clip(dm, 0, len(dm_listed) - 1)])
     checks.add(R.BAD_VALUE, ~dm_ok,
                lambda idx: _cat("discharge_mode: ", _quote(_raw_text(col("discharge_mode").take(pa.array(idx)))),
                                 " is not one of 1, 2, 3, 4, 5, 9"))

@@ -5,6 +5,8 @@ several defects: the first defect found in this order is the one reported.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 
@@ -36,8 +38,15 @@ NAMES = [
 CODE = {name: i for i, name in enumerate(NAMES) if name}
 
 
+@functools.cache
+def _names() -> pa.Array:  # not at import: pa.array would import pandas (see cli._common.without_pandas)
+    return pa.array(NAMES, type=pa.string())
+
+
 def to_strings(codes: np.ndarray) -> pa.Array:
     """int8 reason codes -> Arrow string array (null where the code is 0)."""
-    codes = np.asarray(codes, dtype=np.int64)
-    dictionary = pa.array(NAMES, type=pa.string())
-    return dictionary.take(pa.array(codes)).cast(pa.string())
+    from dipengine.arrays import sparse_strings
+
+    codes = np.asarray(codes)
+    rows = np.flatnonzero(codes)
+    return sparse_strings(len(codes), rows, _names().take(pa.array(codes[rows].astype(np.int64))))
