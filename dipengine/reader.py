@@ -620,7 +620,9 @@ class DictionaryCache:
     The batches of one Parquet row group carry the same dictionary, so work per distinct value
     (normalising, regex checks, rule look-ups) is done once per row group, not once per batch.
     Entries are keyed by the dictionary's contents (a BLAKE2b digest of its offsets, bytes and
-    validity: O(size of the dictionary), tiny next to the per-row work). Thread-safe.
+    validity: O(size of the dictionary), tiny next to the per-row work). The digest itself is
+    remembered per array identity (the addresses of its buffers, which stay valid because the
+    cache keeps a reference to the array): batches sharing one dictionary hash it once. Thread-safe.
     """
 
     def __init__(self, size: int = 16):
@@ -628,6 +630,7 @@ class DictionaryCache:
         from collections import OrderedDict
 
         self._items: OrderedDict = OrderedDict()
+        self._digests: OrderedDict = OrderedDict()  # buffer identity -> (array kept alive, key)
         self._running: dict = {}  # key -> Event set when the thread computing it is done
         self._size = size
         self._lock = threading.Lock()
@@ -652,6 +655,21 @@ class DictionaryCache:
             h.update(_np_bool(pc.is_valid(arr)).tobytes())
         return (kind, n, arr.null_count, h.digest())
 
+    def _content_key(self, kind, arr: pa.Array):
+        """:meth:`_key`, hashed once per array identity."""
+        ident = (kind, type(arr), len(arr), arr.offset, tuple(0 if b is None else b.address for b in arr.buffers()))
+        with self._lock:
+            seen = self._digests.get(ident)
+            if seen is not None:
+                self._digests.move_to_end(ident)
+                return seen[1]
+        key = self._key(kind, arr)
+        with self._lock:
+            self._digests[ident] = (arr, key)
+            while len(self._digests) > 4 * self._size:
+                self._digests.popitem(last=False)
+        return key
+
     def get(self, kind, arr: pa.Array, compute: Callable):
         """``compute(arr)``, or its value from an earlier call on an array of the same contents.
 
@@ -660,7 +678,7 @@ class DictionaryCache:
         """
         import threading
 
-        key = self._key(kind, arr)
+        key = self._content_key(kind, arr)
         if key is None:
             return compute(arr)
         with self._lock:

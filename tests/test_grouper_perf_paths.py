@@ -378,3 +378,20 @@ def test_dictionary_cache_computes_a_value_once_for_concurrent_threads():
     with pytest.raises(ValueError):
         cache.get("bad", arr, fail)
     assert cache.get("bad", arr, compute) == 3  # a failure is not remembered
+
+
+def test_dictionary_cache_identity_shortcut_never_confuses_slices():
+    # the digest is remembered per buffer identity; a slice shares the buffers, not the contents
+    cache, calls = DictionaryCache(4), []
+
+    def compute(a):
+        calls.append(a.to_pylist())
+        return a.to_pylist()
+
+    arr = pa.array(["a", "b", "c"])
+    assert cache.get("k", arr, compute) == ["a", "b", "c"]
+    assert cache.get("k", arr, compute) == ["a", "b", "c"]
+    assert cache.get("k", arr.slice(1), compute) == ["b", "c"]
+    assert cache.get("k", pa.array(["b", "c"]), compute) == ["b", "c"]  # equal contents: a hit
+    assert cache.get("other", arr, compute) == ["a", "b", "c"]  # another kind: its own entry
+    assert calls == [["a", "b", "c"], ["b", "c"], ["a", "b", "c"]]
