@@ -14,7 +14,7 @@ which runs the four measurements once each (best of ``--repeat``) and prints a t
     same file with the same output columns (no validation, no auxiliary subtypes, exact codes only);
 (d) ``floor``   pyarrow alone: read the columns (b) reads and write (b)'s output table (same columns
     and types, the input's extra columns included, loaded before the clock starts; same writer
-    statistics settings as (b)).
+    statistics settings and memory pool (jemalloc) as (b)).
 
 (c) and (d) run in their own subprocess too (for their peak RSS) and time their work inside it.
 (d') is (d) measured as (b) is: the wall time of a fresh ``python`` process that imports pyarrow
@@ -271,7 +271,12 @@ def io_floor(path, columns, template: pa.Table, out) -> None:
 _FLOOR_PROCESS = """
 import json, sys, time
 t0 = time.perf_counter()
+import pyarrow as pa
 import pyarrow.parquet as pq
+try:  # the memory pool (b) uses (cli._common.retaining_memory_pool)
+    pa.set_memory_pool(pa.jemalloc_memory_pool())
+except NotImplementedError:
+    pass
 path, template, out, spec = sys.argv[1:5]
 spec = json.loads(spec)
 t1 = time.perf_counter()
@@ -314,6 +319,10 @@ def _child(kind: str, path: str, rules: str, out: str, template: str | None) -> 
         print(json.dumps({"seconds": k1, "seconds_2": k2, "groups": rs.groups.num_rows}))
         return
     if kind == "floor":
+        try:  # the memory pool (b) uses (cli._common.retaining_memory_pool)
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+        except NotImplementedError:
+            pass
         # not timed: the floor's output content, with the Arrow types the CLI hands to its writer
         dict_cols = [f.name for f in _cli_output_schema() if pa.types.is_dictionary(f.type)]
         tmpl = pq.read_table(template, read_dictionary=dict_cols)

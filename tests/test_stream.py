@@ -124,3 +124,20 @@ with without_pandas():
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.split("\n")[:3] == ["hidden", "back", "loaded stays usable"]
+
+
+def test_retaining_memory_pool_is_jemalloc_while_open_and_restored_after():
+    import pyarrow as pa
+
+    from dipengine.cli._common import retaining_memory_pool
+
+    before = pa.default_memory_pool().backend_name
+    try:
+        pa.jemalloc_memory_pool()
+        expected = "jemalloc"
+    except NotImplementedError:  # a pyarrow built without it: nothing changes
+        expected = before
+    with retaining_memory_pool():
+        assert pa.default_memory_pool().backend_name == expected
+        assert pa.array(["x"] * 10).to_pylist() == ["x"] * 10
+    assert pa.default_memory_pool().backend_name == before

@@ -107,3 +107,28 @@ def without_pandas():
         yield
     finally:
         sys.meta_path.remove(finder)
+
+
+@contextlib.contextmanager
+def retaining_memory_pool():
+    """While open, pyarrow allocates from jemalloc (the previous default pool comes back after).
+
+    A streaming command frees each batch's memory and allocates the same amount for the next.
+    The default mimalloc pool hands freed pages back to the OS after 10 ms, so the next batch
+    faults them in again; in a VM that costs 0.5-1 s of system time on 2M cases. jemalloc keeps
+    them for reuse (measured on ``dipengine group``, 2M cases: system time 0.70 -> 0.43 s, peak
+    RSS 770 -> 691 MiB, wall 1.64 -> 1.46 s median). Where pyarrow is built without jemalloc,
+    nothing changes.
+    """
+    import pyarrow as pa
+
+    old = pa.default_memory_pool()
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(old)

@@ -19,9 +19,9 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads):
     """
     import sys
 
-    from dipengine.cli._common import progress_bar, without_pandas
+    from dipengine.cli._common import progress_bar, retaining_memory_pool, without_pandas
 
-    with without_pandas():
+    with without_pandas(), retaining_memory_pool():
         from dipengine.stream import group_file, prefetch
 
         source = prefetch(input_)  # decoding starts now, on the other core, while the rule set loads
