@@ -18,6 +18,7 @@ _API = {
     "load_rules": "dipengine.rules",
     "check_rules": "dipengine.rules",
     "group": "dipengine.grouper",
+    "group_file": "dipengine.stream",
     "build_catalog": "dipengine.catalog",
     "load_policy": "dipengine.policy",
     "settle": "dipengine.settlement",
