@@ -21,7 +21,7 @@ def sparse_strings(n: int, rows: np.ndarray, texts: pa.Array) -> pa.Array:
         texts = texts.cast(pa.string())
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    validity, offsets_buf, data = texts.buffers()
+    _, offsets_buf, data = texts.buffers()
     offs = np.frombuffer(offsets_buf, np.int32, count=len(texts) + 1 + texts.offset)[texts.offset:]
     out = np.zeros(n + 1, np.int32)
     out[rows + 1] = np.diff(offs)

@@ -294,8 +294,8 @@ class _Checks:
         order = np.argsort(at, kind="stable")
         at = at[order]
         text = pa.concat_arrays(texts).take(pa.array(order))
-        keep = text.is_valid()
         if text.null_count:  # skipped, as binary_join_element_wise(null_handling="skip") would
+            keep = text.is_valid()
             at, text = at[keep.to_numpy(zero_copy_only=False)], text.filter(keep)
         rows, counts = np.unique(at, return_counts=True)
         offsets = np.zeros(len(rows) + 1, np.int32)

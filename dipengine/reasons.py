@@ -10,6 +10,8 @@ import functools
 import numpy as np
 import pyarrow as pa
 
+from dipengine.arrays import sparse_strings
+
 OK = 0
 MISSING_FIELD = 1
 DUPLICATE_CASE = 2
@@ -45,8 +47,6 @@ def _names() -> pa.Array:  # not at import: pa.array would import pandas (see cl
 
 def to_strings(codes: np.ndarray) -> pa.Array:
     """int8 reason codes -> Arrow string array (null where the code is 0)."""
-    from dipengine.arrays import sparse_strings
-
     codes = np.asarray(codes)
     rows = np.flatnonzero(codes)
     return sparse_strings(len(codes), rows, _names().take(pa.array(codes[rows].astype(np.int64))))

@@ -7,8 +7,9 @@ order (``io.write_batches``). Results do not depend on the batch size or the thr
 from __future__ import annotations
 
 import itertools
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,12 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dipengine.grouper import MATCH_PATHS, group_batch, output_schema
-from dipengine.io import write_batches
+from dipengine.io import BATCH_SIZE, write_batches
 from dipengine.reader import LEAN_COLUMNS, ParquetPrefetch, map_cases
 from dipengine.rules import RuleSet, load_rules, resolve_rules_dir
 
-BATCH_SIZE = 131_072
-"""Rows per batch: small enough for two workers to share a row group, memory flat."""
 PREFETCH_DEPTH = 6
 """Batches decoded ahead by :func:`prefetch`: the decoder runs on while a fresh process imports."""
 ROW_GROUP_ROWS = 4 * BATCH_SIZE
@@ -49,8 +48,6 @@ class GroupRun:
 def prefetch(source, batch_size: int = BATCH_SIZE):
     """``source`` with its decoding started now in a background thread, when it is a single
     Parquet file (a :class:`reader.ParquetPrefetch` for :func:`group_file`); else ``source``."""
-    import os
-
     path = str(source)
     if os.path.isfile(path) and path.lower().endswith((".parquet", ".pq")):
         return ParquetPrefetch(path, batch_size, lean=True, depth=PREFETCH_DEPTH)
@@ -108,7 +105,8 @@ def group_file(source, rules, out, *, hospitals=None, threads: int | None = None
 
 def _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, progress) -> GroupRun:
     if isinstance(rules, RuleSet):
-        rules_future = _done(rules)
+        rules_future: Future = Future()
+        rules_future.set_result(rules)
     else:  # loads (mostly Python) while the first batches are read and validated
         try:
             rules_dir = resolve_rules_dir(rules)
@@ -161,12 +159,3 @@ def _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, 
         explain=pa.Table.from_batches(hits) if hits else None,
     )
 
-
-class _done:
-    """A finished future holding ``value``."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
