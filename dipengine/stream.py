@@ -18,14 +18,15 @@ import pyarrow.compute as pc
 
 from dipengine.grouper import MATCH_PATHS, group_batch, output_schema
 from dipengine.io import BATCH_SIZE, write_batches
-from dipengine.reader import LEAN_COLUMNS, ParquetPrefetch, map_cases
+from dipengine.reader import LEAN_COLUMNS, ParquetPrefetch, default_workers, map_cases
 from dipengine.rules import RuleSet, load_rules, resolve_rules_dir
 
 PREFETCH_DEPTH = 6
 """Batches decoded ahead by :func:`prefetch`: the decoder runs on while a fresh process imports."""
-ROW_GROUP_ROWS = 4 * BATCH_SIZE
-"""Rows per output row group: every row group repeats the group dictionaries (20,000 names for a
-full catalogue), so four batches per row group write about 20% faster than one."""
+ROW_GROUP_BATCHES = 4
+"""Batches per output row group: every row group repeats the group dictionaries (20,000 names for
+a full catalogue), so four batches per row group write about 20% faster than one. The last batch
+of a run is written on its own, so that little writing is left once the last batch is grouped."""
 
 
 @dataclass
@@ -54,14 +55,16 @@ def prefetch(source, batch_size: int = BATCH_SIZE):
     return source
 
 
-def _row_groups(tables, rows: int = ROW_GROUP_ROWS):
-    """Consecutive tables concatenated into tables of at least ``rows`` rows (the last may be
-    shorter); order kept."""
+def _row_groups(tables, rows: int, last: int = 0, left=lambda: None):
+    """Consecutive tables concatenated into tables of at least ``rows`` rows, order kept. A group
+    is also cut when ``left()`` (rows still to come, None when unknown) is between 1 and
+    ``last``, so that the last ``last`` rows are written on their own."""
     buf, n = [], 0
     for t in tables:
         buf.append(t)
         n += t.num_rows
-        if n >= rows:
+        rest = left()
+        if n >= rows or (rest is not None and 0 < rest <= last):
             yield pa.concat_tables(buf)
             buf, n = [], 0
     if buf:
@@ -142,16 +145,28 @@ def _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, 
                 hits.append(hit)
             yield result
 
-    stream = outputs(map_cases(source, work, hospitals, batch_size=batch_size, workers=threads, lean=True,
-                               progress=progress))
+    seen = [0, None]  # rows done, total rows (None until known)
+
+    def track(done, total):
+        seen[:] = [done, total]
+        if progress is not None:
+            progress(done, total)
+
+    n_workers = default_workers() if threads is None else max(1, int(threads))
+    # results queued ahead of this thread: enough for the workers to run on while it writes a
+    # row group (else they wait for it)
+    depth = ROW_GROUP_BATCHES + n_workers + 1
+    stream = outputs(map_cases(source, work, hospitals, batch_size=batch_size, workers=n_workers, lean=True,
+                               progress=track, depth=depth))
     first = next(stream, None)
     rs = rules_future.result()  # a bad rule set stops the run here, before anything is written
     schema = output_schema(dictionary=True) if first is None else first.schema
     # min/max statistics of the dictionary text columns would cost a third of the write (they are
     # computed on decoded values) and prune nothing: every row group holds most groups
     stats = [f.name for f in schema if not pa.types.is_dictionary(f.type)]
-    n = write_batches(_row_groups(itertools.chain([] if first is None else [first], stream)), out, schema,
-                      write_statistics=stats)
+    groups = _row_groups(itertools.chain([] if first is None else [first], stream), ROW_GROUP_BATCHES * batch_size,
+                         batch_size, lambda: None if seen[1] is None else seen[1] - seen[0])
+    n = write_batches(groups, out, schema, write_statistics=stats)
     return GroupRun(
         rows=n, rules=rs,
         by_match_path={k: int(v) for k, v in zip(MATCH_PATHS, paths)},

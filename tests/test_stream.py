@@ -141,3 +141,44 @@ def test_retaining_memory_pool_is_jemalloc_while_open_and_restored_after():
         assert pa.default_memory_pool().backend_name == expected
         assert pa.array(["x"] * 10).to_pylist() == ["x"] * 10
     assert pa.default_memory_pool().backend_name == before
+
+
+def test_row_groups_keep_order_and_write_the_last_batch_on_its_own():
+    from dipengine.stream import _row_groups
+
+    tables = [pa.table({"x": list(range(10 * k, 10 * k + 10))}) for k in range(10)]
+    left = [100]
+
+    def stream():
+        for t in tables:
+            left[0] -= t.num_rows
+            yield t
+
+    groups = list(_row_groups(stream(), 40, 10, lambda: left[0]))
+    assert [g.num_rows for g in groups] == [40, 40, 10, 10]
+    assert pa.concat_tables(groups)["x"].to_pylist() == list(range(100))
+    # rows still to come unknown: groups of 40, then the rest
+    assert [g.num_rows for g in _row_groups(iter(tables), 40)] == [40, 40, 20]
+
+
+def test_group_file_output_row_groups(region, rules_features, tmp_path):
+    out = tmp_path / "o.parquet"
+    group_file(region, rules_features, out, batch_size=256, threads=2)
+    md = pq.ParquetFile(out).metadata
+    sizes = [md.row_group(k).num_rows for k in range(md.num_row_groups)]
+    assert sum(sizes) == 2500
+    assert sizes[-1] <= 256  # the last batch on its own: little left to write after grouping
+    assert all(s >= 4 * 256 or k >= len(sizes) - 2 for k, s in enumerate(sizes))
+
+
+def test_the_program_asks_openblas_for_one_thread_unless_told():
+    from dipengine.cli import single_threaded_blas
+
+    env = {}
+    if "numpy" in sys.modules:  # too late to matter: left alone
+        single_threaded_blas(env)
+        assert env == {}
+    code = ("import os, sys; from dipengine.cli import single_threaded_blas; e = {}; single_threaded_blas(e); "
+            "f = {'OPENBLAS_NUM_THREADS': '4'}; single_threaded_blas(f); print(e, f)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "{'OPENBLAS_NUM_THREADS': '1'} {'OPENBLAS_NUM_THREADS': '4'}"
