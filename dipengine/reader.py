@@ -45,6 +45,10 @@ from dipengine import reasons as R
 from dipengine.arrays import sparse_strings
 from dipengine.errors import DataError
 from dipengine.money import MALFORMED, NEGATIVE, NULL, OK, TOO_LARGE, yuan_to_fen
+from dipengine.parquet_source import BATCH_SIZE, ParquetPrefetch, lean_columns_of
+from dipengine.parquet_source import column_kind as _kind
+from dipengine.parquet_source import dictionary_columns as _dictionary_columns
+from dipengine.parquet_source import parquet_batches as _parquet_batches
 
 MAX_CASE_FEN = 10_000_000 * 100
 """Largest plausible amount of one inpatient settlement, in fen (10 million yuan).
@@ -53,9 +57,7 @@ The costliest stays (long ICU stays with ECMO, transplants) cost a few million y
 figure is a keying or unit error (fen entered as yuan), so it is ``BAD_AMOUNT``.
 """
 
-_BATCH_SIZE = 131_072
-# = dipengine.io.BATCH_SIZE. dipengine.io is imported on first use (_iomod), so that importing
-# the reader (for ParquetPrefetch) stays light.
+_BATCH_SIZE = BATCH_SIZE  # = dipengine.io.BATCH_SIZE; dipengine.io is imported on first use (_iomod)
 
 
 def _iomod():
@@ -83,12 +85,6 @@ REQUIRED = (
 )
 MONEY = ("total_cost", "fund_paid", "patient_paid", "out_of_catalogue_cost", "class_b_cost")
 LIST_SEPARATORS = r"[|,，｜]"
-DICTIONARY_COLUMNS = (
-    "hospital_id", "insurance_type", "person_type", "insured_region", "remote_filing", "sex", "age",
-    "age_days", "los", "discharge_mode", "admit_date", "discharge_date", "main_dx", "main_proc",
-)
-"""Low-cardinality columns: read from Parquet as dictionaries and normalised per distinct value."""
-
 SCHEMA = pa.schema(
     [
         ("case_id", pa.string()),
@@ -133,24 +129,6 @@ _NULL_STR = pa.nulls(1, pa.string())[0]  # a null string scalar (pa.scalar(None)
 
 # --------------------------------------------------------------------------------------------
 # column kinds and the file-level type check
-
-def _kind(t: pa.DataType) -> str:
-    if pa.types.is_dictionary(t):
-        return _kind(t.value_type)
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "text"
-    if pa.types.is_null(t):
-        return "null"
-    if pa.types.is_integer(t):
-        return "int"
-    if pa.types.is_floating(t) or pa.types.is_decimal(t):
-        return "float"
-    if pa.types.is_date(t) or pa.types.is_timestamp(t):
-        return "date"
-    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
-        return "list" if _kind(t.value_type) in ("text", "null", "int") else "other"
-    return "other"
-
 
 _ALLOWED = {
     **{c: ("text", "int", "null") for c in ("case_id", "hospital_id", "patient_id", "insured_region")},
@@ -1082,116 +1060,6 @@ def _open(source, batch_size, columns=None, prefetched=None):
     return label, table.schema, table.num_rows, iter(table.to_batches(max_chunksize=batch_size))
 
 
-def _parquet_batches(path, batch_size, pick):
-    """(schema, total rows, batch iterator) of one Parquet file; code lists are decoded straight
-    to dictionaries, one row group at a time (a batch spanning two cannot hold nested dictionaries)."""
-    first = pq.read_schema(path)
-    f = pq.ParquetFile(path, read_dictionary=_dictionary_columns(first, nested=True))
-    schema, total = f.schema_arrow, f.metadata.num_rows
-    batches = (b for rg in range(f.num_row_groups)
-               for b in f.iter_batches(batch_size=batch_size, row_groups=[rg], columns=pick(schema.names)))
-    return schema, total, batches
-
-
-class ParquetPrefetch:
-    """Decode the batches of one Parquet file in a background thread, from the moment it is made.
-
-    ``dipengine group`` makes one before its heavier imports (pandas comes with
-    ``pyarrow.dataset``; 0.15 s of one core), so the first batches are decoded meanwhile on the
-    other core; then reading (decoding) and the ordered duplicate pass run in different threads.
-    Pass it as the ``source`` of :func:`map_cases`: the batches are exactly those
-    :func:`map_cases` would read itself (same columns, dictionaries and batch size; it reads the
-    file itself when this one could not open it, so errors are reported the usual way).
-
-    Parameters
-    ----------
-    path : str
-        A single ``.parquet`` file.
-    batch_size : int
-        Rows per batch (must equal :func:`map_cases`'s).
-    lean : bool
-        Read the columns of a lean read (:func:`lean_columns`), as ``map_cases(lean=True)``.
-    depth : int
-        Batches decoded ahead (bounds the memory).
-    """
-
-    def __init__(self, path, batch_size: int = _BATCH_SIZE, *, lean: bool = True, depth: int = 4):
-        import queue
-        import threading
-
-        self.path, self.batch_size, self.lean = str(path), int(batch_size), lean
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._info = None  # (schema, total) once opened
-        self._thread = threading.Thread(target=self._run, name="dipengine-parquet", daemon=True)
-        self._thread.start()
-
-    _END = object()
-
-    def _put(self, item) -> bool:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self):
-        try:
-            try:
-                names = pq.read_schema(self.path).names
-                cols = lean_columns_of(names) if self.lean else None
-                schema, total, batches = _parquet_batches(
-                    self.path, self.batch_size, lambda ns: None if cols is None else [c for c in ns if c in set(cols)])
-                self._info = (schema, total)
-            finally:
-                self._ready.set()  # opened, or not: map_cases then opens the file itself
-            for b in batches:
-                if not self._put((b, None)):
-                    return
-            self._put((self._END, None))
-        except BaseException as e:  # re-raised in the consumer's thread (reading errors included)
-            if self._info is not None:
-                self._put((self._END, e))
-
-    def opened(self):
-        """``(schema, total rows, batch iterator)``, or None if the file could not be opened."""
-        self._ready.wait()
-        if self._info is None:
-            return None
-        return (*self._info, self._batches())
-
-    def _batches(self):
-        while True:
-            item, err = self._queue.get()
-            if item is self._END:
-                if err is not None:
-                    raise err
-                return
-            yield item
-
-    def close(self) -> None:
-        """Stop decoding (the thread ends at its next batch)."""
-        self._stop.set()
-
-
-def _dictionary_columns(schema: pa.Schema, nested: bool = False) -> list[str]:
-    """Columns to read as dictionaries; with ``nested``, also the elements of text code lists
-    (``other_dx.list.element``: Parquet decodes them to codes, nothing is hashed per element)."""
-    cols = [c for c in DICTIONARY_COLUMNS if c in schema.names and _kind(schema.field(c).type) == "text"]
-    if nested:
-        for c in ("other_dx", "other_procs"):
-            t = schema.field(c).type if c in schema.names else None
-            if t is not None and pa.types.is_list(t) and _kind(t.value_type) == "text" and \
-                    not pa.types.is_dictionary(t.value_type):
-                cols.append(f"{c}.list.{t.value_field.name}")
-    return cols
-
-
 def _guard(batches, label):
     """Re-raise read errors met while streaming as :class:`DataError` naming the file."""
     try:
@@ -1203,11 +1071,6 @@ def _guard(batches, label):
 def lean_columns(schema: pa.Schema) -> list[str]:
     """Input columns a lean read needs: all but ``patient_id`` (which nothing checks)."""
     return lean_columns_of(schema.names)
-
-
-def lean_columns_of(names) -> list[str]:
-    """:func:`lean_columns` of a list of column names."""
-    return [c for c in names if c != "patient_id"]
 
 
 def default_workers() -> int:

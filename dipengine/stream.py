@@ -7,7 +7,6 @@ order (``io.write_batches``). Results do not depend on the batch size or the thr
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,11 +17,12 @@ import pyarrow.compute as pc
 
 from dipengine.grouper import MATCH_PATHS, group_batch, output_schema
 from dipengine.io import BATCH_SIZE, write_batches
-from dipengine.reader import LEAN_COLUMNS, ParquetPrefetch, default_workers, map_cases
+from dipengine.parquet_source import ParquetPrefetch, prefetch
+from dipengine.reader import LEAN_COLUMNS, default_workers, map_cases
 from dipengine.rules import RuleSet, load_rules, resolve_rules_dir
 
-PREFETCH_DEPTH = 6
-"""Batches decoded ahead by :func:`prefetch`: the decoder runs on while a fresh process imports."""
+__all__ = ["GroupRun", "group_file", "prefetch"]
+
 ROW_GROUP_BATCHES = 4
 """Batches per output row group: every row group repeats the group dictionaries (20,000 names for
 a full catalogue), so four batches per row group write about 20% faster than one. The last batch
@@ -44,15 +44,6 @@ class GroupRun:
     by_match_path: dict[str, int]
     by_reason: dict[str, int]
     explain: pa.Table | None = field(default=None)
-
-
-def prefetch(source, batch_size: int = BATCH_SIZE):
-    """``source`` with its decoding started now in a background thread, when it is a single
-    Parquet file (a :class:`reader.ParquetPrefetch` for :func:`group_file`); else ``source``."""
-    path = str(source)
-    if os.path.isfile(path) and path.lower().endswith((".parquet", ".pq")):
-        return ParquetPrefetch(path, batch_size, lean=True, depth=PREFETCH_DEPTH)
-    return source
 
 
 def _row_groups(tables, rows: int, last: int = 0, left=lambda: None):

@@ -182,3 +182,11 @@ def test_the_program_asks_openblas_for_one_thread_unless_told():
             "f = {'OPENBLAS_NUM_THREADS': '4'}; single_threaded_blas(f); print(e, f)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "{'OPENBLAS_NUM_THREADS': '1'} {'OPENBLAS_NUM_THREADS': '4'}"
+
+
+def test_parquet_source_imports_pyarrow_alone():
+    # `dipengine group` starts decoding right after this import, before the rest of dipengine
+    code = ("import sys, dipengine.parquet_source; "
+            "print([m for m in ('pyarrow.compute', 'pyarrow.dataset', 'pandas', 'dipengine.reader') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"

@@ -22,9 +22,11 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads):
     from dipengine.cli._common import progress_bar, retaining_memory_pool, without_pandas
 
     with without_pandas(), retaining_memory_pool():
-        from dipengine.stream import group_file, prefetch
+        from dipengine.parquet_source import prefetch
 
-        source = prefetch(input_)  # decoding starts now, on the other core, while the rule set loads
+        source = prefetch(input_)  # decoding starts now, on the other core, while the rest imports
+        from dipengine.stream import group_file
+
         # a bar on a terminal only (not even tqdm's import otherwise)
         callback, close = progress_bar(None, "group") if sys.stderr.isatty() else (None, lambda: None)
         try:
