@@ -321,7 +321,6 @@ def _pad(a: np.ndarray) -> np.ndarray:
 
 def encode(prep: pa.Table, rs: RuleSet) -> dict:
     """Integer arrays of the kernel's case inputs, from a :func:`prepare_cases` table."""
-    comp = rs.compiled
     n = prep.num_rows
     dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
     sub_id, cat, valid, excluded = _map_dict(dx, _cached("dx", dx.dictionary, rs, _dx_maps), [-1, -1, -1, 0])
