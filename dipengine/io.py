@@ -21,8 +21,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from dipengine.errors import DataError
-
-BATCH_SIZE = 131_072
+from dipengine.parquet_source import BATCH_SIZE  # noqa: F401  (one definition; io.BATCH_SIZE is its public name)
 
 
 def _umask() -> int:

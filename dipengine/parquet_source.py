@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 BATCH_SIZE = 131_072
-"""Rows per batch of a streaming read (= ``dipengine.io.BATCH_SIZE``)."""
+"""Rows per batch of a streaming read (also ``dipengine.io.BATCH_SIZE``)."""
 PREFETCH_DEPTH = 6
 """Batches :func:`prefetch` decodes ahead: the decoder runs on while a fresh process imports."""
 

@@ -57,7 +57,7 @@ The costliest stays (long ICU stays with ECMO, transplants) cost a few million y
 figure is a keying or unit error (fen entered as yuan), so it is ``BAD_AMOUNT``.
 """
 
-_BATCH_SIZE = BATCH_SIZE  # = dipengine.io.BATCH_SIZE; dipengine.io is imported on first use (_iomod)
+_BATCH_SIZE = BATCH_SIZE  # dipengine.io.BATCH_SIZE; dipengine.io itself is imported on first use (_iomod)
 
 
 def _iomod():
@@ -121,6 +121,9 @@ INPUT_COLUMNS = frozenset(
     + list(MONEY)
 )
 """Contract §2 input column names (everything else is an extra column, carried through)."""
+
+_DM_LISTED = np.zeros(max(DISCHARGE_MODES) + 1, bool)
+_DM_LISTED[list(DISCHARGE_MODES)] = True  # discharge_mode check by table lookup (np.isin sorts per call)
 
 WARNING = 99  # pseudo reason code of a warning: listed last in reason_detail, sets no reason
 
@@ -853,9 +856,8 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
                lambda idx: _cat("age_days: ", _quote(_raw_text(col("age_days").take(pa.array(idx)))),
                                 f" is outside 0..{MAX_AGE_DAYS} days"))
     dm, dm_present, dm_bad = ints["discharge_mode"]
-    dm_listed = np.zeros(max(DISCHARGE_MODES) + 1, bool)
-    dm_listed[list(DISCHARGE_MODES)] = True  # a table lookup: np.isin sorts per call
-    dm_ok = ~dm_present | dm_bad | ((dm >= 0) & (dm < len(dm_listed)) & dm_listed[np.clip(dm, 0, len(dm_listed) - 1)])
+    top = len(_DM_LISTED) - 1
+    dm_ok = ~dm_present | dm_bad | ((dm >= 0) & (dm <= top) & _DM_LISTED[np.clip(dm, 0, top)])
     checks.add(R.BAD_VALUE, ~dm_ok,
                lambda idx: _cat("discharge_mode: ", _quote(_raw_text(col("discharge_mode").take(pa.array(idx)))),
                                 " is not one of 1, 2, 3, 4, 5, 9"))
@@ -1086,6 +1088,11 @@ def default_workers() -> int:
         return max(1, min(8, os.cpu_count() or 1))
 
 
+def worker_count(workers: int | None) -> int:
+    """Threads for ``workers`` as :func:`map_cases` takes it: None -> :func:`default_workers`, else >= 1."""
+    return default_workers() if workers is None else max(1, int(workers))
+
+
 def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, progress=None,
               batch_size: int = _BATCH_SIZE, workers: int | None = 1, lean: bool = False,
               depth: int | None = None) -> Iterator:
@@ -1143,7 +1150,7 @@ def _map_batches(ctx, label, schema, total, batches, fn, progress, workers, lean
     """:func:`map_cases` once the source is open."""
     check_schema(schema, label)
     ctx.seen.reserve(total, 0)
-    workers = default_workers() if workers is None else max(1, int(workers))
+    workers = worker_count(workers)
 
     def work(batch, marked):
         try:

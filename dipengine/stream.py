@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 from dipengine.grouper import MATCH_PATHS, group_batch, output_schema
 from dipengine.io import BATCH_SIZE, write_batches
 from dipengine.parquet_source import ParquetPrefetch, prefetch
-from dipengine.reader import LEAN_COLUMNS, default_workers, map_cases
+from dipengine.reader import LEAN_COLUMNS, map_cases, worker_count
 from dipengine.rules import RuleSet, load_rules, resolve_rules_dir
 
 __all__ = ["GroupRun", "group_file", "prefetch"]
@@ -143,7 +143,7 @@ def _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, 
         if progress is not None:
             progress(done, total)
 
-    n_workers = default_workers() if threads is None else max(1, int(threads))
+    n_workers = worker_count(threads)
     # results queued ahead of this thread: enough for the workers to run on while it writes a
     # row group (else they wait for it)
     depth = ROW_GROUP_BATCHES + n_workers + 1
