@@ -1,4 +1,4 @@
-"""Small Arrow array builders shared by the batch paths (numpy in, Arrow out, no Python loop)."""
+"""Small Arrow array helpers shared by the batch paths (no Python loop per value)."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,3 +32,21 @@ def sparse_strings(n: int, rows: np.ndarray, texts: pa.Array) -> pa.Array:
     data = data.slice(start, stop - start) if data is not None else pa.py_buffer(b"")
     bitmap = pa.py_buffer(np.packbits(present, bitorder="little"))
     return pa.StringArray.from_buffers(n, pa.py_buffer(out), data, bitmap, null_count=n - int(present.sum()))
+
+
+def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data uint8, offsets int64 of length n + 1, valid uint8) of a text array, for kernels.
+
+    Views of the array's buffers where they allow (a ``large_string`` array is not copied).
+    """
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=n + 1 + arr.offset)[arr.offset:] if bufs[1] is not None \
+        else np.zeros(n + 1, np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
+    if arr.null_count:
+        valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), np.uint8)
+    else:
+        valid = np.ones(n, np.uint8)
+    return data, np.ascontiguousarray(offsets), np.ascontiguousarray(valid)

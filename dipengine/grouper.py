@@ -17,8 +17,9 @@ import pyarrow.compute as pc
 
 from dipengine import codes as _codes
 from dipengine import reasons as _reasons
+from dipengine.arrays import string_buffers
 from dipengine.io import read_table
-from dipengine.rules import TREAT_CLASSES, RuleSet, category_number, cci_category_names, load_rules, longest_prefix
+from dipengine.rules import TREAT_CLASSES, RuleSet, cci_category_names, load_rules, longest_prefix
 
 MATCH_PATHS = ("core", "basic", "comprehensive", "blank", "excluded", "rejected")
 OUTPUT_COLUMNS = ("case_id", "dip_code", "dip_name", "group_type", "match_path", "treat_class", "base_score",
@@ -157,6 +158,24 @@ def _np(arr, dtype, fill) -> np.ndarray:
     return np.ascontiguousarray(pc.fill_null(arr, fill).to_numpy(zero_copy_only=False), dtype=dtype)
 
 
+def _class_rank(classes) -> np.ndarray:
+    """Rank in ``TREAT_CLASSES`` of each treatment class name (int8; 0, conservative, when null)."""
+    rank = pc.index_in(classes, value_set=pa.array(TREAT_CLASSES, pa.string()))
+    return _np(rank, np.int8, 0)
+
+
+def category_numbers(cats: pa.Array) -> np.ndarray:
+    """:func:`dipengine.rules.category_number` of each 类目 key of a string array (int32, -1 none)."""
+    out = np.full(len(cats), -1, np.int32)
+    ok = _np(pc.match_substring_regex(cats, r"^[A-Z][0-9]{2}$"), bool, False)
+    if ok.any():
+        data, offsets, _ = string_buffers(cats)
+        at = offsets[:-1][ok]
+        digits = data[at + 1].astype(np.int32) * 10 + data[at + 2] - 11 * 48
+        out[ok] = (data[at].astype(np.int32) - 65) * 100 + digits
+    return out
+
+
 def _proc_maps(u: pa.Array, rs: RuleSet):
     """Per distinct procedure code: full id, base id, class rank (-1 not counted), level."""
     comp = rs.compiled
@@ -167,11 +186,9 @@ def _proc_maps(u: pa.Array, rs: RuleSet):
     row = _np(pc.index_in(u, value_set=pcodes), np.int32, -1)
     row_b = _np(pc.index_in(base, value_set=pcodes), np.int32, -1)
     row = np.where(row >= 0, row, row_b)
-    cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
-    listed_cls = np.array([cls_rank[c] for c in rs.procedures["class"].to_pylist()] + [0], np.int8)
+    listed_cls = np.append(_class_rank(rs.procedures["class"]), 0).astype(np.int8)
     listed_lvl = np.append(rs.procedures["level"].to_numpy(zero_copy_only=False), 0).astype(np.int8)
-    heur = _codes.proc_class_heuristic(u)
-    heur_cls = np.array([cls_rank.get(c, 0) for c in heur.to_pylist()], np.int8)  # per unique
+    heur_cls = _class_rank(_codes.proc_class_heuristic(u))  # per unique
     cls = np.where(row >= 0, listed_cls[row], heur_cls).astype(np.int8)
     lvl = np.where(row >= 0, listed_lvl[row], 0).astype(np.int8)
     dropped = longest_prefix(u, rs.excluded_proc["code"].to_pylist()) >= 0
@@ -183,8 +200,7 @@ def _dx_maps(u: pa.Array, rs: RuleSet):
     """Per distinct main diagnosis: subcategory id, category number, valid (1/0/-1 null), excluded."""
     main = _codes.main_code(u)
     sub_u = _np(pc.index_in(_codes.subcategory(u), value_set=rs.compiled.sub_vocab), np.int32, -1)
-    cat_u = np.array([category_number(c) for c in _codes.category(u).to_pylist()], np.int32) if len(u) else \
-        np.zeros(0, np.int32)
+    cat_u = category_numbers(_codes.category(u))
     valid_u = _np(_codes.is_valid_dx(u), np.int8, -1)
     excl_u = (longest_prefix(main, rs.excluded_dx["code"].to_pylist()) >= 0).astype(np.int8)
     return [sub_u, cat_u, valid_u, excl_u]

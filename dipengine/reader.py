@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from dipengine import codes as _codes
 from dipengine import reasons as R
 from dipengine.arrays import sparse_strings
+from dipengine.arrays import string_buffers as _string_buffers
 from dipengine.errors import DataError
 from dipengine.money import MALFORMED, NEGATIVE, NULL, OK, TOO_LARGE, yuan_to_fen
 from dipengine.parquet_source import BATCH_SIZE, ParquetPrefetch, lean_columns_of
@@ -472,18 +473,6 @@ def _fen_column(col) -> tuple[np.ndarray, np.ndarray]:
     valid = _np_bool(pc.is_valid(col)).view(np.uint8) if col.null_count else np.ones(n, np.uint8)
     decimal_fen(words, col.offset, 10 ** (2 - t.scale), valid, fen, status)  # limit: _FEN_LIMIT
     return fen, status
-
-
-def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data uint8, offsets int64 of length n + 1, valid uint8) of a text array, for kernels."""
-    arr = arr.cast(pa.large_string())
-    n = len(arr)
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=n + 1 + arr.offset)[arr.offset:] if bufs[1] is not None \
-        else np.zeros(n + 1, np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and len(bufs[2]) else np.zeros(1, np.uint8)
-    valid = _np_bool(pc.is_valid(arr)).view(np.uint8) if arr.null_count else np.ones(n, np.uint8)
-    return data, np.ascontiguousarray(offsets), np.ascontiguousarray(valid)
 
 
 def _code_list(col, n, kind, listed, cache=None):
@@ -1001,10 +990,10 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
 def _yuan_text(fen_values: np.ndarray) -> pa.Array:
     """Exact yuan text of int64 fen (``-1234`` -> ``-12.34``)."""
     fen_values = np.asarray(fen_values, dtype=np.int64)
-    sign = np.where(fen_values < 0, "-", "")
     a = np.abs(fen_values)
-    return pa.array(np.char.add(np.char.add(sign, (a // 100).astype(str)),
-                                np.char.add(".", np.char.zfill((a % 100).astype(str), 2))), pa.string())
+    sign = pc.if_else(pa.array(fen_values < 0), "-", "")
+    cents = pc.utf8_lpad(pa.array(a % 100).cast(pa.string()), width=2, padding="0")
+    return _cat(sign, pa.array(a // 100).cast(pa.string()), ".", cents)
 
 
 def extra_columns(schema: pa.Schema) -> list[str]:

@@ -228,7 +228,7 @@ def test_text_column_fast_path_equals_trim(values):
 def test_seen_set_reserve_keeps_marks_exact():
     from dipengine._libs.validate import SeenSet
 
-    from dipengine.reader import _string_buffers
+    from dipengine.arrays import string_buffers as _string_buffers
 
     keys = [f"k{i % 700}" for i in range(2000)]
     for reserve in (0, 5000):
@@ -395,3 +395,24 @@ def test_dictionary_cache_identity_shortcut_never_confuses_slices():
     assert cache.get("k", pa.array(["b", "c"]), compute) == ["b", "c"]  # equal contents: a hit
     assert cache.get("other", arr, compute) == ["a", "b", "c"]  # another kind: its own entry
     assert calls == [["a", "b", "c"], ["b", "c"], ["a", "b", "c"]]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(alphabet="AKZaz09٣ .x-", max_size=4),
+                          st.from_regex(r"[A-Z][0-9]{2}", fullmatch=True)), max_size=40))
+def test_category_numbers_equal_category_number(cats):
+    """The vectorised 类目 numbers used for comprehensive groups equal the readable rule."""
+    from dipengine.grouper import category_numbers
+    from dipengine.rules import category_number
+
+    got = category_numbers(pa.array(cats, pa.string()))
+    assert got.dtype == np.int32
+    assert got.tolist() == [category_number(c) for c in cats]
+
+
+def test_class_rank_of_names_and_nulls():
+    from dipengine.grouper import _class_rank
+    from dipengine.rules import TREAT_CLASSES
+
+    names = list(TREAT_CLASSES) + [None, "surgery"]
+    assert _class_rank(pa.array(names, pa.string())).tolist() == [0, 1, 2, 3, 0, 3]

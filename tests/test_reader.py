@@ -449,7 +449,7 @@ def test_reference_explains_itself():
 # --- kernels against their pure-Python twins ------------------------------------------------
 
 def _buffers(values):
-    from dipengine.reader import _string_buffers
+    from dipengine.arrays import string_buffers as _string_buffers
 
     return _string_buffers(pa.array(values, pa.string()))
 
@@ -502,3 +502,12 @@ def test_split_codes_matches_re_split(values):
     got = [bytes(elem_data[a:b]).decode() for a, b in zip(elem_offsets[:-1], elem_offsets[1:])]
     assert got == data
     assert counts.tolist() == counts_expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-10**15, 10**15), max_size=30))
+def test_yuan_text_is_exact(fen):
+    """Amounts in BAD_AMOUNT details print exactly, as a bureau would read them."""
+    from dipengine.reader import _yuan_text
+
+    assert _yuan_text(np.array(fen, np.int64)).to_pylist() == [f"{Decimal(f) / 100:.2f}" for f in fen]

@@ -184,6 +184,22 @@ def test_the_program_asks_openblas_for_one_thread_unless_told():
     assert res.stdout.strip() == "{'OPENBLAS_NUM_THREADS': '1'} {'OPENBLAS_NUM_THREADS': '4'}"
 
 
+def test_the_program_streams_with_jemalloc_unless_told():
+    from dipengine.cli import jemalloc_for_streaming
+
+    code = ("import sys; from dipengine.cli import jemalloc_for_streaming as j; "
+            "a, b, c, d = {}, {}, {}, {'ARROW_DEFAULT_MEMORY_POOL': 'system'}; "
+            "j(['group', '--rules', 'x'], a); j(['settle', '--cases', 'x'], b); j(['--help'], c); "
+            "j(['group'], d); print(a, b, c, d)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    want = "{'ARROW_DEFAULT_MEMORY_POOL': 'jemalloc'}" if sys.platform.startswith("linux") else "{}"
+    assert res.stdout.strip() == f"{want} {{}} {{}} {{'ARROW_DEFAULT_MEMORY_POOL': 'system'}}"
+    if "pyarrow" in sys.modules:  # too late to matter: left alone
+        env = {}
+        jemalloc_for_streaming(["group"], env)
+        assert env == {}
+
+
 def test_parquet_source_imports_pyarrow_alone():
     # `dipengine group` starts decoding right after this import, before the rest of dipengine
     code = ("import sys, dipengine.parquet_source; "

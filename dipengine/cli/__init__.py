@@ -79,7 +79,31 @@ def single_threaded_blas(environ=None) -> None:
         environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+STREAMING_COMMANDS = ("group",)
+"""Commands that stream a file batch by batch (see :func:`jemalloc_for_streaming`)."""
+
+
+def jemalloc_for_streaming(argv=None, environ=None) -> None:
+    """Make jemalloc Arrow's default pool for a streaming command, unless the user chose.
+
+    ``dipengine group`` allocates from jemalloc while it runs (``cli._common.retaining_memory_pool``),
+    but ``pyarrow.set_memory_pool`` does not reach the Parquet reader's own buffers (the pages it
+    reads), which come from Arrow's C++ default: mimalloc, which asks for transparent huge pages,
+    so every fresh 2 MiB is faulted and zeroed. With one allocator that keeps its pages the run
+    faults less (measured: median 1.28 vs 1.35 s, 50 MiB less peak memory on 2M cases). The C++
+    default is fixed when pyarrow is imported, hence an environment variable set before that, on
+    Linux (where pyarrow's wheels carry jemalloc) and only for the streaming commands: a whole-file
+    read is faster with mimalloc.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    environ = os.environ if environ is None else environ
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in STREAMING_COMMANDS and "pyarrow" not in sys.modules and sys.platform.startswith("linux"):
+        environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+
+
 def run() -> None:
     """The ``dipengine`` program (a process of its own): :func:`main` with the process set up."""
     single_threaded_blas()
+    jemalloc_for_streaming()
     sys.exit(main())
