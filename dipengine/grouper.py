@@ -451,7 +451,7 @@ def _dict_indices(indices: np.ndarray) -> pa.Array:
 
 def _dict(indices: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
     """values[indices] as a dictionary array (index -1 -> null): no string copied per row."""
-    return pa.DictionaryArray.from_arrays(_dict_indices(indices), values)
+    return pa.DictionaryArray.from_arrays(_dict_indices(indices), values, safe=False)
 
 
 def _chunk(col) -> pa.Array:
@@ -469,9 +469,9 @@ def _assemble_dictionary(prep: pa.Table, res: GroupArrays, rs: RuleSet, reason, 
     g_idx = _dict_indices(gi)  # shared by the three group columns
     return pa.table({
         "case_id": prep["case_id"],
-        "dip_code": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["dip_code"])),
-        "dip_name": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["dip_name"])),
-        "group_type": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["group_type"])),
+        "dip_code": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["dip_code"]), safe=False),
+        "dip_name": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["dip_name"]), safe=False),
+        "group_type": pa.DictionaryArray.from_arrays(g_idx, _chunk(groups["group_type"]), safe=False),
         "match_path": _dict(res.match_path, pa.array(MATCH_PATHS, pa.string())),
         "treat_class": _dict(treat, pa.array(TREAT_CLASSES, pa.string())),
         "base_score": pa.array(score[np.where(none, len(score) - 1, gi)], pa.float64()),

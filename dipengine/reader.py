@@ -191,8 +191,9 @@ def _take(values: pa.Array, idx: np.ndarray) -> pa.Array:
     return values.take(pa.array(np.where(neg, 0, idx), mask=neg if neg.any() else None))
 
 
-def _encode(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Distinct values (as string) and per-row indices into them (-1 for null)."""
+def _encode(col: pa.Array) -> tuple[pa.Array, np.ndarray, pa.Array]:
+    """Distinct values (as string), per-row indices into them (int32 numpy, -1 for null) and
+    the same indices as an Arrow int32 array (null for null)."""
     if pa.types.is_null(col.type):
         col = col.cast(pa.string())
     if not pa.types.is_dictionary(col.type):
@@ -202,9 +203,10 @@ def _encode(col: pa.Array) -> tuple[pa.Array, np.ndarray]:
         uniques = uniques.cast(pa.string())
     if len(uniques) == 0:  # all null: one null "value" keeps indexing by idx >= 0 safe
         uniques = pa.nulls(1, pa.string())
-    idx = col.indices.to_numpy(zero_copy_only=False) if col.indices.null_count == 0 else \
-        pc.fill_null(col.indices, -1).to_numpy(zero_copy_only=False)
-    return uniques, idx.astype(np.int32, copy=False)
+    indices = col.indices
+    idx = indices.to_numpy(zero_copy_only=False) if indices.null_count == 0 else \
+        pc.fill_null(indices, -1).to_numpy(zero_copy_only=False)
+    return uniques, idx.astype(np.int32, copy=False), indices
 
 
 def _clean_text(arr: pa.Array) -> pa.Array:
@@ -310,8 +312,9 @@ class _Coded:
     Checks run on the distinct values; rows are materialised only when asked for.
     """
 
-    def __init__(self, u: pa.Array, idx: np.ndarray):
+    def __init__(self, u: pa.Array, idx: np.ndarray, indices: pa.Array | None = None):
         self.u, self.idx = u, idx
+        self.indices = indices  # idx as Arrow int32 (null for -1), when it came from one
 
     def per_row(self, flags_u: np.ndarray) -> np.ndarray:
         """Per-row value of a per-distinct-value bool array (False on null rows)."""
@@ -319,7 +322,7 @@ class _Coded:
             return np.zeros(len(self.idx), bool)
         if flags_u.all():
             return self.idx >= 0
-        return (self.idx >= 0) & flags_u[np.maximum(self.idx, 0)]
+        return np.append(flags_u, False)[self.idx]  # idx -1 reads the False at the end
 
     def missing(self) -> np.ndarray:
         return ~self.per_row(_np_bool(pc.is_valid(self.u)))
@@ -337,7 +340,7 @@ def _enum_column(col, n, name, allowed, checks, default=None, case=None) -> _Cod
         if default is None:
             return _Coded(pa.nulls(1, pa.string()), np.full(n, -1, np.int32))
         return _Coded(pa.array([default], pa.string()), np.zeros(n, np.int32))
-    uniques, idx = _encode(col)
+    uniques, idx, _ = _encode(col)
     u = _clean_text(uniques)
     if case == "upper":
         u = pc.utf8_upper(u)
@@ -365,7 +368,7 @@ def _int_column(col, n):
         return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     kind = _kind(col.type)
     if kind == "text":
-        uniques, idx = _encode(col)
+        uniques, idx, _ = _encode(col)
         u = _clean_text(uniques)
         is_num = _np_bool(pc.match_substring_regex(u, r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"))
         fu = pc.if_else(pa.array(is_num), u, _NULL_STR).cast(pa.float64())
@@ -406,7 +409,7 @@ def _date_column(col, n):
         present = _np_bool(pc.is_valid(d))
         days = pc.fill_null(d.cast(pa.int32()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
         return days, present, np.zeros(n, dtype=bool)
-    uniques, idx = _encode(col)
+    uniques, idx, _ = _encode(col)
     u = _clean_text(uniques)
     head = pc.utf8_slice_codeunits(u, 0, 10)
     shaped = pc.match_substring_regex(u, _DATE_RE)
@@ -489,7 +492,7 @@ def _code_list(col, n, kind, listed, cache=None):
         lst = _split_list(col, n)
     values = lst.flatten()
     if len(values):
-        uniques, idx = _encode(values)
+        uniques, idx, _ = _encode(values)
         compute = (lambda a: _normalise_codes(a, kind, listed))
         u, malformed_u, unlisted_u = compute(uniques) if cache is None else cache.get(kind, uniques, compute)
         u_valid = _np_bool(pc.is_valid(u))
@@ -519,7 +522,7 @@ def _parents(offsets: np.ndarray) -> np.ndarray:
 def _list_array(offsets, u, el_idx, dictionary: bool) -> pa.ListArray:
     """list<string> (or list<dictionary<int32, string>>) of :func:`_code_list`'s parts."""
     if dictionary:
-        values = pa.DictionaryArray.from_arrays(pa.array(el_idx.astype(np.int32, copy=False)), u)
+        values = pa.DictionaryArray.from_arrays(pa.array(el_idx.astype(np.int32, copy=False)), u, safe=False)
     else:
         values = u.take(pa.array(el_idx)) if len(el_idx) else pa.array([], pa.string())
     return pa.ListArray.from_arrays(pa.array(offsets), values)
@@ -527,11 +530,14 @@ def _list_array(offsets, u, el_idx, dictionary: bool) -> pa.ListArray:
 
 def _dict_array(coded: _Coded) -> pa.DictionaryArray:
     """A coded column as a dictionary array (rows whose value is null get a null index)."""
+    if coded.indices is not None and coded.u.null_count == 0 and pa.types.is_int32(coded.indices.type):
+        return pa.DictionaryArray.from_arrays(coded.indices, coded.u, safe=False)  # null rows are the null indices
     valid = coded.per_row(_np_bool(pc.is_valid(coded.u)))
     if valid.all():
-        return pa.DictionaryArray.from_arrays(pa.array(coded.idx.astype(np.int32, copy=False)), coded.u)
+        return pa.DictionaryArray.from_arrays(pa.array(coded.idx.astype(np.int32, copy=False)), coded.u,
+                                              safe=False)
     idx = np.where(valid, coded.idx, 0).astype(np.int32)
-    return pa.DictionaryArray.from_arrays(pa.array(idx, mask=~valid), coded.u)
+    return pa.DictionaryArray.from_arrays(pa.array(idx, mask=~valid), coded.u, safe=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -888,9 +894,9 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
     los_valid = los_ok | derivable
 
     # --- codes
-    dx_u, dx_idx = _encode(col("main_dx"))
+    dx_u, dx_idx, dx_ind = _encode(col("main_dx"))
     dx_norm, malformed_u, unlisted_u = ctx.cache.get("dx", dx_u, lambda u: _normalise_codes(u, "dx", ctx.dx_list))
-    main_dx = _Coded(dx_norm, dx_idx)
+    main_dx = _Coded(dx_norm, dx_idx, dx_ind)
     missing["main_dx"] = main_dx.missing()
     checks.value(R.INVALID_DX, main_dx.per_row(malformed_u), "main_dx", main_dx.at, _DX_FORM)
     checks.value(R.INVALID_DX, main_dx.per_row(unlisted_u), "main_dx", main_dx.at, "is not in the code list")
@@ -898,9 +904,9 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
     if proc_col is None or pa.types.is_null(proc_col.type):
         main_proc = _Coded(pa.nulls(1, pa.string()), np.full(n, -1, np.int32))
     else:
-        pu, pidx = _encode(proc_col)
+        pu, pidx, pind = _encode(proc_col)
         pu, malformed_u, unlisted_u = ctx.cache.get("proc", pu, lambda u: _normalise_codes(u, "proc", ctx.proc_list))
-        main_proc = _Coded(pu, pidx)
+        main_proc = _Coded(pu, pidx, pind)
         checks.value(R.INVALID_PROC, main_proc.per_row(malformed_u), "main_proc", main_proc.at, _PROC_FORM)
         checks.value(R.INVALID_PROC, main_proc.per_row(unlisted_u), "main_proc", main_proc.at,
                      "is not in the code list")
