@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from dipengine.cli import main
 from dipengine.errors import DataError
 from dipengine.grouper import MATCH_PATHS, group
 from dipengine.reader import ParquetPrefetch, read_cases
@@ -94,8 +95,6 @@ def test_group_command_runs_without_pandas_and_writes_the_same(region, rules_fea
     # out of a fresh process, and the output is the same as in a process that has pandas loaded
     import pandas  # noqa: F401  (loaded here: the in-process run below takes the usual path)
 
-    from dipengine.cli import main
-
     fresh, here = tmp_path / "fresh.parquet", tmp_path / "here.parquet"
     code = ("import sys; from dipengine.cli import main; "
             f"rc = main(['group', '--rules', {str(rules_features)!r}, '--input', {str(region)!r}, "
@@ -104,6 +103,29 @@ def test_group_command_runs_without_pandas_and_writes_the_same(region, rules_fea
     assert res.stdout.split()[-2:] == ["0", "False"]
     assert main(["group", "--rules", str(rules_features), "--input", str(region), "--out", str(here)]) == 0
     assert pq.read_table(fresh).equals(pq.read_table(here))
+
+
+def test_the_program_flushes_its_report_and_output_before_it_exits(region, rules_features, tmp_path):
+    # `python -m dipengine` runs cli.run: its own pool and BLAS settings, then exit_now (no teardown)
+    prog, here = tmp_path / "prog.parquet", tmp_path / "here.parquet"
+    res = subprocess.run([sys.executable, "-m", "dipengine", "group", "--rules", str(rules_features), "--input",
+                          str(region), "--out", str(prog)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("grouped 2,500 cases") and lines[1].startswith("by match_path: core ")
+    assert main(["group", "--rules", str(rules_features), "--input", str(region), "--out", str(here)]) == 0
+    assert pq.read_table(prog).equals(pq.read_table(here))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_exit_now_keeps_the_usual_exit_under_a_trace_function():
+    code = ("import sys; from dipengine.cli import exit_now; import atexit; "
+            "atexit.register(lambda: print('hooks ran')); sys.settrace(lambda *a: None); print('x'); exit_now(3)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 3 and res.stdout.split() == ["x", "hooks", "ran"]
+    fast = subprocess.run([sys.executable, "-c", code.replace("sys.settrace(lambda *a: None); ", "")],
+                          capture_output=True, text=True)
+    assert fast.returncode == 3 and fast.stdout.split() == ["x"]  # flushed, no teardown
 
 
 def test_without_pandas_hides_pandas_only_while_open():

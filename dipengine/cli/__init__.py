@@ -102,8 +102,28 @@ def jemalloc_for_streaming(argv=None, environ=None) -> None:
         environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 
+def exit_now(code: int) -> None:
+    """End the process with ``code`` once stdout and stderr are flushed, without tearing the
+    interpreter down.
+
+    Every command has closed its files (outputs are renamed into place) and joined its threads
+    before :func:`main` returns; what is left is freeing every object and module one by one,
+    which after ``dipengine group`` on 2M cases took 60-70 ms of the command's wall time (30 ms
+    without it, most of it the kernel releasing the memory). Under coverage or a debugger
+    (a trace function set), the usual exit runs, so their exit hooks still do.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
+            pass
+    if "coverage" in sys.modules or sys.gettrace() is not None:
+        sys.exit(code)
+    os._exit(code)
+
+
 def run() -> None:
     """The ``dipengine`` program (a process of its own): :func:`main` with the process set up."""
     single_threaded_blas()
     jemalloc_for_streaming()
-    sys.exit(main())
+    exit_now(main())
