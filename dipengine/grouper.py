@@ -155,7 +155,9 @@ def _np(arr, dtype, fill) -> np.ndarray:
     if pa.types.is_boolean(arr.type):
         arr = pc.cast(arr, pa.int8())
         fill = int(fill)
-    return np.ascontiguousarray(pc.fill_null(arr, fill).to_numpy(zero_copy_only=False), dtype=dtype)
+    if arr.null_count:
+        arr = pc.fill_null(arr, fill)
+    return np.ascontiguousarray(arr.to_numpy(zero_copy_only=False), dtype=dtype)
 
 
 def _class_rank(classes) -> np.ndarray:

@@ -180,7 +180,9 @@ def _np_bool(arr) -> np.ndarray:
     """Arrow boolean (nulls -> False) as a numpy bool array."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
+    if arr.null_count:
+        arr = pc.fill_null(arr, False)
+    return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _take(values: pa.Array, idx: np.ndarray) -> pa.Array:
@@ -382,7 +384,7 @@ def _int_column(col, n):
         if pa.types.is_integer(col.type) and not pa.types.is_uint64(col.type):
             # exact without the float detour; values beyond int32 are bad as below
             present = _np_bool(pc.is_valid(col)) if col.null_count else np.ones(n, bool)
-            v = np.asarray(pc.fill_null(col, 0).to_numpy(zero_copy_only=False), np.int64)
+            v = np.asarray((pc.fill_null(col, 0) if col.null_count else col).to_numpy(zero_copy_only=False), np.int64)
             bad = present & (np.abs(v) >= 2**31)
             return np.where(bad, 0, v), present, bad
         f = col.cast(pa.float64())
@@ -407,7 +409,8 @@ def _date_column(col, n):
             col = col.dictionary_decode()
         d = col.cast(pa.date32()) if not pa.types.is_date32(col.type) else col
         present = _np_bool(pc.is_valid(d))
-        days = pc.fill_null(d.cast(pa.int32()), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        d = d.cast(pa.int32())
+        days = (pc.fill_null(d, 0) if d.null_count else d).to_numpy(zero_copy_only=False).astype(np.int64)
         return days, present, np.zeros(n, dtype=bool)
     uniques, idx, _ = _encode(col)
     u = _clean_text(uniques)

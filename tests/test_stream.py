@@ -207,9 +207,9 @@ def test_the_program_asks_openblas_for_one_thread_unless_told():
 
 
 def test_the_program_streams_with_jemalloc_unless_told():
-    from dipengine.cli import jemalloc_for_streaming
+    from dipengine.cli import allocators_for_streaming
 
-    code = ("import sys; from dipengine.cli import jemalloc_for_streaming as j; "
+    code = ("import sys; from dipengine.cli import allocators_for_streaming as j; "
             "a, b, c, d = {}, {}, {}, {'ARROW_DEFAULT_MEMORY_POOL': 'system'}; "
             "j(['group', '--rules', 'x'], a); j(['settle', '--cases', 'x'], b); j(['--help'], c); "
             "j(['group'], d); print(a, b, c, d)")
@@ -218,8 +218,15 @@ def test_the_program_streams_with_jemalloc_unless_told():
     assert res.stdout.strip() == f"{want} {{}} {{}} {{'ARROW_DEFAULT_MEMORY_POOL': 'system'}}"
     if "pyarrow" in sys.modules:  # too late to matter: left alone
         env = {}
-        jemalloc_for_streaming(["group"], env)
+        allocators_for_streaming(["group"], env)
         assert env == {}
+
+
+def test_one_malloc_arena_takes_on_glibc():
+    code = "from dipengine.cli import one_malloc_arena; print(one_malloc_arena())"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    glibc = sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver())
+    assert res.stdout.strip() == str(glibc)
 
 
 def test_parquet_source_imports_pyarrow_alone():
