@@ -7,7 +7,7 @@ flat arrays (:func:`dipengine.rules.compile_rules`); this kernel walks them per 
 thread count. ``-1`` means none everywhere.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t, int64_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
 
 cdef enum:
     PATH_CORE = 0
@@ -376,3 +376,78 @@ def proc_csr(const int32_t[::1] m_idx, const int32_t[::1] m_full, const int32_t[
                     p_level[k] = 0
                 k += 1
             p_off[i + 1] = k
+
+
+def case_codes(const int32_t[::1] dx_idx, const int32_t[::1] sub_u, const int32_t[::1] cat_u,
+               const int8_t[::1] valid_u, const int8_t[::1] excl_u, const uint8_t[::1] rejected,
+               const int32_t[::1] age, const int32_t[::1] age_days,
+               int8_t invalid_dx, int8_t missing, int8_t kept,
+               int32_t[::1] sub_id, int32_t[::1] cat, int8_t[::1] pre_reason, int8_t[::1] excluded,
+               int32_t[::1] age_key):
+    """The kernel's per-case inputs from the main diagnosis and the age, in one pass.
+
+    Parameters
+    ----------
+    dx_idx : int32[n]
+        Dictionary index of each case's main diagnosis (-1 null).
+    sub_u, cat_u, valid_u, excl_u
+        Per distinct main diagnosis: subcategory id (int32, -1 none), 类目 number (int32, -1),
+        well-formed (int8: 1, 0, -1 null) and excluded (int8 0/1).
+    rejected : uint8[n]
+        1 where the reader already gave the case a reason.
+    age, age_days : int32[n]
+        Years and days (-1 null).
+    invalid_dx, missing, kept
+        Reason codes written for a malformed main diagnosis, a missing one, and a case the
+        reader rejected (that one wins).
+    sub_id, cat, pre_reason, excluded, age_key
+        Written, per case. ``age_key``: ``age_days`` under one year (when known), else
+        ``365 * age`` (-1 when unknown), so years and days order together.
+    """
+    cdef Py_ssize_t n = dx_idx.shape[0], i
+    cdef int32_t j
+    cdef int8_t v, p
+    cdef int64_t key
+    with nogil:
+        for i in range(n):
+            j = dx_idx[i]
+            if j < 0:
+                sub_id[i] = -1
+                cat[i] = -1
+                excluded[i] = 0
+                p = missing
+            else:
+                sub_id[i] = sub_u[j]
+                cat[i] = cat_u[j]
+                excluded[i] = excl_u[j]
+                v = valid_u[j]
+                p = invalid_dx if v == 0 else (missing if v < 0 else 0)
+            if rejected[i]:
+                p = kept
+            pre_reason[i] = p
+            if age[i] < 0:
+                key = -1
+            elif age[i] == 0:
+                key = age_days[i] if age_days[i] >= 0 else -1
+            else:
+                key = <int64_t>age[i] * 365
+            age_key[i] = <int32_t>key
+
+
+def secondary_codes(const int32_t[::1] d_idx, const int32_t[::1] cat_u, const int32_t[::1] w_u,
+                    const int8_t[::1] sev_u, int32_t[::1] d_cat, int32_t[::1] d_w, int8_t[::1] d_sev):
+    """Per secondary diagnosis, from its dictionary index (-1 null) and per-distinct tables: CCI
+    category (int32, -1 none), CCI weight (int32, 0) and severity level (int8, 0)."""
+    cdef Py_ssize_t n = d_idx.shape[0], i
+    cdef int32_t j
+    with nogil:
+        for i in range(n):
+            j = d_idx[i]
+            if j < 0:
+                d_cat[i] = -1
+                d_w[i] = 0
+                d_sev[i] = 0
+            else:
+                d_cat[i] = cat_u[j]
+                d_w[i] = w_u[j]
+                d_sev[i] = sev_u[j]

@@ -255,6 +255,55 @@ def _map_dict(d: pa.DictionaryArray, per_unique: list[np.ndarray], fills: list):
     return out
 
 
+def _case_codes(dx_idx, dx_maps, rejected, age, age_days):
+    """``(sub_id, cat, pre_reason, excluded, age_key)`` per case, in one pass of
+    ``_libs.grouping.case_codes``; :func:`_case_codes_numpy` is its plain twin.
+
+    ``dx_idx``: int32 dictionary indices of the main diagnoses (-1 null); ``dx_maps``:
+    :func:`_dx_maps` of their dictionary; ``rejected``: uint8, 1 where the reader gave a reason;
+    ``age``, ``age_days``: int32 (-1 null).
+    """
+    from dipengine._libs.grouping import case_codes
+
+    n = len(dx_idx)
+    sub_id, cat, age_key = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32)
+    pre, excluded = np.empty(n, np.int8), np.empty(n, np.int8)
+    tabs = [np.ascontiguousarray(a, dt) for a, dt in zip(dx_maps, (np.int32, np.int32, np.int8, np.int8))]
+    case_codes(np.ascontiguousarray(dx_idx, np.int32), *tabs, np.ascontiguousarray(rejected, np.uint8),
+               np.ascontiguousarray(age, np.int32), np.ascontiguousarray(age_days, np.int32),
+               _reasons.INVALID_DX, _reasons.MISSING_FIELD, _MARK, sub_id, cat, pre, excluded, age_key)
+    return sub_id, cat, pre, excluded, age_key
+
+
+def _secondary_codes(d_idx, d_maps):
+    """``(cci category, cci weight, severity)`` per secondary diagnosis (``_libs.grouping.secondary_codes``;
+    the twin is :func:`_map_dict` with fills ``-1, 0, 0``). ``d_idx``: int32 dictionary indices
+    (-1 null); ``d_maps``: :func:`_secondary_maps` of their dictionary."""
+    from dipengine._libs.grouping import secondary_codes
+
+    n = len(d_idx)
+    d_cat, d_w, d_sev = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int8)
+    tabs = [np.ascontiguousarray(a, dt) for a, dt in zip(d_maps, (np.int32, np.int32, np.int8))]
+    secondary_codes(np.ascontiguousarray(d_idx, np.int32), *tabs, d_cat, d_w, d_sev)
+    return d_cat, d_w, d_sev
+
+
+def _case_codes_numpy(dx_idx, dx_maps, rejected, age, age_days):
+    """:func:`_case_codes` with numpy gathers (the readable twin)."""
+    dx_idx = np.asarray(dx_idx, np.int64)
+    at = np.where(dx_idx < 0, len(dx_maps[0]), dx_idx)  # null rows read the fill appended below
+    sub_id, cat, valid, excluded = (np.append(a, fill).astype(dt)[at] for a, fill, dt in
+                                    zip(dx_maps, (-1, -1, -1, 0), (np.int32, np.int32, np.int8, np.int8)))
+    pre = np.zeros(len(dx_idx), np.int8)
+    pre[valid == 0] = _reasons.INVALID_DX
+    pre[valid == -1] = _reasons.MISSING_FIELD
+    pre[np.asarray(rejected, bool)] = _MARK
+    age, age_days = np.asarray(age, np.int64), np.asarray(age_days, np.int64)
+    age_key = np.where(age < 0, -1, np.where((age == 0) & (age_days >= 0), age_days,
+                                             np.where(age == 0, -1, age * 365))).astype(np.int32)
+    return sub_id, cat, pre, excluded, age_key
+
+
 def _flat_dict(lists: pa.ListArray):
     flat = pc.list_flatten(lists)
     lengths = _np(pc.list_value_length(lists), np.int64, 0)
@@ -341,11 +390,10 @@ def encode(prep: pa.Table, rs: RuleSet) -> dict:
     """Integer arrays of the kernel's case inputs, from a :func:`prepare_cases` table."""
     n = prep.num_rows
     dx = prep["main_dx"].combine_chunks() if isinstance(prep["main_dx"], pa.ChunkedArray) else prep["main_dx"]
-    sub_id, cat, valid, excluded = _map_dict(dx, _cached("dx", dx.dictionary, rs, _dx_maps), [-1, -1, -1, 0])
-    pre = np.zeros(n, np.int8)
-    pre[valid == 0] = _reasons.INVALID_DX
-    pre[valid == -1] = _reasons.MISSING_FIELD
-    pre[_np(pc.is_valid(prep["reason"]), bool, False)] = _MARK
+    sub_id, cat, pre, excluded, age_key = _case_codes(
+        _np(dx.indices, np.int32, -1), _cached("dx", dx.dictionary, rs, _dx_maps),
+        _np(pc.is_valid(prep["reason"]), np.uint8, 0), _np(prep["age"], np.int32, -1),
+        _np(prep["age_days"], np.int32, -1))
 
     # procedures: CSR over [main_proc] + other_procs
     mp = prep["main_proc"].combine_chunks() if isinstance(prep["main_proc"], pa.ChunkedArray) else prep["main_proc"]
@@ -359,14 +407,11 @@ def encode(prep: pa.Table, rs: RuleSet) -> dict:
     # secondary diagnoses: CCI category and weight, severity level
     sd = prep["other_dx"].combine_chunks() if isinstance(prep["other_dx"], pa.ChunkedArray) else prep["other_dx"]
     dd, dlen = _flat_dict(sd)
-    d_cat, d_w, d_sev = _map_dict(dd, _cached("dx2", dd.dictionary, rs, _secondary_maps), [-1, 0, 0])
+    d_cat, d_w, d_sev = _secondary_codes(_np(dd.indices, np.int32, -1), _cached("dx2", dd.dictionary, rs,
+                                                                                _secondary_maps))
     d_off = np.zeros(n + 1, np.int64)
     np.cumsum(dlen, out=d_off[1:])
 
-    age = _np(prep["age"], np.int32, -1)
-    age_days = _np(prep["age_days"], np.int32, -1)
-    age_key = np.where(age < 0, -1, np.where((age == 0) & (age_days >= 0), age_days,
-                                             np.where(age == 0, -1, age.astype(np.int64) * 365))).astype(np.int32)
     return {
         "pre_reason": pre, "excluded": excluded, "sub_id": sub_id, "cat": cat,
         "p_off": p_off, "p_full": _pad(cols[0]), "p_base": _pad(cols[1]), "p_class": _pad(cols[2]),

@@ -416,3 +416,41 @@ def test_class_rank_of_names_and_nulls():
 
     names = list(TREAT_CLASSES) + [None, "surgery"]
     assert _class_rank(pa.array(names, pa.string())).tolist() == [0, 1, 2, 3, 0, 3]
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), n=st.integers(0, 40), n_dx=st.integers(0, 8))
+def test_case_codes_kernel_matches_numpy(data, n, n_dx):
+    """Main-diagnosis lookups, pre-reasons and age keys: the one-pass kernel equals the numpy twin."""
+    from dipengine.grouper import _case_codes, _case_codes_numpy
+
+    def column(lo, hi, k, dt):
+        return np.array(data.draw(st.lists(st.integers(lo, hi), min_size=k, max_size=k)), dt)
+
+    maps = [column(-1, 4000, n_dx, np.int32), column(-1, 2599, n_dx, np.int32), column(-1, 1, n_dx, np.int8),
+            column(0, 1, n_dx, np.int8)]
+    dx_idx = column(-1, n_dx - 1, n, np.int32)
+    rejected = column(0, 1, n, np.uint8)
+    age = column(-1, 200, n, np.int32)
+    age_days = column(-1, 400, n, np.int32)
+    got = _case_codes(dx_idx, maps, rejected, age, age_days)
+    want = _case_codes_numpy(dx_idx, maps, rejected, age, age_days)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(0, 40), k=st.integers(1, 8))
+def test_secondary_codes_kernel_matches_map_dict(data, n, k):
+    from dipengine.grouper import _map_dict, _secondary_codes
+
+    maps = [np.array(data.draw(st.lists(st.integers(lo, hi), min_size=k, max_size=k)), dt)
+            for lo, hi, dt in ((-1, 30, np.int32), (0, 6, np.int32), (0, 3, np.int8))]
+    idx = data.draw(st.lists(st.one_of(st.none(), st.integers(0, k - 1)), min_size=n, max_size=n))
+    d = pa.DictionaryArray.from_arrays(pa.array(idx, pa.int32()), pa.array([f"D{j}" for j in range(k)]))
+    got = _secondary_codes(np.array([-1 if i is None else i for i in idx], np.int32), maps)
+    want = _map_dict(d, maps, [-1, 0, 0])
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)

@@ -28,3 +28,16 @@ def proc_csr(
     p_off: npt.NDArray[np.int64], has_main: npt.NDArray[np.int8], p_full: npt.NDArray[np.int32],
     p_base: npt.NDArray[np.int32], p_class: npt.NDArray[np.int8], p_level: npt.NDArray[np.int8],
 ) -> None: ...
+def case_codes(
+    dx_idx: npt.NDArray[np.int32], sub_u: npt.NDArray[np.int32], cat_u: npt.NDArray[np.int32],
+    valid_u: npt.NDArray[np.int8], excl_u: npt.NDArray[np.int8], rejected: npt.NDArray[np.uint8],
+    age: npt.NDArray[np.int32], age_days: npt.NDArray[np.int32],
+    invalid_dx: int, missing: int, kept: int,
+    sub_id: npt.NDArray[np.int32], cat: npt.NDArray[np.int32], pre_reason: npt.NDArray[np.int8],
+    excluded: npt.NDArray[np.int8], age_key: npt.NDArray[np.int32],
+) -> None: ...
+def secondary_codes(
+    d_idx: npt.NDArray[np.int32], cat_u: npt.NDArray[np.int32], w_u: npt.NDArray[np.int32],
+    sev_u: npt.NDArray[np.int8], d_cat: npt.NDArray[np.int32], d_w: npt.NDArray[np.int32],
+    d_sev: npt.NDArray[np.int8],
+) -> None: ...
