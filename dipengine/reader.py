@@ -235,45 +235,71 @@ def _raw_text(col: pa.Array) -> pa.Array:
 
 
 class _Checks:
-    """Defects found in one batch: (reason code, row mask, detail builder)."""
+    """Defects found in one batch: (reason code, flagged rows, how to write their details)."""
 
     def __init__(self, n: int):
         self.n = n
-        self.items: list[tuple[int, np.ndarray, Callable[[np.ndarray], pa.Array]]] = []
+        # (code, rows int64, detail builder or None, (column, raw, text) of a value defect or None)
+        self.items: list[tuple] = []
 
     def add(self, code: int, mask: np.ndarray, detail: Callable[[np.ndarray], pa.Array]) -> None:
         if mask.any():
-            self.items.append((code, mask, detail))
+            self.items.append((code, np.flatnonzero(mask), detail, None))
 
     def value(self, code: int, mask, column: str, raw, text: str) -> None:
         """A defect whose detail is ``column: 'value' text``; ``raw`` is the per-row value text
         (an Arrow array), or a function of the flagged row numbers returning their texts (called
         only when some row is flagged, so only those rows are printed)."""
-        def detail(idx):
-            values = raw(idx) if callable(raw) else raw.take(pa.array(idx))
-            return _cat(f"{column}: ", _quote(values), f" {text}")
+        if mask.any():
+            self.items.append((code, np.flatnonzero(mask), None, (column, raw, text)))
 
-        self.add(code, mask, detail)
+    def _value_texts(self, items) -> list[pa.Array]:
+        """The details of the value defects among ``items``, one array per item (None for the
+        others), built with one join over all of them."""
+        parts, heads, tails, counts = [], [], [], []
+        for c, idx, _, spec in items:
+            if spec is None:
+                continue
+            column, raw, text = spec
+            values = raw(idx) if callable(raw) else raw.take(pa.array(idx))
+            parts.append(values.cast(pa.string()))
+            heads.append(("warning: " if c == WARNING else "") + f"{column}: ")
+            tails.append(f" {text}")
+            counts.append(len(idx))
+        if not parts:
+            return [None] * len(items)
+        which = pa.array(np.repeat(np.arange(len(counts), dtype=np.int32), counts))
+        joined = _cat(pa.DictionaryArray.from_arrays(which, pa.array(heads, pa.string())).dictionary_decode(),
+                      _quote(pa.concat_arrays(parts)),
+                      pa.DictionaryArray.from_arrays(which, pa.array(tails, pa.string())).dictionary_decode())
+        out, at = [], 0
+        for _, idx, _, spec in items:
+            if spec is None:
+                out.append(None)
+            else:
+                out.append(joined.slice(at, len(idx)))
+                at += len(idx)
+        return out
 
     def result(self) -> tuple[pa.Array, pa.Array]:
         """``reason`` and ``reason_detail`` columns: first defect by precedence, all details joined."""
         n = self.n
         items = sorted(self.items, key=lambda it: it[0])  # stable: detail order = precedence order
         code = np.zeros(n, dtype=np.int8)
-        for c, mask, _ in reversed(items):
+        for c, idx, _, _ in reversed(items):
             if c != WARNING:
-                code[mask] = c
+                code[idx] = c
         reason = R.to_strings(code)
         if not items:
             return reason, pa.nulls(n, pa.string())
         # every (row, text) pair, items in precedence order; a stable sort by row keeps that
         # order within a row, then one join per flagged row
         at, texts = [], []
-        for c, mask, detail in items:
-            idx = np.flatnonzero(mask)
-            text = detail(idx)
-            if c == WARNING:
-                text = _cat("warning: ", text)
+        for (c, idx, detail, _), text in zip(items, self._value_texts(items)):
+            if text is None:
+                text = detail(idx)
+                if c == WARNING:
+                    text = _cat("warning: ", text)
             at.append(idx)
             texts.append(text.cast(pa.string()))
         at = np.concatenate(at)
@@ -959,13 +985,17 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
             return pa.array(np.where(keep, f, 0), pa.int64())
         return pa.array(f, pa.int64(), mask=~keep if (~keep).any() else None)
 
-    def int_array(values, valid_mask):
+    def int_array(values, valid_mask, name=None):
+        source = col(name) if name is not None else None
+        if (isinstance(source, pa.Array) and source.type == pa.int32() and len(source) == n
+                and not ints[name][2].any()):
+            return source  # every present value kept as it is: the input array is the output
         return pa.array(values.astype(np.int32), pa.int32(), mask=~valid_mask if (~valid_mask).any() else None)
 
     extra_names = extra_columns(batch.schema)
     extras = [batch.column(names.index(e)) for e in extra_names]
-    ints_out = [int_array(np.clip(los_out, -2**31, 2**31 - 1), los_valid), int_array(age, age_present & ~age_bad),
-                int_array(ad, ad_present & ~ad_bad)]
+    ints_out = [int_array(np.clip(los_out, -2**31, 2**31 - 1), los_valid),
+                int_array(age, age_present & ~age_bad, "age"), int_array(ad, ad_present & ~ad_bad, "age_days")]
     if lean:
         arrays = [
             case_id, _dict_array(main_dx), _dict_array(main_proc),
