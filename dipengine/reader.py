@@ -340,9 +340,10 @@ class _Coded:
     Checks run on the distinct values; rows are materialised only when asked for.
     """
 
-    def __init__(self, u: pa.Array, idx: np.ndarray, indices: pa.Array | None = None):
+    def __init__(self, u: pa.Array, idx: np.ndarray, indices: pa.Array | None = None, valid_u=None):
         self.u, self.idx = u, idx
         self.indices = indices  # idx as Arrow int32 (null for -1), when it came from one
+        self.valid_u = valid_u  # per distinct value: not null (bool), when already known
 
     def per_row(self, flags_u: np.ndarray) -> np.ndarray:
         """Per-row value of a per-distinct-value bool array (False on null rows)."""
@@ -353,7 +354,7 @@ class _Coded:
         return np.append(flags_u, False)[self.idx]  # idx -1 reads the False at the end
 
     def missing(self) -> np.ndarray:
-        return ~self.per_row(_np_bool(pc.is_valid(self.u)))
+        return ~self.per_row(_np_bool(pc.is_valid(self.u)) if self.valid_u is None else self.valid_u)
 
     def at(self, rows: np.ndarray) -> pa.Array:
         return _take(self.u, self.idx[rows])
@@ -362,28 +363,41 @@ class _Coded:
         return _take(self.u, self.idx)
 
 
-def _enum_column(col, n, name, allowed, checks, default=None, case=None) -> _Coded:
-    """Low-cardinality text column checked against ``allowed``; nulls take ``default``."""
+def _enum_column(col, n, name, allowed, checks, default=None, case=None, *, cache=None, pattern=None,
+                 pattern_text=None) -> _Coded:
+    """Low-cardinality text column checked against ``allowed`` (or a regex ``pattern``, reported
+    as ``pattern_text``); nulls take ``default``. The work per distinct value is done once per
+    dictionary when a :class:`DictionaryCache` is given."""
     if col is None:
         if default is None:
             return _Coded(pa.nulls(1, pa.string()), np.full(n, -1, np.int32))
         return _Coded(pa.array([default], pa.string()), np.zeros(n, np.int32))
     uniques, idx, _ = _encode(col)
-    u = _clean_text(uniques)
-    if case == "upper":
-        u = pc.utf8_upper(u)
-    elif case == "lower":
-        u = pc.utf8_lower(u)
+
+    def per_unique(uniques):
+        u = _clean_text(uniques)
+        if case == "upper":
+            u = pc.utf8_upper(u)
+        elif case == "lower":
+            u = pc.utf8_lower(u)
+        if default is not None:
+            u = pa.concat_arrays([pc.fill_null(u, default), pa.array([default], pa.string())])
+        valid_u = _np_bool(pc.is_valid(u))
+        bad_u = None
+        if allowed is not None:
+            bad_u = ~_np_bool(pc.is_in(u, pa.array(allowed, pa.string()))) & valid_u
+        elif pattern is not None:
+            bad_u = ~_np_bool(pc.match_substring_regex(u, pattern)) & valid_u
+        return u, valid_u, bad_u
+
+    key = ("enum", name, default, case, tuple(allowed or ()), pattern)
+    u, valid_u, bad_u = per_unique(uniques) if cache is None else cache.get(key, uniques, per_unique)
     if default is not None:
-        u = pc.fill_null(u, default)
-        idx = np.where(idx < 0, len(u), idx)
-        u = pa.concat_arrays([u, pa.array([default], pa.string())])
-    coded = _Coded(u, idx)
-    if allowed is not None:
-        bad_u = _np_bool(pc.invert(pc.is_in(u, pa.array(allowed, pa.string()))))
-        bad_u &= _np_bool(pc.is_valid(u))
-        checks.value(R.BAD_VALUE, coded.per_row(bad_u), name, coded.at,
-                     f"is not one of {', '.join(map(str, allowed))}")
+        idx = np.where(idx < 0, len(u) - 1, idx)  # null rows take the default, the last value
+    coded = _Coded(u, idx, valid_u=valid_u)
+    if bad_u is not None:
+        text = f"is not one of {', '.join(map(str, allowed))}" if allowed is not None else pattern_text
+        checks.value(R.BAD_VALUE, coded.per_row(bad_u), name, coded.at, text)
     return coded
 
 
@@ -727,7 +741,7 @@ class _Context:
         from dipengine._libs.validate import SeenSet
 
         self.seen = SeenSet()
-        self.cache = DictionaryCache()
+        self.cache = DictionaryCache(32)  # per row group: six enumerations, four code columns
         self.period = parse_period(period)
         self.period_text = None if period is None else str(period).strip()
         self.hospital_ids = None
@@ -840,7 +854,7 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
     checks.value(R.DUPLICATE_CASE, dup.view(bool), "case_id", case_id, "was seen before in this run")
     missing["case_id"] = ~valid.view(bool)
 
-    hospital_id = _enum_column(col("hospital_id"), n, "hospital_id", None, checks)
+    hospital_id = _enum_column(col("hospital_id"), n, "hospital_id", None, checks, cache=ctx.cache)
     missing["hospital_id"] = hospital_id.missing()
     if ctx.hospital_ids is not None:
         unknown_u = _np_bool(pc.invert(pc.is_in(hospital_id.u, ctx.hospital_ids))) & _np_bool(
@@ -848,18 +862,16 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
         checks.value(R.UNKNOWN_HOSPITAL, hospital_id.per_row(unknown_u), "hospital_id", hospital_id.at,
                      "is not in the hospital registry")
     insurance_type = _enum_column(col("insurance_type"), n, "insurance_type", INSURANCE_TYPES, checks,
-                                  case="lower")
+                                  case="lower", cache=ctx.cache)
     missing["insurance_type"] = insurance_type.missing()
-    person_type = _enum_column(col("person_type"), n, "person_type", PERSON_TYPES, checks, "other", "lower")
+    person_type = _enum_column(col("person_type"), n, "person_type", PERSON_TYPES, checks, "other", "lower",
+                               cache=ctx.cache)
     remote_filing = _enum_column(col("remote_filing"), n, "remote_filing", REMOTE_FILINGS, checks, "none",
-                                 "lower")
-    sex = _enum_column(col("sex"), n, "sex", SEXES, checks, case="upper")
-    insured_region = _enum_column(col("insured_region"), n, "insured_region", None, checks)
+                                 "lower", cache=ctx.cache)
+    sex = _enum_column(col("sex"), n, "sex", SEXES, checks, case="upper", cache=ctx.cache)
+    insured_region = _enum_column(col("insured_region"), n, "insured_region", None, checks, cache=ctx.cache,
+                                  pattern=r"^[0-9]{6}$", pattern_text="is not a 6-digit region code")
     missing["insured_region"] = insured_region.missing()
-    bad_region_u = ~_np_bool(pc.match_substring_regex(insured_region.u, r"^[0-9]{6}$")) & _np_bool(
-        pc.is_valid(insured_region.u))
-    checks.value(R.BAD_VALUE, insured_region.per_row(bad_region_u), "insured_region", insured_region.at,
-                 "is not a 6-digit region code")
 
     # --- integers
     ints = {}
