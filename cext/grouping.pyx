@@ -29,6 +29,7 @@ cdef inline int8_t _comp_rank(int8_t cls) noexcept nogil:
 cdef struct Rules:
     const int64_t* sub_off
     const int32_t* sub_cand
+    const int32_t* sub_cons
     const int8_t* g_type
     const int8_t* g_rank
     const int64_t* g_avg_fen
@@ -110,7 +111,7 @@ cdef inline void _group_one(const Rules* R, const Cases* C, Out* O, Py_ssize_t i
     cdef int32_t g, best = -1, s, sub, cat, cc, w
     cdef int8_t cls = 0, lvl = 0, rank, best_rank = 127, sev = 0, cci_level = 0
     cdef int best_main = 0, best_nterms = 0, best_nmatch = 0
-    cdef int m_main, nterms, nmatch, hit, all_hit
+    cdef int m_main, nterms, nmatch, hit, all_hit, counted = 0
     cdef int64_t diff, best_diff = 0, cci = 0
     cdef bint cons_eq, has_main, ok, q, dup
     cdef double best_coef
@@ -136,15 +137,24 @@ cdef inline void _group_one(const Rules* R, const Cases* C, Out* O, Py_ssize_t i
     for j in range(j0, j1):
         if C.p_class[j] > cls:
             cls = C.p_class[j]
-        if C.p_class[j] >= 0 and C.p_level[j] > lvl:
-            lvl = C.p_level[j]
+        if C.p_class[j] >= 0:
+            counted += 1
+            if C.p_level[j] > lvl:
+                lvl = C.p_level[j]
     O.case_class[i] = cls
     cons_eq = cls <= R.cons_max_class and lvl <= R.cons_max_level
     has_main = C.has_main[i] != 0 and j1 > j0 and C.p_class[j0] >= 0
 
     # core and basic candidates of the subcategory
     sub = C.sub_id[i]
-    if sub >= 0:
+    # Without a counted procedure only candidates without an expression can match: when the
+    # subcategory has one, it is the answer (the loop below would find it, more slowly).
+    g = R.sub_cons[sub] if sub >= 0 and counted == 0 else -2
+    if g >= 0:
+        if cons_eq:
+            best = g
+            best_rank = R.g_rank[g]
+    elif g == -2 and sub >= 0:
         for k in range(R.sub_off[sub], R.sub_off[sub + 1]):
             g = R.sub_cand[k]
             rank = R.g_rank[g]
@@ -261,7 +271,7 @@ cdef inline void _group_one(const Rules* R, const Cases* C, Out* O, Py_ssize_t i
 
 def group_cases(
     # rules
-    const int64_t[::1] sub_off, const int32_t[::1] sub_cand,
+    const int64_t[::1] sub_off, const int32_t[::1] sub_cand, const int32_t[::1] sub_cons,
     const int8_t[::1] g_type, const int8_t[::1] g_rank, const int64_t[::1] g_avg_fen,
     const int64_t[::1] g_term_off, const int64_t[::1] term_off, const int32_t[::1] term_codes,
     const int32_t[::1] comp_lookup, int32_t blank,
@@ -296,7 +306,7 @@ def group_cases(
     cdef Py_ssize_t i, n = out_group.shape[0]
     if n == 0:
         return
-    R.sub_off = &sub_off[0]; R.sub_cand = &sub_cand[0]
+    R.sub_off = &sub_off[0]; R.sub_cand = &sub_cand[0]; R.sub_cons = &sub_cons[0]
     R.g_type = &g_type[0]; R.g_rank = &g_rank[0]; R.g_avg_fen = &g_avg_fen[0]
     R.g_term_off = &g_term_off[0]; R.term_off = &term_off[0]; R.term_codes = &term_codes[0]
     R.comp_lookup = &comp_lookup[0]; R.blank = blank

@@ -447,7 +447,7 @@ def run_kernel(enc: dict, rs: RuleSet, n_threads: int = 1) -> GroupArrays:
     out = GroupArrays(np.full(n, -1, np.int32), np.zeros(n, np.int8), np.zeros(n, np.int8),
                       np.full(n, -1, np.int8), np.full(n, -1, np.int8), np.ones(n, np.float64))
     group_cases(
-        _pad(c.sub_off), _pad(c.sub_cand), _pad(c.g_type), _pad(c.g_rank), _pad(c.g_avg_fen),
+        _pad(c.sub_off), _pad(c.sub_cand), _pad(c.sub_cons), _pad(c.g_type), _pad(c.g_rank), _pad(c.g_avg_fen),
         _pad(c.g_term_off), _pad(c.term_off), _pad(c.term_codes), c.comp_lookup, int(c.blank),
         _pad(c.aux_off), _pad(c.aux_sub), _pad(c.aux_coef), _pad(c.band_lo), _pad(c.band_hi), c.cci_cuts,
         c.match_all, c.severity_min_los, c.death_mode, c.cons_max_class, c.cons_max_level,

@@ -687,6 +687,8 @@ class Compiled:
     sub_vocab: pa.Array          # subcategory keys of core/basic groups
     sub_off: np.ndarray          # int64[n_sub + 1] -> sub_cand
     sub_cand: np.ndarray         # int32 candidate group indices per subcategory, by row order
+    sub_cons: np.ndarray         # int32[n_sub]: its one candidate without a procedure expression
+                                 # (-1 none, -2 several): all a case without counted procedures can match
     proc_vocab: pa.Array         # procedure codes used in expressions
     g_type: np.ndarray           # int8: 0 core, 1 basic, 2 comprehensive, 3 blank
     g_class: np.ndarray          # int8 treat_class rank (-1 blank without class)
@@ -728,6 +730,8 @@ def compile_rules(rs: RuleSet) -> Compiled:
             cand[sub_id[g["dx_key"][i]]].append(i)
     sub_off = np.zeros(len(subs) + 1, np.int64)
     sub_off[1:] = np.cumsum([len(c) for c in cand])
+    plain = [[i for i in c if not parsed[i]] for c in cand]
+    sub_cons = np.array([p[0] if len(p) == 1 else (-2 if p else -1) for p in plain], np.int32)
     cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
     g_class = np.array([cls_rank.get(c, -1) for c in g["treat_class"]], np.int8)
     g_rank = np.array([PRIORITY[(t, None if t == "blank" else c)] for t, c in zip(gtype, g["treat_class"])], np.int8)
@@ -788,6 +792,7 @@ def compile_rules(rs: RuleSet) -> Compiled:
         sub_vocab=pa.array(subs, pa.string()),
         sub_off=sub_off,
         sub_cand=np.array([i for c in cand for i in c], np.int32),
+        sub_cons=sub_cons,
         proc_vocab=pa.array(proc_codes, pa.string()),
         g_type=np.array([GROUP_TYPES.index(t) for t in gtype], np.int8),
         g_class=g_class,

@@ -2,7 +2,7 @@ import numpy as np
 import numpy.typing as npt
 
 def group_cases(
-    sub_off: npt.NDArray[np.int64], sub_cand: npt.NDArray[np.int32],
+    sub_off: npt.NDArray[np.int64], sub_cand: npt.NDArray[np.int32], sub_cons: npt.NDArray[np.int32],
     g_type: npt.NDArray[np.int8], g_rank: npt.NDArray[np.int8], g_avg_fen: npt.NDArray[np.int64],
     g_term_off: npt.NDArray[np.int64], term_off: npt.NDArray[np.int64], term_codes: npt.NDArray[np.int32],
     comp_lookup: npt.NDArray[np.int32], blank: int,
