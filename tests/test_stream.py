@@ -229,6 +229,26 @@ def test_one_malloc_arena_takes_on_glibc():
     assert res.stdout.strip() == str(glibc)
 
 
+def test_read_ahead_starts_before_click_and_the_command_takes_it_over(region, tmp_path):
+    # the program (cli.run) starts decoding `group --input F.parquet` before importing click
+    code = ("import sys; from dipengine.cli import read_ahead; from dipengine import parquet_source as ps; "
+            f"ok = read_ahead(['group', '--rules', 'r', '--input', {str(region)!r}, '--out', 'o.parquet']); "
+            "print(ok, 'click' in sys.modules, sorted(ps._AHEAD) == [sys.argv[1]], "
+            "read_ahead(['validate', '--input', sys.argv[1]]), read_ahead(['group', '--input=missing.parquet'])); "
+            "p = ps.prefetch(sys.argv[1]); print(type(p).__name__, ps._AHEAD == {})")
+    res = subprocess.run([sys.executable, "-c", code, str(region)], capture_output=True, text=True, check=True)
+    assert res.stdout.split("\n")[:2] == ["True False True False False", "ParquetPrefetch True"]
+
+
+def test_the_program_reads_ahead_and_writes_the_same_as_the_library(region, rules_features, tmp_path):
+    prog, lib = tmp_path / "prog.parquet", tmp_path / "lib.parquet"
+    res = subprocess.run([sys.executable, "-m", "dipengine", "group", f"--input={region}", "--rules",
+                          str(rules_features), "--out", str(prog)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    group_file(region, rules_features, lib)
+    assert pq.read_table(prog).equals(pq.read_table(lib))
+
+
 def test_parquet_source_imports_pyarrow_alone():
     # `dipengine group` starts decoding right after this import, before the rest of dipengine
     code = ("import sys, dipengine.parquet_source; "
