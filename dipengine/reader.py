@@ -424,9 +424,16 @@ def _int_column(col, n):
         if pa.types.is_integer(col.type) and not pa.types.is_uint64(col.type):
             # exact without the float detour; values beyond int32 are bad as below
             present = _np_bool(pc.is_valid(col)) if col.null_count else np.ones(n, bool)
-            v = np.asarray((pc.fill_null(col, 0) if col.null_count else col).to_numpy(zero_copy_only=False), np.int64)
-            bad = present & (np.abs(v) >= 2**31)
-            return np.where(bad, 0, v), present, bad
+            raw = (pc.fill_null(col, 0) if col.null_count else col).to_numpy(zero_copy_only=False)
+            v = raw.astype(np.int64)
+            if raw.dtype.itemsize < 4:  # int8, int16 and their unsigned kinds always fit
+                return v, present, np.zeros(n, bool)
+            # beyond int32 is bad (int64's minimum has no absolute value); of int32 only -2**31 is
+            bad = (raw == -2**31) if raw.dtype == np.int32 else ((v >= 2**31) | (v <= -2**31))
+            bad &= present
+            if bad.any():
+                v[bad] = 0
+            return v, present, bad
         f = col.cast(pa.float64())
         v = pc.fill_null(f, np.nan).to_numpy(zero_copy_only=False)
         present = ~np.isnan(v)
@@ -973,9 +980,14 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
     missing["total_cost"] = fen["total_cost"][1] == NULL
     has_value = {k: (s == OK) | (s == NEGATIVE) for k, (f, s) in fen.items()}
     t = fen["total_cost"][0]
-    both_paid = has_value["fund_paid"] & has_value["patient_paid"] & has_value["total_cost"]
     paid = fen["fund_paid"][0] + fen["patient_paid"][0]
-    checks.add(R.BAD_AMOUNT, both_paid & (np.abs(paid - t) > CONSISTENCY_FEN), lambda idx: _cat(
+    gap = paid - t
+    np.abs(gap, out=gap)
+    unbalanced = gap > CONSISTENCY_FEN
+    unbalanced &= has_value["fund_paid"]
+    unbalanced &= has_value["patient_paid"]
+    unbalanced &= has_value["total_cost"]
+    checks.add(R.BAD_AMOUNT, unbalanced, lambda idx: _cat(
         "fund_paid + patient_paid = ", _yuan_text(paid[idx]), " differs from total_cost = ", _yuan_text(t[idx]),
         " by more than 1 yuan"))
     for name in ("out_of_catalogue_cost", "class_b_cost"):

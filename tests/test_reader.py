@@ -511,3 +511,19 @@ def test_yuan_text_is_exact(fen):
     from dipengine.reader import _yuan_text
 
     assert _yuan_text(np.array(fen, np.int64)).to_pylist() == [f"{Decimal(f) / 100:.2f}" for f in fen]
+
+
+@pytest.mark.parametrize("arrow_type", [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint32()])
+def test_int_column_bounds_per_arrow_type(arrow_type):
+    """Integers beyond int32 are bad, whatever the column's integer type; nulls are absent."""
+    from dipengine.reader import _int_column
+
+    info = np.iinfo(arrow_type.to_pandas_dtype())
+    values = sorted({v for v in (info.min, -2**31, -2**31 + 1, -1, 0, 7, 2**31 - 1, 2**31, info.max)
+                     if info.min <= v <= info.max})
+    col = pa.array(values + [None], arrow_type)
+    value, present, bad = _int_column(col, len(col))
+    want_bad = [abs(v) >= 2**31 for v in values] + [False]
+    assert bad.tolist() == want_bad
+    assert present.tolist() == [True] * len(values) + [False]
+    assert value.tolist() == [0 if b else v for v, b in zip(values, want_bad)] + [0]
