@@ -275,19 +275,6 @@ def _case_codes(dx_idx, dx_maps, rejected, age, age_days):
     return sub_id, cat, pre, excluded, age_key
 
 
-def _secondary_codes(d_idx, d_maps):
-    """``(cci category, cci weight, severity)`` per secondary diagnosis (``_libs.grouping.secondary_codes``;
-    the twin is :func:`_map_dict` with fills ``-1, 0, 0``). ``d_idx``: int32 dictionary indices
-    (-1 null); ``d_maps``: :func:`_secondary_maps` of their dictionary."""
-    from dipengine._libs.grouping import secondary_codes
-
-    n = len(d_idx)
-    d_cat, d_w, d_sev = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int8)
-    tabs = [np.ascontiguousarray(a, dt) for a, dt in zip(d_maps, (np.int32, np.int32, np.int8))]
-    secondary_codes(np.ascontiguousarray(d_idx, np.int32), *tabs, d_cat, d_w, d_sev)
-    return d_cat, d_w, d_sev
-
-
 def _case_codes_numpy(dx_idx, dx_maps, rejected, age, age_days):
     """:func:`_case_codes` with numpy gathers (the readable twin)."""
     dx_idx = np.asarray(dx_idx, np.int64)
@@ -302,6 +289,19 @@ def _case_codes_numpy(dx_idx, dx_maps, rejected, age, age_days):
     age_key = np.where(age < 0, -1, np.where((age == 0) & (age_days >= 0), age_days,
                                              np.where(age == 0, -1, age * 365))).astype(np.int32)
     return sub_id, cat, pre, excluded, age_key
+
+
+def _secondary_codes(d_idx, d_maps):
+    """``(cci category, cci weight, severity)`` per secondary diagnosis (``_libs.grouping.secondary_codes``;
+    the twin is :func:`_map_dict` with fills ``-1, 0, 0``). ``d_idx``: int32 dictionary indices
+    (-1 null); ``d_maps``: :func:`_secondary_maps` of their dictionary."""
+    from dipengine._libs.grouping import secondary_codes
+
+    n = len(d_idx)
+    d_cat, d_w, d_sev = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int8)
+    tabs = [np.ascontiguousarray(a, dt) for a, dt in zip(d_maps, (np.int32, np.int32, np.int8))]
+    secondary_codes(np.ascontiguousarray(d_idx, np.int32), *tabs, d_cat, d_w, d_sev)
+    return d_cat, d_w, d_sev
 
 
 def _flat_dict(lists: pa.ListArray):
