@@ -306,7 +306,10 @@ def _secondary_codes(d_idx, d_maps):
 
 def _flat_dict(lists: pa.ListArray):
     flat = pc.list_flatten(lists)
-    lengths = _np(pc.list_value_length(lists), np.int64, 0)
+    if lists.null_count == 0 and isinstance(lists, pa.ListArray):  # lengths straight from the offsets
+        lengths = np.diff(lists.offsets.to_numpy(zero_copy_only=False)).astype(np.int64)
+    else:
+        lengths = _np(pc.list_value_length(lists), np.int64, 0)
     return (flat if pa.types.is_dictionary(flat.type) else pc.dictionary_encode(flat)), lengths
 
 

@@ -1016,6 +1016,12 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
             return source  # every present value kept as it is: the input array is the output
         return pa.array(values.astype(np.int32), pa.int32(), mask=~valid_mask if (~valid_mask).any() else None)
 
+    def lean_discharge_mode():
+        source = col("discharge_mode")
+        if isinstance(source, pa.Array) and source.type == pa.int8() and source.null_count == 0:
+            return source  # every value present and well formed: the input array is the output
+        return pa.array(np.where(dm_fits, dm_out, 1).astype(np.int8))  # the grouper's default for null
+
     extra_names = extra_columns(batch.schema)
     extras = [batch.column(names.index(e)) for e in extra_names]
     ints_out = [int_array(np.clip(los_out, -2**31, 2**31 - 1), los_valid),
@@ -1025,7 +1031,7 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
             case_id, _dict_array(main_dx), _dict_array(main_proc),
             _list_array(*odx[:3], dictionary=True), _list_array(*ops[:3], dictionary=True),
             fen_array("total_cost", fill_zero=True),
-            pa.array(np.where(dm_fits, dm_out, 1).astype(np.int8)),  # the grouper's default for null
+            lean_discharge_mode(),
             *ints_out, reason, reason_detail,
         ]
         schema = LEAN_SCHEMA
