@@ -35,6 +35,11 @@ def single_threaded_blas(environ=None) -> None:
         environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+def _command_of(argv) -> str | None:
+    """The command a ``dipengine`` command line names (the group itself takes no option values)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 STREAMING_COMMANDS = ("group",)
 """Commands that stream a file batch by batch (see :func:`allocators_for_streaming`)."""
 
@@ -55,8 +60,7 @@ def allocators_for_streaming(argv=None, environ=None) -> None:
     """
     argv = sys.argv[1:] if argv is None else argv
     environ = os.environ if environ is None else environ
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command not in STREAMING_COMMANDS or not sys.platform.startswith("linux"):
+    if _command_of(argv) not in STREAMING_COMMANDS or not sys.platform.startswith("linux"):
         return
     if "pyarrow" not in sys.modules:
         environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
@@ -113,7 +117,7 @@ def read_ahead(argv=None) -> bool:
     A command line this does not recognise starts nothing: the command then reads as usual.
     """
     argv = sys.argv[1:] if argv is None else argv
-    if next((a for a in argv if not a.startswith("-")), None) != "group":
+    if _command_of(argv) != "group":
         return False
     path = None
     for k, a in enumerate(argv):
