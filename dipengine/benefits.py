@@ -12,13 +12,18 @@ region: remote care uses the **insured** region's policy on the treating region'
       = eligible_fen
     raw fund  = half_up(sum over bands of portion_fen x ratio)            (rounding step 2)
     fund_benefit_fen = min(raw fund, annual cap - benefit already used this year)
-    patient_share_fen = out-of-catalogue + class B self-pay + deductible
-                        + (eligible - raw fund) + cap_cut_fen            (= total - fund, to the fen)
+    left to the patient = out-of-catalogue + class B self-pay + deductible
+                          + (eligible - raw fund) + cap_cut_fen          (= total - fund, to the fen)
+    other_fund_fen    = other_fund_paid_fen of the case (null = 0)
+    patient_share_fen = max(left to the patient - other_fund_fen, 0)
 
 Ratios and rates are held as exact integers of parts per million (ppm), so both rounding
 steps are exact integer arithmetic: ``(amount_fen * ppm + 500_000) // 1_000_000``.
-Nothing else rounds. Other funds (大病保险, 医疗救助) are not modelled: what the basic fund does
-not pay (the capped part included) is in ``patient_share_fen``.
+Nothing else rounds. The fund benefit is the pooled fund's (统筹基金). Other funds (大额医疗
+费用补助, 大病保险, 公务员医疗补助, 医疗救助) are not calculated, but a case that records what
+they paid (``other_fund_paid_fen``) has it taken off the patient's part, never off the pooled
+fund's: fund + other funds + patient share = total cost whenever the other funds do not exceed
+what the rules leave to the patient.
 
 Matching rule of a case to a rule (a group of band rows with the same key): ``insured_region``,
 ``insurance_type``, ``level`` (of the treating hospital) and ``locality`` must be equal;
@@ -470,8 +475,8 @@ def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
         The normalised case table (docs/architecture.md). Uses ``case_id, hospital_id,
         patient_id, insurance_type, person_type, insured_region, remote_filing, admit_date,
         discharge_date, total_cost_fen`` and, when present, ``out_of_catalogue_cost_fen``,
-        ``class_b_cost_fen`` (null = 0), ``fund_paid_fen`` and ``reason`` (rows with a reason
-        are rejected).
+        ``class_b_cost_fen``, ``other_fund_paid_fen`` (null = 0), ``fund_paid_fen`` and
+        ``reason`` (rows with a reason are rejected).
     rules : BenefitRules
         From :func:`load_benefits`.
     hospitals : path or pa.Table
@@ -486,7 +491,9 @@ def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
         ``patient_share_fen``, ``cap_reached`` (bool: the patient's benefit this year, this
         admission included, reached the cap), ``admission_no`` (int32, 1 = first admission of
         the patient in the discharge year), ``class_b_self_fen``, ``eligible_fen``,
-        ``cap_cut_fen`` (benefit the cap took away), ``fund_diff_fen`` (recorded
+        ``cap_cut_fen`` (benefit the cap took away), ``other_fund_fen`` (the case's recorded
+        ``other_fund_paid_fen``, 0 when none, taken off the patient share: ``patient_share_fen``
+        = max(what the rules leave to the patient − ``other_fund_fen``, 0)), ``fund_diff_fen`` (recorded
         ``fund_paid_fen`` minus ``fund_benefit_fen``; null without a record) and
         ``benefit_note`` (null, or a code of :data:`NOTE_NAMES`). Money int64 fen. Rejected
         rows have nulls; rows without a rule have fund 0 and the whole bill as patient share.
@@ -581,6 +588,9 @@ def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
     cap_cut = raw - fund
 
     patient = np.where(has_rule, ooc + cb_self + ded + (eligible - raw) + cap_cut, total)
+    # other funds (大额, 大病, 公务员补助, 医疗救助) recorded on the case pay part of the patient's share
+    other = np.asarray(pc.fill_null(_column(t, "other_fund_paid_fen", pa.int64()), 0), dtype=np.int64)
+    patient = np.maximum(patient - other, 0)
 
     def col(values, mask, typ=pa.int64()):
         return pa.array(values, typ, mask=~mask)
@@ -602,6 +612,7 @@ def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
         "class_b_self_fen": col(cb_self, has_rule),
         "eligible_fen": col(eligible, has_rule),
         "cap_cut_fen": col(cap_cut, has_rule),
+        "other_fund_fen": col(other, ok),
         "fund_diff_fen": diff,
         "benefit_note": pa.array(NOTE_NAMES, s).take(pa.array(note.astype(np.int64))),
     })
@@ -641,7 +652,8 @@ def benefit_case(case: dict, rules: BenefitRules, level: int | None, hospital_re
     ----------
     case : dict
         Normalised fields: ``insured_region, insurance_type, person_type, remote_filing,
-        total_cost_fen, out_of_catalogue_cost_fen, class_b_cost_fen`` (None = default/0).
+        total_cost_fen, out_of_catalogue_cost_fen, class_b_cost_fen, other_fund_paid_fen``
+        (None = default/0).
     rules : BenefitRules
     level, hospital_region : treating hospital (None = unknown hospital).
     admission_no : int
@@ -653,14 +665,17 @@ def benefit_case(case: dict, rules: BenefitRules, level: int | None, hospital_re
     -------
     dict
         ``locality, rule, policy_scope_fen, deductible_fen, class_b_self_fen, eligible_fen,
-        raw_fund_fen, fund_benefit_fen, cap_cut_fen, patient_share_fen, cap_reached,
-        benefit_note`` and ``trace`` (list of str).
+        raw_fund_fen, fund_benefit_fen, cap_cut_fen, other_fund_fen, patient_share_fen,
+        cap_reached, benefit_note`` and ``trace`` (list of str). ``patient_share_fen`` is what
+        the rules leave to the patient minus the case's other funds, floored at 0.
     """
     total = case.get("total_cost_fen") or 0
+    other = case.get("other_fund_paid_fen") or 0
     out = {"locality": locality_of(case.get("insured_region"), hospital_region), "rule": -1,
            "policy_scope_fen": None, "deductible_fen": None, "class_b_self_fen": None,
            "eligible_fen": None, "raw_fund_fen": 0, "fund_benefit_fen": 0, "cap_cut_fen": None,
-           "patient_share_fen": total, "cap_reached": False, "benefit_note": None, "trace": []}
+           "other_fund_fen": other, "patient_share_fen": max(total - other, 0), "cap_reached": False,
+           "benefit_note": None, "trace": []}
     trace = out["trace"]
     if level is None:
         out["benefit_note"] = NOTE_NAMES[UNKNOWN_HOSPITAL]
@@ -706,12 +721,15 @@ def benefit_case(case: dict, rules: BenefitRules, level: int | None, hospital_re
     fund = min(raw, max(cap - cap_used_fen, 0))
     out.update(policy_scope_fen=scope, deductible_fen=ded, class_b_self_fen=cb_self, eligible_fen=eligible,
                raw_fund_fen=raw, fund_benefit_fen=fund, cap_cut_fen=raw - fund,
-               patient_share_fen=ooc + cb_self + ded + (eligible - raw) + (raw - fund),
+               patient_share_fen=max(ooc + cb_self + ded + (eligible - raw) + (raw - fund) - other, 0),
                cap_reached=cap_used_fen + fund >= cap)
     trace.append(f"benefits: policy scope {scope / 100:.2f} = total {total / 100:.2f} - out-of-catalogue "
                  f"{ooc / 100:.2f} - class B self-pay {cb_self / 100:.2f}; deductible {ded / 100:.2f} "
                  f"({'first' if first else 'repeat'} admission); fund {fund / 100:.2f}"
                  + (f" (cap cut {(raw - fund) / 100:.2f})" if raw > fund else ""))
+    if other:
+        trace.append(f"benefits: other funds paid {other / 100:.2f}, taken off the patient's part: "
+                     f"patient share {out['patient_share_fen'] / 100:.2f}")
     return out
 
 
@@ -750,5 +768,6 @@ def reference_benefits(rows: list[dict], rules: BenefitRules, hospitals: dict) -
             level, region = hospitals.get(r.get("hospital_id"), (None, None))
             out[i] = {"locality": locality_of(r.get("insured_region"), region), "policy_scope_fen": None,
                       "deductible_fen": None, "fund_benefit_fen": None, "patient_share_fen": None,
+                      "other_fund_fen": None,
                       "cap_reached": None, "admission_no": None, "benefit_note": NOTE_NAMES[REJECTED]}
     return out

@@ -21,30 +21,41 @@ from dipengine.money import MALFORMED, NEGATIVE, NULL, OK, TOO_LARGE
 from dipengine.reader import (_BATCH_SIZE, _DATE_RE, _DX_FORM, _PROC_FORM, CONSISTENCY_FEN, DISCHARGE_MODES,
                               INSURANCE_TYPES, LIST_SEPARATORS, LOS_TOLERANCE_DAYS, MAX_AGE, MAX_AGE_DAYS,
                               MAX_CASE_FEN, MONEY, PERSON_TYPES, REMOTE_FILINGS, REQUIRED, SCHEMA, SEXES, WARNING,
-                              _Context, _iomod, _open, check_schema, extra_columns, parse_period)
+                              _Context, _iomod, _open, _open_mapped, check_schema, extra_columns, parse_period)
+from dipengine.reader import _DATE_FORMS
 
-def read_cases_reference(source, hospitals=None, *, period=None, code_lists=None) -> pa.Table:
+def read_cases_reference(source, hospitals=None, *, period=None, code_lists=None, schema=None) -> pa.Table:
     """Slow, row-by-row twin of :func:`read_cases` (same output), for tests and for reading the rules.
 
     Each row goes through :func:`normalise_case`, the statement of the rules. Not for
-    production sizes: it loops in Python over every row.
+    production sizes: it loops in Python over every row. ``schema`` renames the source's fields
+    first (:meth:`dipengine.schemas.InputSchema.apply`, the same step as the fast path).
     """
-    ctx = _Context(hospitals, period, code_lists)
-    label, schema, _, _ = _open(source, _BATCH_SIZE)
-    check_schema(schema, label)
-    table = _iomod().read_table(source)
+    ctx = _Context(hospitals, period, code_lists, schema)
+    if ctx.schema.identity:
+        label, in_schema, _, _ = _open(source, _BATCH_SIZE)
+        batches = _iomod().read_table(source).to_batches()
+    else:
+        label, in_schema, _, batches = _open_mapped(source, _BATCH_SIZE, ctx.schema)
+        batches = list(batches)
+    check_schema(in_schema, label)
     hosp = None if ctx.hospital_ids is None else set(ctx.hospital_ids.to_pylist())
     lists = {k: set(v.to_pylist()) for k, v in (("dx", ctx.dx_list), ("proc", ctx.proc_list)) if v is not None}
     seen: set = set()
     out = {name: [] for name in SCHEMA.names}
-    for row in table.to_pylist():
-        record = normalise_case(row, hospital_ids=hosp, period=period, code_lists=lists, seen=seen)
-        for name in SCHEMA.names:
-            out[name].append(record[name])
+    for batch in batches:
+        for row in batch.to_pylist():
+            record = normalise_case(row, hospital_ids=hosp, period=period, code_lists=lists, seen=seen,
+                                    values=ctx.values)
+            for name in SCHEMA.names:
+                out[name].append(record[name])
     result = pa.table({name: pa.array(out[name], SCHEMA.field(name).type) for name in SCHEMA.names},
                       schema=SCHEMA)
-    for name in extra_columns(table.schema):
-        result = result.append_column(table.schema.field(name), table[name])
+    for name in extra_columns(in_schema):
+        field = in_schema.field(name)
+        column = pa.chunked_array([b.column(name) for b in batches], field.type) if batches else \
+            pa.chunked_array([], field.type)
+        result = result.append_column(field, column)
     return result.combine_chunks()
 
 
@@ -53,6 +64,7 @@ _NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _MONEY_RE = re.compile(r"([+-]?)([0-9,]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?")
 _MONEY_EXP_RE = re.compile(r"[+-]?([0-9,]*)(?:\.([0-9]*))?[eE]([+-]?)([0-9]+)")  # a prefix, for huge exponents
 _ONE_DATE_RE = re.compile(_DATE_RE[1:-1])
+_ONE_DATE_FORMS = tuple(re.compile(form[1:-1]) for form in _DATE_FORMS)
 _REGION_RE = re.compile(r"[0-9]{6}")
 _SEPARATORS_RE = re.compile(LIST_SEPARATORS)
 _SPACE_RE = re.compile(r"[\t\n\f\r ]+")  # RE2's \s, as codes.normalize strips
@@ -214,10 +226,18 @@ def _one_date_text(v: str):
     s = v.strip()
     if not s:
         return None, False, False
-    if not _ONE_DATE_RE.fullmatch(s):
-        return None, True, True
+    if _ONE_DATE_RE.fullmatch(s):
+        iso = s[:10]
+    else:  # 2026/1/5, 20260105, 20260105083000 (the reader's _DATE_FORMS)
+        for form in _ONE_DATE_FORMS:
+            m = form.fullmatch(s)
+            if m:
+                iso = f"{m['y']}-{m['m']:0>2}-{m['d']:0>2}"
+                break
+        else:
+            return None, True, True
     try:
-        return (_dt.date.fromisoformat(s[:10]) - _EPOCH).days, True, False
+        return (_dt.date.fromisoformat(iso) - _EPOCH).days, True, False
     except ValueError:
         return None, True, True
 
@@ -252,7 +272,7 @@ def _yuan(f: int) -> str:
     return f"{'-' if f < 0 else ''}{abs(f) // 100}.{abs(f) % 100:02d}"
 
 
-def normalise_case(row: dict, *, hospital_ids=None, period=None, code_lists=None, seen=None) -> dict:
+def normalise_case(row: dict, *, hospital_ids=None, period=None, code_lists=None, seen=None, values=None) -> dict:
     """Normalise and validate one case: the rules of :func:`read_cases`, for one row, in plain Python.
 
     This is the statement of the reader's rules (:func:`read_cases_reference` applies it to
@@ -276,6 +296,9 @@ def normalise_case(row: dict, *, hospital_ids=None, period=None, code_lists=None
         ``case_id`` values seen before in this run, updated in place: a repeat ->
         ``DUPLICATE_CASE``. None (the default) skips the check, as for single estimates,
         where one call knows nothing of the others.
+    values : dict, optional
+        Column -> :class:`dipengine.schemas.CodeValues` (default: the shared code values,
+        ``310`` -> ``employee``, ``1`` -> ``M``, ...), as ``InputSchema.values``.
 
     Returns
     -------
@@ -300,13 +323,24 @@ def normalise_case(row: dict, *, hospital_ids=None, period=None, code_lists=None
     if hospital_ids is not None and hospital_id is not None and hospital_id not in hospital_ids:
         bad((R.UNKNOWN_HOSPITAL, f"hospital_id: '{hospital_id}' is not in the hospital registry"))
 
+    if values is None:
+        from dipengine.schemas import load_schema
+
+        values = load_schema().values
+
     def enum(name, allowed, allowed_set, default, upper):
         v = _one_clean(get(name))
         if v is None:
             return default
+        label = None
+        if name in values:
+            v, label = values[name].map_one(v)
         v = v.upper() if upper else v.lower()
         if v not in allowed_set:
-            bad((R.BAD_VALUE, f"{name}: '{v}' is not one of {', '.join(allowed)}"))
+            if label is not None:
+                bad((R.BAD_VALUE, f"{name}: '{v}' is {label}, not one of {', '.join(allowed)}"))
+            else:
+                bad((R.BAD_VALUE, f"{name}: '{v}' is not one of {', '.join(allowed)}"))
         return v
 
     insurance_type = enum("insurance_type", INSURANCE_TYPES, _INSURANCE_SET, None, False)
@@ -386,10 +420,12 @@ def normalise_case(row: dict, *, hospital_ids=None, period=None, code_lists=None
         if text:
             bad((R.BAD_AMOUNT, f"{name}: '{_one_text(get(name))}' {text}"))
     total = fen["total_cost"]
-    if None not in (fen["fund_paid"], fen["patient_paid"], total) and \
-            abs(fen["fund_paid"] + fen["patient_paid"] - total) > CONSISTENCY_FEN:
-        bad((R.BAD_AMOUNT, f"fund_paid + patient_paid = {_yuan(fen['fund_paid'] + fen['patient_paid'])} "
-                           f"differs from total_cost = {_yuan(total)} by more than 1 yuan"))
+    other = fen["other_fund_paid"]  # 大额, 大病, 公务员补助, 医疗救助 ...: part of the balance when given
+    if None not in (fen["fund_paid"], fen["patient_paid"], total):
+        paid = fen["fund_paid"] + fen["patient_paid"] + (other or 0)
+        if abs(paid - total) > CONSISTENCY_FEN:
+            terms = "fund_paid + patient_paid" if other is None else "fund_paid + other_fund_paid + patient_paid"
+            bad((R.BAD_AMOUNT, f"{terms} = {_yuan(paid)} differs from total_cost = {_yuan(total)} by more than 1 yuan"))
     for name in ("out_of_catalogue_cost", "class_b_cost"):
         if fen[name] is not None and total is not None and 0 <= total < fen[name]:
             bad((R.BAD_AMOUNT, f"{name}: {_yuan(fen[name])} exceeds total_cost {_yuan(total)}"))
@@ -415,5 +451,6 @@ def normalise_case(row: dict, *, hospital_ids=None, period=None, code_lists=None
         "other_dx": other_dx, "other_procs": other_procs,
         "total_cost_fen": total or 0, "fund_paid_fen": fen["fund_paid"], "patient_paid_fen": fen["patient_paid"],
         "out_of_catalogue_cost_fen": fen["out_of_catalogue_cost"], "class_b_cost_fen": fen["class_b_cost"],
+        "other_fund_paid_fen": fen["other_fund_paid"],
         "reason": reason, "reason_detail": detail,
     }

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 from dipengine import codes
 from dipengine.errors import DataError
 from dipengine.io import BATCH_SIZE, atomic_dir, iter_batches, sha256_file, source_files
+from dipengine.rules import is_complete_proc
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -454,7 +455,7 @@ def _is_normalised(item) -> bool:
     return False
 
 
-def _batches(item, hospitals, batch_size):
+def _batches(item, hospitals, batch_size, layout=None):
     if _is_normalised(item):
         if isinstance(item, pa.Table) or type(item).__name__ == "DataFrame":
             table = item if isinstance(item, pa.Table) else pa.Table.from_pandas(item, preserve_index=False)
@@ -473,7 +474,7 @@ def _batches(item, hospitals, batch_size):
     except ImportError:
         raise DataError("history is not a normalised case table and dipengine.reader is not available",
                         file=str(item)) from None
-    yield from reader.iter_cases(item, hospitals, batch_size=batch_size)
+    yield from reader.iter_cases(item, hospitals, batch_size=batch_size, **(layout or {}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,6 +627,9 @@ def build_catalog(
     years=None,
     progress: Callable[[int, int | None], None] | None = None,
     batch_size: int = BATCH_SIZE,
+    schema=None,
+    encoding: str | None = None,
+    sheet=None,
 ) -> CatalogResult:
     """Build a local DIP catalogue (rule set) from history years.
 
@@ -672,6 +676,9 @@ def build_catalog(
         Calendar year of each history item (default: the most common discharge year).
     progress : callable, optional
         ``progress(rows_done, None)`` after each batch.
+    schema, encoding, sheet : optional
+        Layout of raw history files (``"nhsa"``, a schema folder), CSV encoding, .xlsx sheet,
+        as for :func:`dipengine.reader.read_cases`.
 
     Returns
     -------
@@ -701,7 +708,7 @@ def build_catalog(
     done = 0
     for yi, item in enumerate(history):
         year_parts = []
-        for batch in _batches(item, hosp, batch_size):
+        for batch in _batches(item, hosp, batch_size, dict(schema=schema, encoding=encoding, sheet=sheet)):
             r = red.reduce(batch)
             done += batch.num_rows
             if r is not None:
@@ -779,6 +786,10 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
     cost = cols["cost"]
     sub, main, rel, cls = cols["sub"], cols["main"], cols["rel"], cols["cls"]
     P = len(red.proc.values) + 1
+    # A procedure code that is only a prefix ("47.01": well-formed, but not a complete 医保版 code)
+    # never keys a core group: rule sets match whole codes (rules.check_rules refuses such terms).
+    # Its cases go to the comprehensive groups of their treatment class. Index -1 (none) is fine.
+    complete = np.array([is_complete_proc(c) for c in red.proc.values] + [True], dtype=bool)
 
     # -- 1. main + related pairs that change cost materially
     base_key = sub.astype(np.int64) * P + (main.astype(np.int64) + 1)
@@ -799,7 +810,8 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
         m_rest = _weighted_mean(r_sum, r_cnt, w)
         with np.errstate(invalid="ignore", divide="ignore"):
             gain = np.abs(m_pair / m_rest - 1.0)
-        selected = _enough(p_cnt @ w, threshold) & (r_cnt.sum(axis=1) > 0) & (gain >= related_min_gain)
+        selected = (_enough(p_cnt @ w, threshold) & (r_cnt.sum(axis=1) > 0) & (gain >= related_min_gain)
+                    & complete[p_uni % P])
         _drop_mirrored_pairs(selected, b_uni[p_base], p_uni % P, p_cnt @ w, P, red.proc.values)
         idx = np.flatnonzero(has_rel)
         chosen = selected[p_inv]
@@ -809,7 +821,7 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
     combo_key = b_inv * (P + 1) + (rel_sel + 1)
     c_inv, c_uni = _factorize(combo_key)
     c_cnt = _year_table(c_inv, year, ny, len(c_uni))
-    c_core = _enough(c_cnt @ w, threshold)
+    c_core = _enough(c_cnt @ w, threshold) & complete[b_uni[c_uni // (P + 1)] % P - 1]
     is_core = c_core[c_inv]
 
     sub_names = red.dx.values

@@ -6,6 +6,7 @@ import math
 
 from dipengine.catalog import (CCI_LEVEL_CUTS, CHAPTERS, CLASS_LETTER, CLASS_NAMES, DEFAULT_WEIGHTS, PROC_CLASS_RANK,
                                SEVERITY_LOS_GATE, SUBTYPES, _chapter_of, _enough)
+from dipengine.rules import is_complete_proc
 
 def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, severity,
                       weights=DEFAULT_WEIGHTS, threshold=15, scale=1000, trim=(0.025, 0.975),
@@ -114,7 +115,8 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
             rest = [[] for _ in range(ny)]
             for c in members:
                 (pair if c["related"] == rel else rest)[c["year"]].append(c["cost"])
-            if not _enough(weighted_count([len(x) for x in pair]), threshold) or not any(rest):
+            if not is_complete_proc(rel) or not _enough(weighted_count([len(x) for x in pair]), threshold) \
+                    or not any(rest):
                 continue
             if abs(weighted_mean(pair) / weighted_mean(rest) - 1) >= related_min_gain:
                 chosen_pairs.add((sub, main, rel))
@@ -137,7 +139,9 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
             out.setdefault(key(c), [0] * ny)[c["year"]] += 1
         return out
 
-    core = {k for k, n in count_by(cases, combo).items() if _enough(weighted_count(n), threshold)}
+    # a prefix code ("47.01") never keys a core group (rule sets match whole codes)
+    core = {k for k, n in count_by(cases, combo).items()
+            if _enough(weighted_count(n), threshold) and (k[1] is None or is_complete_proc(k[1]))}
     rest = [c for c in cases if combo(c) not in core]
     comp = {k for k, n in count_by(rest, lambda c: (c["sub"][:3], c["cls"])).items() if _enough(weighted_count(n), threshold)}
     rest = [c for c in rest if (c["sub"][:3], c["cls"]) not in comp]

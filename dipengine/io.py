@@ -1,13 +1,18 @@
-"""Table input and output: Parquet, CSV, Arrow IPC, datasets; atomic writes.
+"""Table input and output: Parquet, CSV, Arrow IPC, Excel workbooks, datasets; atomic writes.
 
-Readers return Arrow; CSV columns are read as text so that codes keep their leading zeros and
-money is converted exactly later (:mod:`dipengine.money`). Writers go through a temporary
+Readers return Arrow; CSV and workbook columns are read as text so that codes keep their leading
+zeros and money is converted exactly later (:mod:`dipengine.money`). CSV text may be UTF-8 (with
+or without BOM) or GBK/GB18030, detected; the file type comes from the name, else from the
+first bytes. Writers go through a temporary
 file and a rename, so a failed run never leaves half a result.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
+import datetime as _dt
 import glob
+import itertools
 import os
 import shutil
 import tempfile
@@ -58,34 +63,332 @@ def _expand(source) -> list[str]:
     return [s]
 
 
-def _kind(path: str) -> str:
-    low = path.lower()
-    if low.endswith((".csv", ".csv.gz", ".txt", ".tsv")):
-        return "csv"
-    if low.endswith((".arrow", ".feather", ".ipc", ".arrows")):
+_CSV_NAMES = (".csv", ".csv.gz", ".txt", ".tsv")
+_IPC_NAMES = (".arrow", ".feather", ".ipc", ".arrows")
+_XLSX_NAMES = (".xlsx", ".xlsm")
+_PARQUET_NAMES = (".parquet", ".pq", ".parq")
+
+# What a file looks like, from its first bytes (see _looks): the end of "it looks like ...".
+_LOOKS = {
+    "parquet": "a Parquet file; name it .parquet",
+    "ipc": "an Arrow IPC file; name it .arrow",
+    "xlsx": "an Excel workbook (.xlsx); name it .xlsx",
+    "zip": "a ZIP archive; unpack it first",
+    "xls": "an old Excel .xls workbook; save it as .xlsx or CSV",
+    "gzip": "a gzip-compressed file; name it .csv.gz if it holds CSV",
+    "text": "a text (CSV) file; name it .csv",
+    "binary": "none of Parquet, Arrow IPC, CSV or .xlsx",
+    "empty": "an empty file",
+}
+_KIND_NAMES = {"parquet": "a Parquet file", "ipc": "an Arrow IPC file", "csv": "a CSV text file",
+               "xlsx": "an .xlsx workbook"}
+_KIND_LOOKS = {"parquet": "parquet", "ipc": "ipc", "csv": "text", "xlsx": "xlsx"}  # what each kind looks like
+
+
+def _looks(head: bytes, path: str | None = None) -> str:
+    """What a file whose first bytes are ``head`` looks like: a key of :data:`_LOOKS`."""
+    if not head:
+        return "empty"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith((b"ARROW1", b"\xff\xff\xff\xff", b"FEA1")):  # IPC file, IPC stream, Feather v1
         return "ipc"
-    return "parquet"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        if path is not None:
+            import zipfile
+
+            with contextlib.suppress(OSError, zipfile.BadZipFile):
+                with zipfile.ZipFile(path) as z:
+                    if "xl/workbook.xml" in z.namelist():
+                        return "xlsx"
+        return "zip"
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # OLE2 compound file: .xls
+        return "xls"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "text"
+    return "binary" if b"\x00" in head[:4096] else "text"
 
 
-def _read_csv(path: str) -> pa.Table:
+def _sniff(path: str) -> str:
+    """:func:`_looks` of a file on disk ("binary" when it cannot be opened)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return "binary"
+    return _looks(head, path)
+
+
+def _kind(path: str) -> str:
+    """How to read a file: ``csv``, ``ipc``, ``xlsx``, ``xls`` or ``parquet``.
+
+    Decided by the name; a name without a known extension is read by its first bytes (Parquet or
+    Arrow IPC), and anything else raises :class:`DataError` saying what the file looks like.
+    """
+    low = path.lower()
+    if low.endswith(_CSV_NAMES):
+        return "csv"
+    if low.endswith(_IPC_NAMES):
+        return "ipc"
+    if low.endswith(_XLSX_NAMES):
+        return "xlsx"
+    if low.endswith(".xls"):
+        return "xls"
+    if low.endswith(_PARQUET_NAMES):
+        return "parquet"
+    looks = _sniff(path)
+    if looks in ("parquet", "ipc"):
+        return looks
+    if looks == "empty":
+        raise DataError("file is empty", file=path)
+    raise DataError(f"cannot tell the file type from its name; it looks like {_LOOKS[looks]}", file=path)
+
+
+def _misnamed(path: str, kind: str) -> DataError | None:
+    """A DataError when a file that failed to read as ``kind`` looks like something else."""
+    looks = _sniff(path)
+    if looks == _KIND_LOOKS.get(kind) or looks == "binary":
+        return None
+    if looks == "empty":
+        return DataError("file is empty", file=path)
+    return DataError(f"not {_KIND_NAMES.get(kind, 'a table file')}: it looks like {_LOOKS[looks]}", file=path)
+
+
+# --- CSV text: encoding ----------------------------------------------------------------------
+
+CSV_SAMPLE_BYTES = 4 << 20
+"""Bytes at the start of a CSV file decoded to detect its encoding (4 MiB)."""
+
+
+class _NotUtf8(Exception):
+    """A file detected as UTF-8 from its sample has invalid UTF-8 further on."""
+
+
+def _codec(encoding: str, path: str) -> str:
+    """The Python codec name of ``encoding`` (DataError when Python has no such codec)."""
+    try:
+        return codecs.lookup(str(encoding)).name
+    except LookupError:
+        raise DataError(f"unknown text encoding {encoding!r} (use e.g. utf-8, gbk, gb18030)", file=path) from None
+
+
+def _detect(head: bytes, whole: bool) -> str:
+    """Encoding of a CSV file from its first bytes: a UTF-16 byte-order mark, else UTF-8 when the
+    sample decodes as UTF-8 (with or without BOM), else gb18030 (a superset of GBK)."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    try:
+        # incremental and not final unless the sample is the whole file: a character cut at the
+        # sample's end is not an error
+        codecs.getincrementaldecoder("utf-8")("strict").decode(head, final=whole)
+    except UnicodeDecodeError:
+        return "gb18030"
+    return "utf-8"
+
+
+def _ascii_lines(codec: str) -> bool:
+    return codecs.encode("\n", codec) == b"\n"
+
+
+def _decode_failure(chunks, codec: str, final: bool = True):
+    """(byte offset, line or None, reason) of the first byte sequence in ``chunks`` (bytes) that
+    does not decode as ``codec``; None when all decodes. ``final``: the chunks end the text."""
+    dec = codecs.getincrementaldecoder(codec)("strict")
+    count_lines = _ascii_lines(codec)
+    pos = lines = 0
+    for chunk in itertools.chain(chunks, [b""] if final else []):
+        pending = dec.getstate()[0]  # bytes of a character begun in the previous chunk
+        try:
+            dec.decode(chunk, final=final and not chunk)
+        except UnicodeDecodeError as e:  # e.start counts from the pending bytes
+            line = None
+            if count_lines:
+                line = lines - pending.count(b"\n") + (pending + chunk).count(b"\n", 0, e.start) + 1
+            return pos - len(pending) + e.start, line, e.reason
+        pos += len(chunk)
+        if count_lines:
+            lines += chunk.count(b"\n")
+    return None
+
+
+def _file_failure(path: str, codec: str):
+    """:func:`_decode_failure` of a whole file (decompressed when its name ends in .gz)."""
+    with pa.input_stream(path) as f:
+        return _decode_failure(iter(lambda: f.read(1 << 22), b""), codec)
+
+
+def _undecodable(path: str, codec: str, failure, detected: bool, utf8_at=None) -> DataError:
+    at, line, reason = failure
+    where = f"byte {at}" + (f" (line {line})" if line is not None else "")
+    if detected:
+        not_utf8 = "" if utf8_at is None else f" at byte {utf8_at}"
+        return DataError(f"text encoding not recognised: not UTF-8{not_utf8}, and cannot decode as {codec} at "
+                         f"{where}: {reason}; pass its encoding", file=path)
+    return DataError(f"cannot decode as {codec} at {where}: {reason}", file=path)
+
+
+def _csv_head(path: str) -> tuple[bytes, bool]:
+    """The first :data:`CSV_SAMPLE_BYTES` of a CSV file (decompressed) and whether that is all of it."""
+    with pa.input_stream(path) as f:  # compression detected from the name (.gz)
+        head = f.read(CSV_SAMPLE_BYTES)
+        whole = len(head) < CSV_SAMPLE_BYTES or not f.read(1)
+    return head, whole
+
+
+def _read_csv(path: str, encoding: str | None = None) -> pa.Table:
+    """A CSV file as an all-text table; ``encoding`` None: detected (UTF-8 or gb18030)."""
+    head, whole = _csv_head(path)
+    looks = _looks(head[:4096], path if head.startswith(b"PK") else None)
+    if looks not in ("text", "empty"):
+        raise DataError(f"not a CSV text file: it looks like {_LOOKS[looks]}", file=path)
+    if encoding is not None:
+        return _read_csv_as(path, head, whole, _codec(encoding, path), detected=False)
+    codec = _detect(head, whole)
+    try:
+        return _read_csv_as(path, head, whole, codec, detected=True)
+    except _NotUtf8 as e:  # UTF-8 in the sample, not further on: read it again as gb18030
+        return _read_csv_as(path, head, whole, "gb18030", detected=True, utf8_at=e.args[0])
+
+
+def _read_csv_as(path, head, whole, codec, *, detected, utf8_at=None) -> pa.Table:
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    with open(path, "rb") as f:
-        head = f.readline()
-    if not head.strip():
+
+    def undecodable(failure):
+        nonlocal utf8_at
+        if detected and utf8_at is None:
+            utf8_at = (_decode_failure([head], "utf-8", final=whole) or (None,))[0]
+        return _undecodable(path, codec, failure, detected, utf8_at)
+
+    dec, text, step = codecs.getincrementaldecoder(codec)("strict"), "", 1 << 16
+    try:
+        for at in range(0, len(head), step):  # up to the end of the header line
+            text += dec.decode(head[at:at + step], final=whole and at + step >= len(head))
+            if "\n" in text:
+                break
+    except UnicodeDecodeError:
+        raise undecodable(_decode_failure([head], codec, final=whole)) from None
+    first = text.split("\n", 1)[0].lstrip("\ufeff")
+    if not first.strip():
         raise DataError("CSV file is empty (no header row)", file=path)
     names = pcsv.read_csv(
-        pa.BufferReader(head), parse_options=pcsv.ParseOptions(delimiter=delimiter)
+        pa.BufferReader((first + "\n").encode("utf-8")), parse_options=pcsv.ParseOptions(delimiter=delimiter)
     ).column_names
-    return pcsv.read_csv(
-        path,
-        read_options=pcsv.ReadOptions(block_size=1 << 24),
-        parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
-        convert_options=pcsv.ConvertOptions(
-            column_types={n: pa.string() for n in names},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    arrow_encoding = "utf8" if codec in ("utf-8", "utf-8-sig") else codec  # Arrow skips a UTF-8 BOM itself
+    try:
+        return pcsv.read_csv(
+            path,
+            read_options=pcsv.ReadOptions(block_size=1 << 24, encoding=arrow_encoding),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={n: pa.string() for n in names},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except UnicodeDecodeError as e:  # met while transcoding, past the sample
+        raise undecodable(_file_failure(path, codec) or ("?", None, e.reason)) from None
+    except pa.ArrowInvalid as e:
+        if arrow_encoding != "utf8" or "invalid UTF8" not in str(e):
+            raise
+        failure = _file_failure(path, "utf-8")
+        if failure is None:
+            raise
+        if detected:
+            raise _NotUtf8(failure[0]) from None
+        raise undecodable(failure) from None
+
+
+# --- Excel workbooks -------------------------------------------------------------------------
+
+def _cell_text(v) -> str:
+    """An Excel cell as the text a CSV export holds: numbers as Excel's General format shows
+    them (up to 15 significant digits, no ``.0``), dates ISO, empty cells empty."""
+    t = type(v)
+    if t is str:
+        return v
+    if t is float:
+        s = f"{v:.15g}"
+        if "e" in s and v.is_integer():
+            s = str(int(v))
+        return s
+    if t is bool:
+        return "TRUE" if v else "FALSE"
+    if t is int:
+        return str(v)
+    if t is _dt.datetime:
+        return v.isoformat(" ", "seconds")
+    if t is _dt.date:
+        return v.isoformat()
+    if t is _dt.time:
+        return v.isoformat("seconds")
+    if v is None:
+        return ""
+    return str(v)
+
+
+def _pick_sheet(names: list[str], sheet, path: str) -> str:
+    listed = ", ".join(repr(n) for n in names)
+    if sheet is None:
+        if not names:
+            raise DataError("workbook has no sheet", file=path)
+        return names[0]
+    if isinstance(sheet, str):
+        if sheet in names:
+            return sheet
+        folded = [n for n in names if n.casefold() == sheet.strip().casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        if not sheet.strip().isdigit():
+            raise DataError(f"no sheet named {sheet!r}; the sheets are {listed}", file=path)
+        sheet = int(sheet.strip())
+    if isinstance(sheet, int) and not isinstance(sheet, bool):
+        if 0 <= sheet < len(names):
+            return names[sheet]
+        if str(sheet) in names:  # e.g. a sheet named 2026, given as a number
+            return str(sheet)
+        raise DataError(f"no sheet {sheet} (0-based); the workbook has {len(names)}: {listed}", file=path)
+    raise TypeError(f"sheet must be a name or a 0-based index, not {sheet!r}")
+
+
+def _read_xlsx(path: str, sheet=None) -> pa.Table:
+    """The sheet of an .xlsx/.xlsm workbook as an all-text table (first row = header)."""
+    try:
+        from python_calamine import CalamineWorkbook
+    except ImportError:
+        raise DataError('reading .xlsx needs python-calamine: pip install "dipengine[excel]"', file=path) from None
+    try:
+        wb = CalamineWorkbook.from_path(path)
+    except Exception as e:  # noqa: BLE001 - calamine raises its own kinds (zip, XML, password) and OSError
+        bad = _misnamed(path, "xlsx")
+        if bad is not None:
+            raise bad from None
+        raise DataError(f"cannot read workbook ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                        file=path) from None
+    try:
+        name = _pick_sheet(list(wb.sheet_names), sheet, path)
+        try:
+            rows = wb.get_sheet_by_name(name).to_python()
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"cannot read sheet {name!r} ({type(e).__name__}: {e})", file=path) from None
+    finally:
+        with contextlib.suppress(Exception):
+            wb.close()
+    if not rows or not any(_cell_text(v) for v in rows[0]):
+        raise DataError(f"sheet {name!r} is empty (no header row)", file=path)
+    header = [_cell_text(v) for v in rows[0]]
+    body = [r for r in rows[1:] if any(v != "" and v is not None for v in r)]  # used-range padding
+    columns = list(zip(*body)) if body else [() for _ in header]
+    names, arrays = [], []
+    for h, col in zip(header, columns):
+        if h == "" and all(v == "" or v is None for v in col):
+            continue  # an unnamed empty column at the edge of the used range
+        if not all(type(v) is str for v in col):
+            col = [_cell_text(v) for v in col]
+        names.append(h)
+        arrays.append(pa.array(col, pa.string()))
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def _read_ipc(path: str) -> pa.Table:
@@ -125,8 +428,24 @@ def _unify_types(tables: list[pa.Table]) -> list[pa.Table]:
     return out
 
 
-def read_table(source, columns=None) -> pa.Table:
+def read_table(source, columns=None, *, encoding=None, sheet=None) -> pa.Table:
     """Read a table from a path, directory, glob, list of paths, DataFrame or Arrow object.
+
+    Files are read by their extension: Parquet (``.parquet``, ``.pq``), CSV (``.csv``,
+    ``.csv.gz``, ``.txt``; ``.tsv`` tab-separated), Arrow IPC (``.arrow``, ``.feather``,
+    ``.ipc``, ``.arrows``) and Excel workbooks (``.xlsx``, ``.xlsm``; needs python-calamine);
+    a name without a known extension is read as Parquet or Arrow IPC by its first bytes.
+    CSV and workbook columns are all read as text (codes keep their leading zeros).
+
+    Parameters
+    ----------
+    encoding : str, optional
+        Text encoding of CSV inputs: any Python codec name (``utf-8``, ``gbk``, ``gb18030``, ...).
+        None (default): detected from the first 4 MiB: UTF-8 (a byte-order mark is dropped) when
+        they decode as UTF-8, else gb18030, a superset of GBK.
+    sheet : str or int, optional
+        Sheet of a workbook input: its name or 0-based index (a text of digits that is no
+        sheet's name counts as an index). None (default): the first sheet.
 
     Raises :class:`DataError` naming the file when it cannot be read.
     """
@@ -139,17 +458,24 @@ def read_table(source, columns=None) -> pa.Table:
     files = _expand(source)
     tables = []
     for f in files:
+        kind = _kind(f)
         try:
-            kind = _kind(f)
             if kind == "csv":
-                t = _read_csv(f)
+                t = _read_csv(f, encoding)
             elif kind == "ipc":
                 t = _read_ipc(f)
+            elif kind == "xlsx":
+                t = _read_xlsx(f, sheet)
+            elif kind == "xls":
+                raise DataError("old .xls workbooks are not read; save as .xlsx or CSV", file=f)
             else:
                 t = pq.read_table(f)
         except DataError:
             raise
         except (pa.ArrowException, OSError, ValueError) as e:
+            bad = _misnamed(f, kind) if os.path.isfile(f) else None
+            if bad is not None:
+                raise bad from None
             raise DataError(f"cannot read file ({str(e).splitlines()[0]})", file=f) from None
         tables.append(t)
     if len(tables) == 1:
@@ -164,8 +490,12 @@ def read_table(source, columns=None) -> pa.Table:
     return table
 
 
-def iter_batches(source, columns=None, batch_size: int = BATCH_SIZE) -> Iterator[pa.RecordBatch]:
-    """Stream record batches from any source :func:`read_table` takes (Parquet streams lazily)."""
+def iter_batches(source, columns=None, batch_size: int = BATCH_SIZE, *, encoding=None,
+                 sheet=None) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from any source :func:`read_table` takes (Parquet streams lazily).
+
+    ``encoding`` and ``sheet``: as :func:`read_table` (CSV and workbook inputs).
+    """
     if not isinstance(source, (pa.Table, pa.RecordBatch)) and not _is_frame(source):
         files = _expand(source)
         if all(_kind(f) == "parquet" for f in files):
@@ -176,8 +506,11 @@ def iter_batches(source, columns=None, batch_size: int = BATCH_SIZE) -> Iterator
                 yield from dataset.scanner(columns=columns, batch_size=batch_size).to_batches()
                 return
             except (pa.ArrowException, OSError) as e:
+                bad = _misnamed(files[0], "parquet") if len(files) == 1 else None
+                if bad is not None:
+                    raise bad from None
                 raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=files[0]) from None
-    table = read_table(source, columns=columns)
+    table = read_table(source, columns=columns, encoding=encoding, sheet=sheet)
     yield from table.to_batches(max_chunksize=batch_size)
 
 

@@ -84,7 +84,7 @@ REQUIRED = (
     "case_id", "hospital_id", "insurance_type", "insured_region", "age",
     "admit_date", "discharge_date", "main_dx", "total_cost",
 )
-MONEY = ("total_cost", "fund_paid", "patient_paid", "out_of_catalogue_cost", "class_b_cost")
+MONEY = ("total_cost", "fund_paid", "patient_paid", "out_of_catalogue_cost", "class_b_cost", "other_fund_paid")
 LIST_SEPARATORS = r"[|,，｜]"
 SCHEMA = pa.schema(
     [
@@ -111,6 +111,7 @@ SCHEMA = pa.schema(
         ("patient_paid_fen", pa.int64()),
         ("out_of_catalogue_cost_fen", pa.int64()),
         ("class_b_cost_fen", pa.int64()),
+        ("other_fund_paid_fen", pa.int64()),
         ("reason", pa.string()),
         ("reason_detail", pa.string()),
     ]
@@ -129,6 +130,7 @@ _DM_LISTED[list(DISCHARGE_MODES)] = True  # discharge_mode check by table lookup
 WARNING = 99  # pseudo reason code of a warning: listed last in reason_detail, sets no reason
 
 _NULL_STR = pa.nulls(1, pa.string())[0]  # a null string scalar (pa.scalar(None) would import pandas)
+_NULL_STR_ARRAY = pa.nulls(1, pa.string())
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,10 +366,12 @@ class _Coded:
 
 
 def _enum_column(col, n, name, allowed, checks, default=None, case=None, *, cache=None, pattern=None,
-                 pattern_text=None) -> _Coded:
+                 pattern_text=None, values=None) -> _Coded:
     """Low-cardinality text column checked against ``allowed`` (or a regex ``pattern``, reported
-    as ``pattern_text``); nulls take ``default``. The work per distinct value is done once per
-    dictionary when a :class:`DictionaryCache` is given."""
+    as ``pattern_text``); nulls take ``default``. ``values``: a :class:`dipengine.schemas.CodeValues`
+    mapping code values (``310`` -> ``employee``) before the check; a code it lists without a value
+    is reported with its label. The work per distinct value is done once per dictionary when a
+    :class:`DictionaryCache` is given."""
     if col is None:
         if default is None:
             return _Coded(pa.nulls(1, pa.string()), np.full(n, -1, np.int32))
@@ -376,28 +380,45 @@ def _enum_column(col, n, name, allowed, checks, default=None, case=None, *, cach
 
     def per_unique(uniques):
         u = _clean_text(uniques)
+        kept_u = labels_u = None
+        if values is not None:
+            u, kept_u, labels_u = values.lookup(u)
         if case == "upper":
             u = pc.utf8_upper(u)
         elif case == "lower":
             u = pc.utf8_lower(u)
         if default is not None:
             u = pa.concat_arrays([pc.fill_null(u, default), pa.array([default], pa.string())])
+            if kept_u is not None:
+                kept_u = np.append(kept_u, False)
+                labels_u = pa.concat_arrays([labels_u, _NULL_STR_ARRAY])
         valid_u = _np_bool(pc.is_valid(u))
         bad_u = None
         if allowed is not None:
             bad_u = ~_np_bool(pc.is_in(u, pa.array(allowed, pa.string()))) & valid_u
         elif pattern is not None:
             bad_u = ~_np_bool(pc.match_substring_regex(u, pattern)) & valid_u
-        return u, valid_u, bad_u
+        if kept_u is not None and bad_u is not None:
+            kept_u = kept_u & bad_u
+            bad_u = bad_u & ~kept_u
+        return u, valid_u, bad_u, kept_u, labels_u
 
-    key = ("enum", name, default, case, tuple(allowed or ()), pattern)
-    u, valid_u, bad_u = per_unique(uniques) if cache is None else cache.get(key, uniques, per_unique)
+    key = ("enum", name, default, case, tuple(allowed or ()), pattern, id(values))
+    u, valid_u, bad_u, kept_u, labels_u = per_unique(uniques) if cache is None else \
+        cache.get(key, uniques, per_unique)
     if default is not None:
         idx = np.where(idx < 0, len(u) - 1, idx)  # null rows take the default, the last value
     coded = _Coded(u, idx, valid_u=valid_u)
     if bad_u is not None:
         text = f"is not one of {', '.join(map(str, allowed))}" if allowed is not None else pattern_text
         checks.value(R.BAD_VALUE, coded.per_row(bad_u), name, coded.at, text)
+    if kept_u is not None and kept_u.any():  # a known code outside the contract's values: say what it is
+        expected = f"one of {', '.join(map(str, allowed))}" if allowed is not None else pattern_text
+        for k in np.flatnonzero(kept_u):  # per distinct listed code (a handful), never per row
+            flags = np.zeros(len(kept_u), bool)
+            flags[k] = True
+            checks.value(R.BAD_VALUE, coded.per_row(flags), name, coded.at,
+                         f"is {labels_u[k].as_py() or 'a listed code'}, not {expected}")
     return coded
 
 
@@ -443,7 +464,16 @@ def _int_column(col, n):
     return value, present, bad
 
 
-_DATE_RE = r"^[12][0-9]{3}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?(Z|[+-][0-9]{2}:?[0-9]{2})?)?$"
+_DATE_TIME = r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
+_DATE_RE = r"^[12][0-9]{3}-[0-9]{2}-[0-9]{2}" + _DATE_TIME + "$"
+"""ISO dates (2026-01-05, with an optional time: 2026-01-05 08:30:00, 2026-01-05T08:30); the time is ignored."""
+_DATE_FORMS = (
+    # 2026/1/5, 2026/01/05 08:30:00, 2026/1/5 8:30 (as Excel writes them in a Chinese locale)
+    r"^(?P<y>[12][0-9]{3})/(?P<m>[0-9]{1,2})/(?P<d>[0-9]{1,2})"
+    r"(?:[T ][0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?)?$",
+    r"^(?P<y>[12][0-9]{3})(?P<m>[0-9]{2})(?P<d>[0-9]{2})(?:[0-9]{6})?$",  # 20260105, 20260105083000
+)
+"""The other date forms accepted, as year, month and day groups (the time is ignored)."""
 
 
 def _date_column(col, n):
@@ -461,14 +491,20 @@ def _date_column(col, n):
         return days, present, np.zeros(n, dtype=bool)
     uniques, idx, _ = _encode(col)
     u = _clean_text(uniques)
-    head = pc.utf8_slice_codeunits(u, 0, 10)
     shaped = pc.match_substring_regex(u, _DATE_RE)
-    ts = pc.strptime(pc.if_else(shaped, head, _NULL_STR), "%Y-%m-%d", "s", error_is_null=True)
+    iso = pc.if_else(shaped, pc.utf8_slice_codeunits(u, 0, 10), _NULL_STR)
+    present_u = _np_bool(pc.is_valid(u))
+    if (present_u & ~_np_bool(shaped)).any():  # other forms (2026/1/5, 20260105083000) as YYYY-MM-DD
+        for form in _DATE_FORMS:
+            parts = pc.extract_regex(u, form)  # null where the form does not match
+            y, m, d = (pc.struct_field(parts, k) for k in "ymd")
+            iso = pc.coalesce(iso, pc.binary_join_element_wise(
+                y, pc.utf8_lpad(m, 2, "0"), pc.utf8_lpad(d, 2, "0"), "-"))
+    ts = pc.strptime(iso, "%Y-%m-%d", "s", error_is_null=True)
     # strptime rolls 2027-02-30 over to March: a date is good only if it prints back the same.
     back = pc.strftime(ts, "%Y-%m-%d")
-    good_u = _np_bool(pc.equal(back, head))
+    good_u = _np_bool(pc.equal(back, iso))
     days_u = pc.fill_null(ts.cast(pa.date32()).cast(pa.int32()), 0).to_numpy(zero_copy_only=False)
-    present_u = _np_bool(pc.is_valid(u))
     j = np.maximum(idx, 0)
     present = (idx >= 0) & present_u[j]
     good = present & good_u[j]
@@ -744,8 +780,12 @@ class DictionaryCache:
 class _Context:
     """Options and run state shared by every batch of one run."""
 
-    def __init__(self, hospitals, period, code_lists):
+    def __init__(self, hospitals, period, code_lists, schema=None):
         from dipengine._libs.validate import SeenSet
+        from dipengine.schemas import load_schema
+
+        self.schema = load_schema(schema)
+        self.values = self.schema.values  # column -> CodeValues (national code values and the like)
 
         self.seen = SeenSet()
         self.cache = DictionaryCache(32)  # per row group: six enumerations, four code columns
@@ -868,14 +908,15 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
             pc.is_valid(hospital_id.u))
         checks.value(R.UNKNOWN_HOSPITAL, hospital_id.per_row(unknown_u), "hospital_id", hospital_id.at,
                      "is not in the hospital registry")
+    values = ctx.values.get
     insurance_type = _enum_column(col("insurance_type"), n, "insurance_type", INSURANCE_TYPES, checks,
-                                  case="lower", cache=ctx.cache)
+                                  case="lower", cache=ctx.cache, values=values("insurance_type"))
     missing["insurance_type"] = insurance_type.missing()
     person_type = _enum_column(col("person_type"), n, "person_type", PERSON_TYPES, checks, "other", "lower",
-                               cache=ctx.cache)
+                               cache=ctx.cache, values=values("person_type"))
     remote_filing = _enum_column(col("remote_filing"), n, "remote_filing", REMOTE_FILINGS, checks, "none",
-                                 "lower", cache=ctx.cache)
-    sex = _enum_column(col("sex"), n, "sex", SEXES, checks, case="upper", cache=ctx.cache)
+                                 "lower", cache=ctx.cache, values=values("remote_filing"))
+    sex = _enum_column(col("sex"), n, "sex", SEXES, checks, case="upper", cache=ctx.cache, values=values("sex"))
     insured_region = _enum_column(col("insured_region"), n, "insured_region", None, checks, cache=ctx.cache,
                                   pattern=r"^[0-9]{6}$", pattern_text="is not a 6-digit region code")
     missing["insured_region"] = insured_region.missing()
@@ -981,6 +1022,9 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
     has_value = {k: (s == OK) | (s == NEGATIVE) for k, (f, s) in fen.items()}
     t = fen["total_cost"][0]
     paid = fen["fund_paid"][0] + fen["patient_paid"][0]
+    other = has_value["other_fund_paid"]
+    if other.any():
+        paid = paid + np.where(other, fen["other_fund_paid"][0], 0)
     gap = paid - t
     np.abs(gap, out=gap)
     unbalanced = gap > CONSISTENCY_FEN
@@ -988,8 +1032,8 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
     unbalanced &= has_value["patient_paid"]
     unbalanced &= has_value["total_cost"]
     checks.add(R.BAD_AMOUNT, unbalanced, lambda idx: _cat(
-        "fund_paid + patient_paid = ", _yuan_text(paid[idx]), " differs from total_cost = ", _yuan_text(t[idx]),
-        " by more than 1 yuan"))
+        pc.if_else(pa.array(other[idx]), "fund_paid + other_fund_paid + patient_paid = ", "fund_paid + patient_paid = "),
+        _yuan_text(paid[idx]), " differs from total_cost = ", _yuan_text(t[idx]), " by more than 1 yuan"))
     for name in ("out_of_catalogue_cost", "class_b_cost"):
         over = (fen[name][1] == OK) & (fen["total_cost"][1] == OK) & (fen[name][0] > t)
         checks.add(R.BAD_AMOUNT, over, lambda idx, name=name: _cat(
@@ -1050,7 +1094,7 @@ def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bo
         admit_arr, disch_arr, discharge_mode, main_dx.rows(), main_proc.rows(),
         _list_array(*odx[:3], dictionary=False), _list_array(*ops[:3], dictionary=False),
         fen_array("total_cost", fill_zero=True), fen_array("fund_paid"), fen_array("patient_paid"),
-        fen_array("out_of_catalogue_cost"), fen_array("class_b_cost"),
+        fen_array("out_of_catalogue_cost"), fen_array("class_b_cost"), fen_array("other_fund_paid"),
         reason, reason_detail,
     ]
     return pa.RecordBatch.from_arrays(arrays + extras, schema=output_schema(batch.schema))
@@ -1081,17 +1125,18 @@ def output_schema(input_schema: pa.Schema) -> pa.Schema:
 # --------------------------------------------------------------------------------------------
 # sources and the public functions
 
-def _open(source, batch_size, columns=None, prefetched=None):
+def _open(source, batch_size, columns=None, prefetched=None, read_options=None):
     """(file label, schema, total rows, batch iterator) of any source :func:`io.read_table` takes.
 
     ``columns``: read only these (those present); the schema is still the whole input's.
     Low-cardinality text is read from Parquet as dictionaries (no per-row strings, no hashing).
     ``prefetched``: a :class:`ParquetPrefetch` of this single file, batch size and columns,
     already decoding (used when it opened the file; else the file is opened here).
+    ``read_options``: ``encoding``/``sheet`` keywords for :func:`dipengine.io.read_table`.
     """
     files = _iomod().source_files(source)
     label = files[0] if len(files) == 1 else (str(source) if files else "input")
-    if _is_parquet(source):
+    if _is_parquet(source) and not read_options:
         pick = (lambda names: None if columns is None else [c for c in names if c in set(columns)])
         try:
             opened = None if prefetched is None or len(files) != 1 else prefetched.opened()
@@ -1112,12 +1157,37 @@ def _open(source, batch_size, columns=None, prefetched=None):
             raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
         return label, schema, total, _guard(batches, label)
     try:
-        table = _iomod().read_table(source)
+        table = _iomod().read_table(source, **(read_options or {}))
     except (pa.ArrowException, ValueError) as e:  # e.g. a pandas column mixing numbers and text
         raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
     if columns is not None:
         table = table.select([c for c in table.column_names if c in set(columns)])
     return label, table.schema, table.num_rows, iter(table.to_batches(max_chunksize=batch_size))
+
+
+def _read_options(encoding=None, sheet=None) -> dict:
+    """Keywords of :func:`dipengine.io.read_table` for a text encoding or an .xlsx sheet."""
+    return {k: v for k, v in (("encoding", encoding), ("sheet", sheet)) if v is not None}
+
+
+def _open_mapped(source, batch_size, spec, encoding=None, sheet=None):
+    """:func:`_open` for a source read through an input schema (``spec``, not the identity) or
+    with a text encoding / sheet: the batches come out with the contract's column names."""
+    from dipengine.schemas import nested_files, read_nested
+
+    nested = nested_files(source, spec)
+    if nested is not None:
+        label = str(source)
+        try:
+            table = spec.apply(read_nested(nested, spec, **_read_options(encoding, sheet)))
+        except (pa.ArrowException, ValueError) as e:
+            raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
+        return label, table.schema, table.num_rows, iter(table.to_batches(max_chunksize=batch_size))
+    if _is_parquet(source) and encoding is None and sheet is None:
+        label, schema, total, batches = _open(source, batch_size)
+        return label, spec.apply_schema(schema), total, (spec.apply(b) for b in batches)
+    label, schema, total, batches = _open(source, batch_size, read_options=_read_options(encoding, sheet))
+    return label, spec.apply_schema(schema), total, (spec.apply(b) for b in batches)
 
 
 def _guard(batches, label):
@@ -1153,7 +1223,8 @@ def worker_count(workers: int | None) -> int:
 
 def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, progress=None,
               batch_size: int = _BATCH_SIZE, workers: int | None = 1, lean: bool = False,
-              depth: int | None = None) -> Iterator:
+              depth: int | None = None, schema=None, encoding: str | None = None,
+              sheet=None) -> Iterator:
     """Normalise the cases batch by batch and yield ``fn(batch)`` for each, in input order.
 
     The duplicate-``case_id`` pass runs on the batches one after the other, in input order (its
@@ -1163,7 +1234,7 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
 
     Parameters
     ----------
-    source, hospitals, period, code_lists, progress
+    source, hospitals, period, code_lists, progress, schema, encoding, sheet
         As for :func:`read_cases`.
     fn : callable, optional
         Applied to each normalised batch in a worker thread (default: the batch itself).
@@ -1178,27 +1249,34 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
         Batches read ahead of the consumer (default ``workers + 1``); more lets the workers run
         on while the consumer is busy elsewhere, at the cost of memory.
     """
+    from dipengine.schemas import load_schema
+
     prefetched = None
+    spec = load_schema(schema)
+    mapped = not spec.identity or encoding is not None or sheet is not None
     if isinstance(source, ParquetPrefetch):
         prefetched, source = source, source.path
-        if prefetched.batch_size != batch_size or prefetched.lean != lean:  # not these batches
+        if prefetched.batch_size != batch_size or prefetched.lean != lean or mapped:  # not these batches
             prefetched.close()
             prefetched = None
     try:
-        ctx = _Context(hospitals, period, code_lists)
+        ctx = _Context(hospitals, period, code_lists, spec)
         columns = None
-        if lean and _is_parquet(source):  # skip the columns nothing checks (files are read lazily)
+        if mapped:
+            label, in_schema, total, batches = _open_mapped(source, batch_size, spec, encoding, sheet)
+        elif lean and _is_parquet(source):  # skip the columns nothing checks (files are read lazily)
             try:
                 columns = lean_columns(pq.read_schema(_iomod().source_files(source)[0]))
             except (pa.ArrowException, OSError):
                 columns = None  # _open reports it
-        label, schema, total, batches = _open(source, batch_size, columns, prefetched)
+        if not mapped:
+            label, in_schema, total, batches = _open(source, batch_size, columns, prefetched)
     except BaseException:
         if prefetched is not None:
             prefetched.close()
         raise
     try:
-        yield from _map_batches(ctx, label, schema, total, batches, fn, progress, workers, lean, depth)
+        yield from _map_batches(ctx, label, in_schema, total, batches, fn, progress, workers, lean, depth)
     finally:
         if prefetched is not None:
             prefetched.close()
@@ -1307,7 +1385,8 @@ def _is_parquet(source) -> bool:
 
 def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
                batch_size: int = _BATCH_SIZE, workers: int | None = 1,
-               lean: bool = False) -> Iterator[pa.RecordBatch]:
+               lean: bool = False, schema=None, encoding: str | None = None,
+               sheet=None) -> Iterator[pa.RecordBatch]:
     """Stream the normalised case table batch by batch (see :func:`read_cases`).
 
     The duplicate-``case_id`` state is carried across batches, so the result does not depend
@@ -1321,17 +1400,20 @@ def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress
         ``lean``: :data:`LEAN_SCHEMA` plus the extra columns).
     """
     return map_cases(source, None, hospitals, period=period, code_lists=code_lists, progress=progress,
-                     batch_size=batch_size, workers=workers, lean=lean)
+                     batch_size=batch_size, workers=workers, lean=lean, schema=schema, encoding=encoding,
+                     sheet=sheet)
 
 
 def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
-               workers: int | None = None) -> pa.Table:
+               workers: int | None = None, schema=None, encoding: str | None = None,
+               sheet=None) -> pa.Table:
     """Read, normalise and validate cases (contract §2, reasons of §7).
 
     Parameters
     ----------
     source : path, directory, glob, list of paths, pandas.DataFrame, pyarrow.Table or RecordBatch
-        Parquet, CSV (UTF-8, header row) or Arrow IPC; a directory or glob is a Parquet dataset.
+        Parquet, CSV (header row), .xlsx or Arrow IPC; a directory or glob is a Parquet dataset
+        (with ``schema="nhsa"``, a directory holding a ``setlinfo`` table is the nested 4101 shape).
     hospitals : path or pyarrow.Table, optional
         The registry (:func:`dipengine.hospitals.read_hospitals`); unknown ``hospital_id`` ->
         ``UNKNOWN_HOSPITAL``.
@@ -1345,6 +1427,13 @@ def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress
     workers : int, optional
         Threads validating batches (default: :func:`default_workers`); the result never
         depends on it (see :func:`map_cases`).
+    schema : str, path or InputSchema, optional
+        The source's layout (:func:`dipengine.schemas.load_schema`): ``"contract"`` (default),
+        ``"nhsa"`` (the national settlement-list fields), or a region's own schema folder.
+    encoding : str, optional
+        Text encoding of a CSV input (default: detected, UTF-8 with or without BOM, or GB18030).
+    sheet : str or int, optional
+        Sheet of an .xlsx input (default: the first).
 
     Returns
     -------
@@ -1360,9 +1449,15 @@ def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress
         be read as its contract type.
     """
     batches = list(iter_cases(source, hospitals, period=period, code_lists=code_lists, progress=progress,
-                              workers=workers))
+                              workers=workers, schema=schema, encoding=encoding, sheet=sheet))
     if batches:
         return pa.Table.from_batches(batches).combine_chunks()
-    label, schema, _, _ = _open(source, _BATCH_SIZE)
-    check_schema(schema, label)
-    return output_schema(schema).empty_table()
+    from dipengine.schemas import load_schema
+
+    spec = load_schema(schema)
+    if spec.identity and encoding is None and sheet is None:
+        label, in_schema, _, _ = _open(source, _BATCH_SIZE)
+    else:
+        label, in_schema, _, _ = _open_mapped(source, _BATCH_SIZE, spec, encoding, sheet)
+    check_schema(in_schema, label)
+    return output_schema(in_schema).empty_table()

@@ -98,6 +98,14 @@ _DX_SUB = re.compile(r"^[A-Z][0-9]{2}\.[0-9A-Zx]$")
 _DX_PREFIX = re.compile(r"^[A-Z]([0-9]{1,2})?$")
 _DX_RANGE = re.compile(r"^([A-Z][0-9]{2})-([A-Z][0-9]{2})$")
 _PROC = re.compile(_codes.PROC_PATTERN)
+# A *complete* ICD-9-CM-3 医保版 code, as every code of the official 2.0 list is (13,685 codes):
+# 2 digits "." 4 characters ("47.0100", with an "x" placeholder "01.6x00"), or 5 (the TCM codes
+# "17.91100", "17.912A0"), optionally an "x###"/"x####" extension ("51.2300x001"); plus the shape
+# "86.700x0013" of two official codes. Well-formed but shorter codes ("47.01", "47") are prefixes:
+# the grouper matches whole codes only, so a proc_expr term must be complete (see check_rules).
+PROC_COMPLETE_PATTERN = (r"^[0-9]{2}\.(?:(?:[0-9][0-9x][0-9]{2}|[0-9]{3}[0-9A-Z][0-9])(?:x[0-9]{3,4})?"
+                         r"|[0-9]{3}x[0-9]{4})$")
+_PROC_COMPLETE = re.compile(PROC_COMPLETE_PATTERN)
 _DX_ANY_PREFIX = re.compile(r"^[A-Z][0-9A-Zx.]*$")
 _PROC_ANY_PREFIX = re.compile(r"^[0-9][0-9A-Zx.]*$")
 _BAND = re.compile(r"^([0-9A-Za-z_]+):([0-9]+d?):([0-9]+d?)?$")
@@ -151,6 +159,15 @@ def parse_proc_expr(s: str) -> list[list[str]]:
             codes.append(code)
         terms.append(codes)
     return terms
+
+
+def is_complete_proc(code) -> bool:
+    """Whether ``code`` (医保版 normal form) is a complete procedure code, not a prefix.
+
+    ``"47.0100"``, ``"01.6x00"``, ``"17.912A0"``, ``"51.2300x001"`` -> True; ``"47.01"``, ``"47"`` -> False.
+    Every code of the official ICD-9-CM-3 医保版 2.0 list is complete (:data:`PROC_COMPLETE_PATTERN`).
+    """
+    return isinstance(code, str) and _PROC_COMPLETE.match(code) is not None
 
 
 def canonical_expr(terms: list[list[str]]) -> str:
@@ -273,6 +290,11 @@ def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
         problems.append(Problem("manifest.toml", line_of("options"), "options", "[options] must be a table"))
         return opts
     for k, v in given.items():
+        if k == "proc_prefix":
+            problems.append(Problem("manifest.toml", line_of(k), k,
+                                    "option proc_prefix is not supported: proc_expr terms match whole procedure "
+                                    "codes only (expand a prefix into its codes: rules import --proc-prefix expand)"))
+            continue
         if k not in DEFAULT_OPTIONS:
             problems.append(Problem("manifest.toml", line_of(k), k, "unknown option"))
             continue
@@ -391,6 +413,11 @@ def _check(directory: Path, head=None):
             terms = parse_proc_expr(expr)
         except ValueError as e:
             problems.append(Problem(f, line, "proc_expr", f"malformed proc_expr: {e}"))
+        for code in sorted({c for t in terms or () for c in t if not _PROC_COMPLETE.match(c)}):
+            # Terms match whole codes: a prefix would take no case (NO_GROUP) without a word.
+            problems.append(Problem(f, line, "proc_expr",
+                                    f"{code!r} is not a complete procedure code (a prefix?); terms match whole "
+                                    "codes only: list the full codes (rules import --proc-prefix expand does)"))
         score = _float(r["score"])
         if score is None or score <= 0:
             problems.append(Problem(f, line, "score", f"score must be a positive number, got {r['score']!r}"))

@@ -25,8 +25,9 @@ from dipengine.money import largest_remainder, round_half_up
 from dipengine.policy import POOLS, Policy, load_policy
 from dipengine.scoring import SCORED_PATHS, _as_table, _codes, _np, case_points
 
-MONEY_CASE_COLUMNS = ("standard_fen", "patient_paid_fen", "fund_due_fen", "fund_paid_fen")
-MONEY_HOSPITAL_COLUMNS = ("standard_fen", "patient_paid_fen", "fund_due_fen", "fund_due_assessed_fen",
+MONEY_CASE_COLUMNS = ("standard_fen", "patient_paid_fen", "other_fund_paid_fen", "fund_due_fen", "fund_paid_fen")
+MONEY_HOSPITAL_COLUMNS = ("standard_fen", "patient_paid_fen", "other_fund_paid_fen", "fund_due_fen",
+                          "fund_due_assessed_fen",
                           "recorded_fen", "clearing_fen", "monthly_paid_fen", "deposit_fen", "final_fen")
 # Columns of the normalised case table (docs/architecture.md); anything else is carried through.
 NORMALISED_COLUMNS = frozenset((
@@ -34,7 +35,7 @@ NORMALISED_COLUMNS = frozenset((
     "remote_filing", "sex", "age", "age_days", "los", "admit_date", "discharge_date",
     "discharge_mode", "main_dx", "main_proc", "other_dx", "other_procs", "total_cost_fen",
     "fund_paid_fen", "patient_paid_fen", "out_of_catalogue_cost_fen", "class_b_cost_fen",
-    "reason", "reason_detail",
+    "other_fund_paid_fen", "reason", "reason_detail",
 ))
 
 BENEFIT_CASE_COLUMNS = ("paid_source", "fund_benefit_fen", "fund_diff_fen", "benefit_note")
@@ -44,7 +45,8 @@ PAID_SOURCES = ("recorded", "estimated", "none")
 HOSPITAL_SCHEMA = pa.schema([
     ("hospital_id", pa.string()), ("pool", pa.string()), ("level", pa.int8()),
     ("n_cases", pa.int64()), ("points", pa.float64()), ("points_e4", pa.int64()),
-    ("standard_fen", pa.int64()), ("patient_paid_fen", pa.int64()), ("fund_due_fen", pa.int64()),
+    ("standard_fen", pa.int64()), ("patient_paid_fen", pa.int64()), ("other_fund_paid_fen", pa.int64()),
+    ("fund_due_fen", pa.int64()),
     ("assessment_coef", pa.float64()), ("fund_due_assessed_fen", pa.int64()),
     ("recorded_fen", pa.int64()), ("ratio_R", pa.float64()), ("band", pa.string()),
     ("clearing_fen", pa.int64()), ("monthly_paid_fen", pa.int64()), ("deposit_fen", pa.int64()),
@@ -71,14 +73,17 @@ def _half_up(x: Decimal) -> int:
 
 
 def total_cost_budget_fen(method: str, fund_available_fen: int, patient_paid_fen: int,
-                          fund_paid_fen: int, total_cost_fen: int) -> int:
+                          fund_paid_fen: int, total_cost_fen: int, other_fund_paid_fen: int = 0) -> int:
     """A pool's budget in total-cost terms (fen), dip-rules §5.3.
 
-    ``fund_plus_personal``: fund available + personal payments of the pool's cases.
-    ``fund_over_share``: fund available / (Σ fund paid / Σ total cost), half up, in exact integers.
+    ``fund_plus_personal``: fund available + personal payments + other funds' payments (大额,
+    大病, 公务员补助, 医疗救助, ...) of the pool's cases: the payment standard covers the whole
+    bill (standard = pooled-fund due + patient + other funds), so everything the pooled fund
+    does not pay is added to its budget. ``fund_over_share``: fund available / (Σ pooled fund
+    paid / Σ total cost), half up, in exact integers (the other funds are in the total cost).
     """
     if method == "fund_plus_personal":
-        return int(fund_available_fen) + int(patient_paid_fen)
+        return int(fund_available_fen) + int(patient_paid_fen) + int(other_fund_paid_fen)
     if fund_paid_fen <= 0:
         raise DataError("fund_over_share needs recorded fund payments in the pool, found none",
                         column="fund_paid")
@@ -125,15 +130,15 @@ def clearing_amount(due_assessed_fen: int, recorded_fen: int, bands) -> tuple[in
 
 
 def monthly_payment(standard_fen: int, patient_paid_fen: int, recorded_fen: int,
-                    policy: Policy) -> tuple[int, int]:
+                    policy: Policy, *, other_fund_paid_fen: int = 0) -> tuple[int, int]:
     """Monthly pre-settlement of one hospital and pool: ``(paid_fen, deposit_fen)``.
 
-    ``points``: gross = standard − patient payments; the quality deposit (half up, only on a
-    positive gross) is withheld. ``recorded_advance``: recorded × advance rate is paid and the
-    rest of the recorded amount is held for the clearing.
+    ``points``: gross = standard − patient payments − other funds' payments (dip-rules §7.2);
+    the quality deposit (half up, only on a positive gross) is withheld. ``recorded_advance``:
+    recorded × advance rate is paid and the rest of the recorded amount is held for the clearing.
     """
     if policy.monthly_method == "points":
-        gross = int(standard_fen) - int(patient_paid_fen)
+        gross = int(standard_fen) - int(patient_paid_fen) - int(other_fund_paid_fen)
         deposit = _half_up(Decimal(gross) * _dec(policy.quality_deposit)) if gross > 0 else 0
         return gross - deposit, deposit
     paid = _half_up(Decimal(int(recorded_fen)) * _dec(policy.monthly_advance_rate))
@@ -214,7 +219,9 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
     scored : pa.Table
         Output of ``case_points`` (rows in input order).
     cases : pa.Table
-        The normalised cases of the same rows (money columns ``*_fen``, extra columns).
+        The normalised cases of the same rows (money columns ``*_fen``, extra columns). The
+        other funds' payments ``other_fund_paid_fen`` (optional column; null = 0) are taken off
+        the fund due with the patient payments: fund due = standard − patient − other funds.
     hospitals : pa.Table
         The registry.
     policy : Policy
@@ -235,6 +242,9 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
     scored_mask = _np(pc.is_in(scored["match_path"], pa.array(SCORED_PATHS)), np.bool_, False)
     pe4 = _np(scored["points_e4"], np.int64, 0)
     patient = _np(cases["patient_paid_fen"], np.int64, 0)
+    other_col = cases["other_fund_paid_fen"] if "other_fund_paid_fen" in cases.column_names \
+        else pa.nulls(cases.num_rows, pa.int64())
+    other = _np(other_col, np.int64, 0)  # other funds (大额, 大病, 公务员补助, 医疗救助): null = 0
     fund = _np(cases["fund_paid_fen"], np.int64, 0)
     total = _np(cases["total_cost_fen"], np.int64, 0)
     n_labels = 2 * n_h
@@ -252,6 +262,7 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
 
     h_units = sums(in_pool, pe4)
     h_patient = sums(in_pool, patient)
+    h_other = sums(in_pool, other)
     h_fund = sums(in_pool, fund)
     h_total = sums(in_pool, total)
     h_n = sums(in_pool)
@@ -267,8 +278,9 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
         sl = slice(pi, n_labels, 2)
         U = int(h_units[sl].sum())
         P, Fp, C = int(h_patient[sl].sum()), int(h_fund[sl].sum()), int(h_total[sl].sum())
+        O = int(h_other[sl].sum())
         info = {"budget_value_yuan": policy.budget_value[p], "points": U / 10000.0, "points_e4": U,
-                "patient_paid_fen": P, "recorded_fen": Fp, "total_cost_fen": C,
+                "patient_paid_fen": P, "other_fund_paid_fen": O, "recorded_fen": Fp, "total_cost_fen": C,
                 "n_cases": int(h_n[sl].sum())}
         floating = False
         if kind == "monthly":
@@ -279,7 +291,7 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
             info.update(fund_budget_fen=policy.budget_fen[p], fund_available_fen=F,
                         settlement_method=policy.settlement_method)
             if U > 0:
-                T = total_cost_budget_fen(policy.settlement_method, F, P, Fp, C)
+                T = total_cost_budget_fen(policy.settlement_method, F, P, Fp, C, O)
                 raw = point_value_fen(T, U)
                 pv = raw
                 clamped = False
@@ -307,10 +319,10 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
     # case money
     pv_rows = np.where(in_pool, pv_case[np.where(pool >= 0, pool, 0)], 0.0)
     c_standard = np.where(in_pool, round_half_up(pe4 * pv_rows / 10000.0), 0)
-    c_fund_due = np.where(in_pool, c_standard - patient, 0)
+    c_fund_due = np.where(in_pool, c_standard - patient - other, 0)
 
-    # statements
-    h_due = h_standard - h_patient
+    # statements: the pooled fund's due is what the patients and the other funds did not pay
+    h_due = h_standard - h_patient - h_other
     assess = _np(hospitals["assessment_coef"], np.float64, 1.0)
     h_level = _np(hospitals["level"], np.int8, 0)
     monthly = monthly or {}
@@ -328,12 +340,13 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
             row = dict(hospital_id=hid, pool=p, level=int(h_level[hi_]), n_cases=int(h_n[lab]),
                        points=h_units[lab] / 10000.0, points_e4=int(h_units[lab]),
                        standard_fen=int(h_standard[lab]), patient_paid_fen=int(h_patient[lab]),
-                       fund_due_fen=int(h_due[lab]), assessment_coef=float(assess[hi_]),
+                       other_fund_paid_fen=int(h_other[lab]), fund_due_fen=int(h_due[lab]), assessment_coef=float(assess[hi_]),
                        recorded_fen=int(h_fund[lab]), n_rejected=int(h_rejected[lab]),
                        n_out_of_pool=int(h_out[lab]))
             if kind == "monthly":
                 paid, dep = monthly_payment(row["standard_fen"], row["patient_paid_fen"],
-                                            row["recorded_fen"], policy)
+                                            row["recorded_fen"], policy,
+                                            other_fund_paid_fen=row["other_fund_paid_fen"])
                 row.update(fund_due_assessed_fen=None, ratio_R=None, band=None, clearing_fen=None,
                            monthly_paid_fen=paid, deposit_fen=dep, final_fen=paid)
             else:
@@ -353,6 +366,7 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
     cols = {name: scored[name] for name in scored.column_names}
     cols["standard_fen"] = pa.array(c_standard.astype(np.int64))
     cols["patient_paid_fen"] = cases["patient_paid_fen"]
+    cols["other_fund_paid_fen"] = other_col
     cols["fund_due_fen"] = pa.array(c_fund_due.astype(np.int64))
     cols["fund_paid_fen"] = cases["fund_paid_fen"]
     with_benefits = "paid_source" in cases.column_names
@@ -416,8 +430,10 @@ def apply_benefits(cases: pa.Table, benefit_rules, hospitals: pa.Table) -> pa.Ta
     they stay, and the difference to the computed benefit is reported. Otherwise, when a
     benefit rule applied, it is ``estimated``: ``patient_paid_fen`` becomes the computed
     patient share and ``fund_paid_fen`` (what the fund records) the computed fund benefit, so
-    both add up to the total cost. Otherwise (rejected, no rule, unknown hospital) it is
-    ``none`` and keeps what it had (null payments count as 0, as without benefits).
+    both add up to the total cost with the case's other funds. Otherwise (rejected, no rule,
+    unknown hospital) it is ``none`` and keeps what it had (null payments count as 0, as
+    without benefits). Recorded other funds (``other_fund_paid_fen``) are always kept: the
+    computed patient share is already net of them (:func:`dipengine.benefits.compute_benefits`).
 
     Parameters
     ----------
@@ -494,8 +510,22 @@ def _is_normalised(obj) -> bool:
     return isinstance(obj, pa.Table) and {"total_cost_fen", "reason"} <= set(obj.column_names)
 
 
+def _input_files(cases, schema) -> list:
+    """The files behind a case source (for the manifest's sha256): none for in-memory tables;
+    the tables of a nested 4101 folder (``schema="nhsa"``); else :func:`io.source_files`."""
+    if isinstance(cases, (pa.Table, pa.RecordBatch)) or type(cases).__name__ == "DataFrame":
+        return []
+    if schema is not None and isinstance(cases, (str, Path)):
+        from dipengine.schemas import load_schema, nested_files
+
+        nested = nested_files(cases, load_schema(schema))
+        if nested is not None:
+            return sorted(str(f) for f in nested.values())
+    return source_files(cases)
+
+
 def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=None,
-           n_threads=None, benefits=None) -> SettlementResult:
+           n_threads=None, benefits=None, schema=None, encoding=None, sheet=None) -> SettlementResult:
     """Read, group, score and settle a period (contract §1 ``settle``).
 
     Parameters
@@ -521,6 +551,14 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         by default the pricing dir's ``benefits.csv`` when it has one; ``False`` turns it off;
         paths add the tables of other insured regions. Cases without recorded payments are
         then settled on the computed patient share and fund benefit.
+    schema : str, path or InputSchema, optional
+        Input layout (:func:`dipengine.schemas.load_schema`): ``"contract"`` (default),
+        ``"nhsa"`` (national settlement-list fields, or a folder of the nested 4101 tables),
+        or a schema folder. Passed to :func:`dipengine.reader.read_cases`.
+    encoding : str, optional
+        Text encoding of CSV inputs (``utf-8``, ``gbk``, ``gb18030``); default: detected.
+    sheet : str or int, optional
+        Sheet of an .xlsx input: name or 0-based index; default: the first.
     """
     from dipengine.hospitals import read_hospitals
 
@@ -539,13 +577,15 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         raise DataError("--monthly applies to the annual clearing (period YYYY) only", column="period",
                         value=str(period))
     monthly_sums = read_monthly(monthly, year) if monthly else None
-    input_files = [] if isinstance(cases, (pa.Table, pa.RecordBatch)) or type(cases).__name__ == "DataFrame" \
-        else source_files(cases)
+    if isinstance(cases, (list, tuple)) and len(cases) == 1:
+        cases = cases[0]  # one path (a nested 4101 folder is recognised only as a single source)
+    input_files = _input_files(cases, schema)
     if _is_normalised(cases):
         normalised = cases
     else:
         from dipengine.reader import read_cases
-        normalised = read_cases(cases, hosp_table, period=str(period), progress=progress)
+        normalised = read_cases(cases, hosp_table, period=str(period), progress=progress, schema=schema,
+                                encoding=encoding, sheet=sheet)
     benefit_rules = resolve_benefits(benefits, policy)
     if benefit_rules is not None:
         normalised = apply_benefits(normalised, benefit_rules, hosp_table)
@@ -562,6 +602,9 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         "input": [str(f) for f in input_files],
         "monthly": [str(d) for d in (monthly or [])],
         "benefits": None if benefit_rules is None else sorted(benefit_rules.files),
+        "schema": None if schema is None else getattr(schema, "name", str(schema)),
+        "encoding": encoding,
+        "sheet": sheet,
     }
     m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
     m["sha256"]["hospitals"] = {str(f): sha256_file(f) for f in hosp_files}
@@ -570,5 +613,9 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
     m["sha256"]["rules"] = dict(getattr(rules, "sha256", {}) or {})
     if benefit_rules is not None:
         m["sha256"]["benefits"] = dict(sorted(benefit_rules.files.items()))
+    if schema is not None:
+        from dipengine.schemas import load_schema
+
+        m["sha256"]["schema"] = dict(load_schema(schema).files)
     m["rules"] = {"name": getattr(rules, "name", None), "version": getattr(rules, "version", None)}
     return result

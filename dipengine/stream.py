@@ -63,7 +63,8 @@ def _row_groups(tables, rows: int, last: int = 0, left=lambda: None):
 
 
 def group_file(source, rules, out, *, hospitals=None, threads: int | None = None, explain_id: str | None = None,
-               batch_size: int = BATCH_SIZE, progress=None) -> GroupRun:
+               batch_size: int = BATCH_SIZE, progress=None, schema=None, encoding: str | None = None,
+               sheet=None) -> GroupRun:
     """Group the cases of ``source`` into ``out`` (contract §6.1), streaming.
 
     Parameters
@@ -86,18 +87,22 @@ def group_file(source, rules, out, *, hospitals=None, threads: int | None = None
         Rows per batch (must match a :func:`prefetch` source's).
     progress : callable, optional
         ``progress(done, total)`` after each batch.
+    schema, encoding, sheet : optional
+        The input's layout (``"nhsa"``, a schema folder), CSV encoding and .xlsx sheet, as for
+        :func:`dipengine.reader.read_cases`.
     """
     # Workers hand the GIL back and forth around every Arrow call; a shorter switch interval
     # keeps the ordered duplicate pass and the writer (this thread) from waiting 5 ms each time.
     old_interval = sys.getswitchinterval()
     sys.setswitchinterval(min(old_interval, 0.001))
     try:
-        return _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, progress)
+        return _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, progress,
+                           dict(schema=schema, encoding=encoding, sheet=sheet))
     finally:
         sys.setswitchinterval(old_interval)
 
 
-def _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, progress) -> GroupRun:
+def _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, progress, layout) -> GroupRun:
     if isinstance(rules, RuleSet):
         rules_future: Future = Future()
         rules_future.set_result(rules)
@@ -148,7 +153,7 @@ def _group_file(source, rules, out, hospitals, threads, explain_id, batch_size, 
     # row group (else they wait for it)
     depth = ROW_GROUP_BATCHES + n_workers + 1
     stream = outputs(map_cases(source, work, hospitals, batch_size=batch_size, workers=n_workers, lean=True,
-                               progress=track, depth=depth))
+                               progress=track, depth=depth, **layout))
     first = next(stream, None)
     rs = rules_future.result()  # a bad rule set stops the run here, before anything is written
     schema = output_schema(dictionary=True) if first is None else first.schema

@@ -132,3 +132,22 @@ def retaining_memory_pool():
         yield
     finally:
         pa.set_memory_pool(old)
+
+
+def _sheet(ctx, param, value):
+    """``--sheet``: digits are a 0-based index, anything else a sheet name."""
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def input_layout_options(f):
+    """``--schema``, ``--encoding`` and ``--sheet``: how a command's case input is laid out."""
+    f = click.option("--sheet", callback=_sheet, metavar="NAME|N",
+                     help="Sheet of an .xlsx input: name or 0-based index (default: the first).")(f)
+    f = click.option("--encoding", metavar="CODEC",
+                     help="CSV text encoding: utf-8, gbk, gb18030 (default: detected).")(f)
+    f = click.option("--schema", metavar="NAME|DIR",
+                     help="Input layout: contract (default), nhsa (national settlement-list fields, "
+                          "or a folder of its nested 4101 tables), or a schema folder of your own.")(f)
+    return f

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from dipengine.cli._common import echo_counts, progress_bar
+from dipengine.cli._common import echo_counts, input_layout_options, progress_bar
 
 
 def _floats(text: str, what: str, n=None) -> tuple:
@@ -63,9 +63,10 @@ def command():
                    "then the ICD-9-CM-3 chapter heuristic.")
 @click.option("--name", default="local", show_default=True, help="Rule-set name (manifest).")
 @click.option("--rules-version", default=None, help="Rule-set version (default '<next year>.1').")
+@input_layout_options
 def build(history, more_history, hospitals, out, pricing_out, weights, threshold, scale, trim,
           min_trim_group, related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff,
-          diagnostic_as_conservative, procedures, name, rules_version):
+          diagnostic_as_conservative, procedures, name, rules_version, schema, encoding, sheet):
     """Build a rule set from history years; with --pricing-out also the pricing skeleton.
 
     FILE... are further history files: everything after --history up to the next option.
@@ -92,7 +93,7 @@ def build(history, more_history, hospitals, out, pricing_out, weights, threshold
             min_trim_group=min_trim_group, related_min_gain=related_min_gain, basic_share=basic_share,
             basic_cv=basic_cv, aux_min_cases=aux_min_cases, aux_min_diff=aux_min_diff,
             diagnostic_as_conservative=diagnostic_as_conservative, name=name, version=rules_version,
-            procedures=procedures, progress=callback,
+            procedures=procedures, progress=callback, schema=schema, encoding=encoding, sheet=sheet,
         )
     finally:
         close()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from dipengine.cli._common import input_layout_options
+
 
 @click.command("group")
 @click.option("--rules", "rules_dir", required=True, type=click.Path(file_okay=False), help="Rule-set directory.")
@@ -12,7 +14,8 @@ import click
 @click.option("--explain", "explain_id", metavar="CASE_ID", help="Print the candidates considered for this case.")
 @click.option("--threads", type=int, default=None,
               help="Worker threads, each validating and grouping whole batches (default: all available).")
-def command(rules_dir, input_, out, hospitals, explain_id, threads):
+@input_layout_options
+def command(rules_dir, input_, out, hospitals, explain_id, threads, schema, encoding, sheet):
     """Group cases: one output row per input row, in order; rejected rows keep their reason.
 
     The output has the grouping columns (contract §6.1), then the input's extra columns.
@@ -24,14 +27,16 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads):
     with without_pandas(), retaining_memory_pool():
         from dipengine.parquet_source import prefetch
 
-        source = prefetch(input_)  # decoding starts now, on the other core, while the rest imports
+        plain = schema in (None, "contract") and encoding is None and sheet is None
+        # decoding starts now, on the other core, while the rest imports
+        source = prefetch(input_) if plain else input_
         from dipengine.stream import group_file
 
         # a bar on a terminal only (not even tqdm's import otherwise)
         callback, close = progress_bar(None, "group") if sys.stderr.isatty() else (None, lambda: None)
         try:
             run = group_file(source, rules_dir, out, hospitals=hospitals, threads=threads, explain_id=explain_id,
-                             progress=callback)
+                             progress=callback, schema=schema, encoding=encoding, sheet=sheet)
         finally:
             close()
         rs = run.rules

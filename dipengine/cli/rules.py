@@ -1,4 +1,5 @@
-"""``dipengine rules check DIR`` and ``dipengine rules show DIR`` (contract §1, §4)."""
+"""``dipengine rules check DIR``, ``rules show DIR`` and ``rules import --from F --map M --out DIR``
+(contract §1, §4; docs/rules-import.md)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -10,20 +11,29 @@ from dipengine.errors import DataError
 
 @click.group("rules")
 def command():
-    """Rule sets (grouper_rules/<name>/): check and summarise."""
+    """Rule sets (grouper_rules/<name>/): check, summarise, import official catalogues."""
 
 
 @command.command("check")
 @click.argument("rules_dir", type=click.Path(file_okay=False))
 def check(rules_dir):
     """List every problem of the rule set in RULES_DIR as file:line:column: message; exit 1 if any."""
-    from dipengine.rules import check_rules, load_rules, resolve_rules_dir
+    from dipengine.rules import resolve_rules_dir
 
-    rules_dir = resolve_rules_dir(rules_dir)
+    _check_and_report(resolve_rules_dir(rules_dir))
+
+
+def _check_and_report(rules_dir, where=None):
+    """Print every problem and raise DataError (exit 1), else print the OK line with counts.
+
+    ``where(problem)`` may add text to a problem's line (the catalogue line of an imported group).
+    """
+    from dipengine.rules import check_rules, load_rules
+
     problems = check_rules(rules_dir)
     if problems:
         for p in problems:
-            click.echo(str(p))
+            click.echo(str(p) + (where(p) if where else ""))
         # A DataError, not click's Exit(1): the console entry point runs click with
         # standalone_mode=False, where an Exit code would be lost and the status would be 0.
         raise DataError(f"{len(problems)} problem(s) in the rule set", file=rules_dir)
@@ -50,3 +60,63 @@ def show(rules_dir):
         click.echo(f"  {t:<14} {c or '-':<13} {n:>8,}")
     for name in ("procedures", "excluded_dx", "excluded_proc", "aux_coefficients", "cci_weights", "severity_dx"):
         click.echo(f"{name}.csv: {getattr(rs, name).num_rows} rows")
+
+
+@command.command("import")
+@click.option("--from", "source", required=True, type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE", help="The published catalogue: .xlsx or .csv (UTF-8 or GBK), header row with the "
+                                   "Chinese column names (DIP编码, 病种类型, 主要诊断编码, 病种分值 ...).")
+@click.option("--map", "mapping", default="published", show_default=True, metavar="MAPPING",
+              help="Which header feeds which rule-set column: a shipped mapping by name, or a CSV "
+                   "'column,header' (values words in <stem>_values.csv beside it).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), metavar="RULES_DIR",
+              help="Rule-set directory to write (groups.csv + manifest.toml); replaced atomically.")
+@click.option("--name", default=None, help="Rule-set name  [default: the directory's name].")
+@click.option("--version", "version", default=None,
+              help="Rule-set version  [default: <effective-from year>.1, else 1].")
+@click.option("--effective-from", type=click.DateTime(["%Y-%m-%d"]), default=None, metavar="YYYY-MM-DD")
+@click.option("--effective-to", type=click.DateTime(["%Y-%m-%d"]), default=None, metavar="YYYY-MM-DD")
+@click.option("--source", "source_text", default=None, metavar="TEXT",
+              help="Where the catalogue comes from, for the manifest (notice number, date, annex).")
+@click.option("--sheet", default=None, help="Workbook sheet: name or 0-based index  [default: the first].")
+@click.option("--encoding", default=None, help="CSV text encoding, e.g. gbk  [default: detected].")
+@click.option("--proc-prefix", type=click.Choice(["refuse", "expand"]), default="refuse", show_default=True,
+              help="A procedure term that is a code prefix (47.01): refuse it, or expand it into the any-of "
+                   "list of the codes of --codes-icd9 that start with it.")
+@click.option("--codes-icd9", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
+              help="Procedure code list (TSV code<TAB>name, e.g. ICD-9-CM-3 医保版 2.0) for --proc-prefix expand.")
+def import_(source, mapping, out, name, version, effective_from, effective_to, source_text, sheet, encoding,
+            proc_prefix, codes_icd9):
+    """Turn a region's published catalogue (FILE.xlsx or FILE.csv) into the rule set RULES_DIR, then check it.
+
+    Rows that cannot be converted stop the import (error naming file, line, column and value; nothing
+    written). The written rule set is then checked as 'rules check' does: its problems are listed (with
+    the catalogue line of each group) and the exit status is 1, else an OK line with the counts.
+    """
+    from pathlib import Path
+
+    from dipengine.catalog_import import read_catalog, write_catalog
+
+    if effective_from and effective_to and effective_to < effective_from:
+        raise click.BadParameter("--effective-to is before --effective-from")
+    cat = read_catalog(source, mapping, sheet=sheet, encoding=encoding, proc_prefix=proc_prefix,
+                       codes_icd9=codes_icd9)
+    try:
+        write_catalog(cat, out, name=name, version=version,
+                      effective_from=effective_from.date() if effective_from else None,
+                      effective_to=effective_to.date() if effective_to else None, source_text=source_text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    click.echo(f"read {cat.groups.num_rows} groups from {source} (mapping {cat.mapping.name}; "
+               + ", ".join(f"{t} <- {h}" for t, h in cat.columns.items()) + ")")
+    if cat.expanded:
+        click.echo(f"expanded {len(cat.expanded)} code prefix(es) into "
+                   f"{sum(cat.expanded.values())} codes of {codes_icd9}")
+    click.echo(f"wrote {out}")
+
+    def where(p):
+        if p.file == "groups.csv" and 2 <= p.line <= len(cat.lines) + 1:
+            return f" [{Path(source).name} row {cat.lines[p.line - 2]}]"
+        return ""
+
+    _check_and_report(out, where)

@@ -29,7 +29,10 @@ def _region(ctx, param, value):
               help="Draw diagnoses from this TSV list (code<TAB>name) instead of the vocabulary.")
 @click.option("--codes-icd9", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Draw procedures from this TSV list (code<TAB>name) instead of the vocabulary.")
-def command(year, n_cases, out, seed, region, n_hospitals, registry, bad_rows, codes_icd10, codes_icd9):
+@click.option("--schema", default="contract", show_default=True, metavar="NAME|DIR",
+              help="Layout of cases.parquet: contract, or nhsa (national settlement-list field names and codes, "
+                   "a bureau extract's twin; read it back with --schema nhsa).")
+def command(year, n_cases, out, seed, region, n_hospitals, registry, bad_rows, codes_icd10, codes_icd9, schema):
     """Write a synthetic region: OUT/cases.parquet (contract §2) and OUT/hospitals.csv (§3).
 
     Example: dipengine synth --year 2026 --cases 100000 --out region/ --bad-rows 0.01
@@ -40,7 +43,12 @@ def command(year, n_cases, out, seed, region, n_hospitals, registry, bad_rows, c
         year, n_cases, seed=seed, region=region, n_hospitals=n_hospitals, bad_rows=bad_rows,
         codes_icd10=codes_icd10, codes_icd9=codes_icd9, hospitals=registry,
     )
-    cases_path, hosp_path = write_region(cases, hospitals, out)
+    written = cases
+    if schema != "contract":
+        from dipengine.schemas import load_schema
+
+        written = load_schema(schema).export(cases)
+    cases_path, hosp_path = write_region(written, hospitals, out)
     s = summarize(cases, hospitals)
     by_level = ", ".join(f"level {lvl}: {k}" for lvl, k in sorted(s["hospitals_by_level"].items(), reverse=True))
     click.echo(f"wrote {cases_path} and {hosp_path}")

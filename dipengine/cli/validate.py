@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dipengine.cli._common import echo_counts, progress_bar
+from dipengine.cli._common import echo_counts, input_layout_options, progress_bar
 
 
 def _period(ctx, param, value):
@@ -55,7 +55,8 @@ def with_yuan_columns(table: pa.Table) -> pa.Table:
               help="Write the normalised table here (Parquet; CSV when the name ends in .csv).")
 @click.option("--codes-icd10", type=click.Path(dir_okay=False), help="Allowed diagnoses (TSV code<TAB>name).")
 @click.option("--codes-icd9", type=click.Path(dir_okay=False), help="Allowed procedures (TSV code<TAB>name).")
-def command(input_, hospitals, period, out, codes_icd10, codes_icd9):
+@input_layout_options
+def command(input_, hospitals, period, out, codes_icd10, codes_icd9, schema, encoding, sheet):
     """Read and check cases without grouping; print counts by reason code.
 
     Rejected rows are a report, not an error: the exit status is 0 unless a file itself is
@@ -67,7 +68,8 @@ def command(input_, hospitals, period, out, codes_icd10, codes_icd9):
     code_lists = {"dx": codes_icd10, "proc": codes_icd9}
     callback, close = progress_bar(None, "validate")
     try:
-        table = read_cases(input_, hospitals, period=period, code_lists=code_lists, progress=callback)
+        table = read_cases(input_, hospitals, period=period, code_lists=code_lists, progress=callback,
+                           schema=schema, encoding=encoding, sheet=sheet)
     finally:
         close()
     n = table.num_rows
