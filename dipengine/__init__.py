@@ -14,6 +14,8 @@ _API = {
     "DataError": "dipengine.errors",
     "read_cases": "dipengine.reader",
     "read_hospitals": "dipengine.hospitals",
+    "load_schema": "dipengine.schemas",
+    "import_catalog": "dipengine.catalog_import",
     "synth_region": "dipengine.synth",
     "load_rules": "dipengine.rules",
     "check_rules": "dipengine.rules",

@@ -224,30 +224,38 @@ def _read_source(source, sheet=None, encoding=None) -> pa.Table:
 
     params = inspect.signature(_io.read_table).parameters
     kw = {}
-    if sheet is not None:
-        if "sheet" not in params:
-            raise DataError("--sheet needs a dipengine.io.read_table with Excel support", file=source)
-        kw["sheet"] = sheet
-    low = str(source).lower()
-    if low.endswith((".xlsx", ".xlsm", ".xls")) and "sheet" not in params:
+    for key, value in (("sheet", sheet), ("encoding", encoding)):
+        if value is not None:
+            if key not in params:  # an older dipengine.io
+                raise DataError(f"this build of dipengine.io.read_table takes no {key}", file=source)
+            kw[key] = value
+    if str(source).lower().endswith((".xlsx", ".xlsm")) and "sheet" not in params:
         raise DataError("this build of dipengine.io cannot read Excel workbooks; save the sheet as CSV",
                         file=source)
-    if encoding is not None:
-        if "encoding" in params:
-            kw["encoding"] = encoding
-        else:  # until read_table takes an encoding: a (small) CSV decoded here, all text
-            try:
-                text = Path(source).read_bytes().decode(encoding)
-            except (OSError, LookupError, UnicodeDecodeError) as e:
-                raise DataError(f"cannot read file as {encoding} ({e})", file=source) from None
-            recs = [r for r in csv.reader(text.lstrip("\ufeff").splitlines()) if any(c.strip() for c in r)]
-            if not recs:
-                raise DataError("CSV file is empty (no header row)", file=source)
-            width = len(recs[0])
-            body = [(r + [""] * width)[:width] for r in recs[1:]]
-            return pa.Table.from_arrays([pa.array([r[i] for r in body], pa.string()) for i in range(width)],
-                                        names=recs[0])
     return _io.read_table(str(source), **kw)
+
+
+def _csv_lines(src: str, encoding, n_rows: int) -> list[int]:
+    """Line of each table row in a CSV file as a user sees it (header = 1), counting the blank
+    lines the CSV reader skips; ``row + 2`` for other files, or when the count does not agree."""
+    plain = list(range(2, n_rows + 2))
+    if not src.lower().endswith((".csv", ".txt", ".tsv")):
+        return plain
+    try:
+        data = Path(src).read_bytes()
+        for codec in ([encoding] if encoding else ["utf-8-sig", "gb18030"]):
+            try:
+                text = data.decode(codec)
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            return plain
+        reader = csv.reader(text.splitlines(), delimiter="\t" if src.lower().endswith(".tsv") else ",")
+        lines = [reader.line_num for rec in reader if rec]
+    except (OSError, LookupError, csv.Error):
+        return plain
+    return lines[1:] if len(lines) == n_rows + 1 else plain
 
 
 def _text_columns(table: pa.Table) -> list[list[str]]:
@@ -340,6 +348,7 @@ class _Row:
 
 
 def _number(row: _Row, target: str, *, integer=False, required=True):
+    """A number cell: full-width folded, thousands separators, ``¥``/``元`` allowed."""
     raw = row.get(target)
     text = re.sub(r"\s+", "", _nfkc(raw))
     text = text.removeprefix("¥").removesuffix("元")
@@ -359,6 +368,7 @@ def _number(row: _Row, target: str, *, integer=False, required=True):
 
 
 def _value(row: _Row, target: str, mapping: CatalogMapping):
+    """The rule-set value of a cell word (``None`` for an empty cell or a column not mapped)."""
     word = _fold(row.get(target))
     if word == "":
         return None
@@ -412,6 +422,121 @@ def _expand_prefix(prefix: str, listed: list[str], listed_set: set) -> list[str]
     return out
 
 
+GROUP_COLUMNS = ("dip_code", "dip_name", "group_type", "dx_key", "proc_expr", "treat_class", "score", "avg_cost",
+                 "n_cases")
+
+
+class _Converter:
+    """Catalogue row -> ``groups.csv`` row (the conversion rules of docs/rules-import.md)."""
+
+    def __init__(self, mapping: CatalogMapping, proc_prefix: str, codes_icd9):
+        self.mapping = mapping
+        self.proc_prefix = proc_prefix
+        self.codes_icd9 = codes_icd9
+        self.listed, self.listed_set = _load_code_list(codes_icd9) if codes_icd9 is not None else (None, None)
+        self.expanded: dict[str, int] = {}
+        self._norm: dict[str, str | None] = {}   # token -> codes.normalize(token)
+        self._heur: dict[str, str | None] = {}   # code -> codes.proc_class_heuristic(code)
+
+    def row(self, r: _Row) -> dict:
+        m = self.mapping
+        gt = _value(r, "group_type", m)
+        if gt is None:
+            raise r.error("group_type", "group type missing")
+        if _value(r, "basic_flag", m) == "yes":
+            if gt not in ("core", "basic"):
+                raise r.error("basic_flag", f"basic flag on a {gt} group (only core groups can be basic)")
+            gt = "basic"
+        code = _nfkc(r.get("dip_code")).strip()
+        if not code:
+            raise r.error("dip_code", "DIP code missing")
+        dx = self.dx_key(r, gt)
+        cls_word = None
+        proc_word = _fold(r.get("proc_expr"))
+        if gt == "comprehensive" and proc_word in m.values["treat_class"] and not _fold(r.get("related_proc")):
+            # 综合病种 rows often name their treatment class in the procedure column (相关手术, 保守治疗 ...)
+            cls_word, terms = m.values["treat_class"][proc_word], []
+        else:
+            terms = self.terms(r, "proc_expr") + self.terms(r, "related_proc")
+        cls = _value(r, "treat_class", m) or cls_word
+        if cls is None and gt != "blank":
+            cls = self.heuristic_class(terms)
+        return {
+            "dip_code": code,
+            "dip_name": _nfkc(r.get("dip_name")).strip(),
+            "group_type": gt,
+            "dx_key": dx,
+            "proc_expr": "+".join("/".join(t) for t in terms),
+            "treat_class": cls or "",
+            "score": _number(r, "score"),
+            "avg_cost": _number(r, "avg_cost"),
+            "n_cases": _number(r, "n_cases", integer=True, required=False),
+        }
+
+    def dx_key(self, r: _Row, gt: str) -> str:
+        dx = re.sub(r"\s+", "", _nfkc(r.get("dx_key")))
+        if gt in ("core", "basic"):
+            if _fold(dx) in _CONSERVATIVE:
+                raise r.error("dx_key", f"main diagnosis code missing (a {gt} group needs its subcategory)")
+            if re.search(rf"[{re.escape(_ANY_OF)}]", dx):
+                raise r.error("dx_key", "one main diagnosis per group (a subcategory like 'K35.8')")
+            d = self.normalize(dx)
+            d = d.split("+")[0] if d else d  # a dagger pair: the main code
+            if not d or not _DX.match(d):
+                raise r.error("dx_key", "not an ICD-10 医保版 diagnosis code")
+            return d[:5]  # the subcategory (亚目)
+        if gt == "comprehensive":
+            if _fold(dx) in _CONSERVATIVE:
+                raise r.error("dx_key", "diagnosis category or range missing (a comprehensive group needs one)")
+            return _RANGE_SEP.sub("-", dx).upper()
+        return "" if _fold(dx) in _CONSERVATIVE else dx.upper()  # blank
+
+    def terms(self, r: _Row, target: str) -> list[list[str]]:
+        """The all-of terms of a procedure cell: normalised, complete codes (prefixes expanded or refused)."""
+        out_terms = []
+        for term in _split_procs(r, target):
+            out: list[str] = []
+            for raw in term:
+                c = self.normalize(raw)
+                if c is None or not _PROC.match(c):
+                    raise r.error(target, f"{raw!r} is not an ICD-9-CM-3 医保版 procedure code")
+                new = [c] if is_complete_proc(c) else self.expand(r, target, c)
+                out.extend(x for x in new if x not in out)
+            out_terms.append(out)
+        return out_terms
+
+    def expand(self, r: _Row, target: str, prefix: str) -> list[str]:
+        if self.proc_prefix == "refuse":
+            raise r.error(target, f"{prefix!r} is not a complete procedure code (a prefix?); a rule set matches "
+                                  "whole codes only: give the full codes, or --proc-prefix expand with "
+                                  "--codes-icd9 FILE")
+        if self.listed is None:
+            raise r.error(target, f"{prefix!r} is a code prefix; --proc-prefix expand needs the procedure code "
+                                  "list (--codes-icd9 FILE)")
+        hits = _expand_prefix(prefix, self.listed, self.listed_set)
+        if not hits:
+            raise r.error(target, f"code prefix {prefix!r} matches no code of the procedure code list "
+                                  f"{self.codes_icd9}")
+        self.expanded[prefix] = len(hits)
+        return hits
+
+    def heuristic_class(self, terms: list[list[str]]) -> str:
+        """``conservative`` without procedures, else the highest heuristic class of the codes."""
+        codes_here = [c for t in terms for c in t]
+        if not codes_here:
+            return "conservative"
+        todo = [c for c in dict.fromkeys(codes_here) if c not in self._heur]
+        if todo:
+            self._heur.update(zip(todo, _codes.proc_class_heuristic(pa.array(todo, pa.string())).to_pylist()))
+        return TREAT_CLASSES[max(TREAT_CLASSES.index(self._heur[c] or "surgery") for c in codes_here)]
+
+    def normalize(self, token: str):
+        """:func:`dipengine.codes.normalize` of one token (cached)."""
+        if token not in self._norm:
+            self._norm[token] = _codes.normalize(pa.array([token], pa.string()))[0].as_py()
+        return self._norm[token]
+
+
 def read_catalog(source, mapping="published", *, sheet=None, encoding=None, proc_prefix="refuse",
                  codes_icd9=None) -> ImportedCatalog:
     """Convert a published catalogue into a ``groups.csv`` table; nothing is written.
@@ -439,7 +564,7 @@ def read_catalog(source, mapping="published", *, sheet=None, encoding=None, proc
     DataError
         For the first row that cannot be converted (missing code, a score that is not a number,
         an unknown group type, a malformed or prefix procedure code ...), naming the file, the
-        line (header = line 1), the column header and the value.
+        row (header = row 1, blank lines counted), the column header and the value.
     """
     if proc_prefix not in PROC_PREFIX_POLICIES:
         raise ValueError(f"proc_prefix must be one of {', '.join(PROC_PREFIX_POLICIES)}, not {proc_prefix!r}")
@@ -447,6 +572,7 @@ def read_catalog(source, mapping="published", *, sheet=None, encoding=None, proc
     src = str(source)
     table = _read_source(source, sheet=sheet, encoding=encoding)
     cols = _text_columns(table)
+    line_of = _csv_lines(src, encoding, table.num_rows)  # file line of each table row (blank lines skipped)
     n = table.num_rows
 
     # the header: the first row, else the first of the next rows naming the required columns
@@ -458,7 +584,7 @@ def read_catalog(source, mapping="published", *, sheet=None, encoding=None, proc
             row_names = [c[j] for c in cols]
             cand = _resolve(row_names, mapping)
             if all(t in cand for t in REQUIRED):
-                names, found, start, header_line = row_names, cand, j + 1, j + 2
+                names, found, start, header_line = row_names, cand, j + 1, line_of[j]
                 break
     for t in REQUIRED:
         if t not in found:
@@ -468,133 +594,22 @@ def read_catalog(source, mapping="published", *, sheet=None, encoding=None, proc
                             file=src, column=t)
     used = {t: names[i] for t, i in found.items()}
 
-    # pass 1: the rows' cells and procedure tokens
     rows: list[_Row] = []
     for j in range(start, n):
         cells = {t: cols[i][j] for t, i in found.items()}
-        if not any(cells.values()):
-            continue
-        rows.append(_Row(src, j + 2, cells, used))
-
-    listed = listed_set = None
-    if codes_icd9 is not None:
-        listed, listed_set = _load_code_list(codes_icd9)
-    expanded: dict[str, int] = {}
-
-    # normalised form of every distinct procedure and diagnosis token, in one Arrow call each
-    proc_terms = []
-    tokens = set()
-    for r in rows:
-        gt = _value(r, "group_type", mapping)
-        if gt is None:
-            raise r.error("group_type", "group type missing")
-        r.gt = gt
-        flag = _value(r, "basic_flag", mapping) if "basic_flag" in found else None
-        if flag == "yes":
-            if gt not in ("core", "basic"):
-                raise r.error("basic_flag", f"basic flag on a {gt} group (only core groups can be basic)")
-            r.gt = "basic"
-        r.cls_word = None
-        if r.gt == "comprehensive" and _fold(r.get("proc_expr")) in mapping.values["treat_class"] \
-                and not _fold(r.get("related_proc")):
-            # 综合病种 rows name their treatment class in the procedure column (相关手术, 保守治疗 ...)
-            r.cls_word = mapping.values["treat_class"][_fold(r.get("proc_expr"))]
-            proc_terms.append([])
-            continue
-        terms = []
-        for t in ("proc_expr", "related_proc"):
-            if t in found:
-                terms.extend((t, term) for term in _split_procs(r, t))
-        proc_terms.append(terms)
-        tokens.update(c for _t, term in terms for c in term)
-    tok = sorted(tokens)
-    norm = dict(zip(tok, _codes.normalize(pa.array(tok, pa.string())).to_pylist())) if tok else {}
-    heur_of: dict[str, str] = {}
-
-    groups = {k: [] for k in ("dip_code", "dip_name", "group_type", "dx_key", "proc_expr", "treat_class",
-                              "score", "avg_cost", "n_cases")}
-    for r, terms in zip(rows, proc_terms):
-        code = _nfkc(r.get("dip_code")).strip()
-        if not code:
-            raise r.error("dip_code", "DIP code missing")
-        out_terms: list[list[str]] = []
-        for t, term in terms:
-            out: list[str] = []
-            for raw in term:
-                c = norm.get(raw)
-                if c is None or not _PROC.match(c):
-                    raise r.error(t, f"{raw!r} is not an ICD-9-CM-3 医保版 procedure code")
-                if not is_complete_proc(c):
-                    if proc_prefix == "refuse":
-                        raise r.error(t, f"{c!r} is not a complete procedure code (a prefix?); a rule set "
-                                         "matches whole codes only: give the full codes, or "
-                                         "--proc-prefix expand with --codes-icd9 FILE")
-                    if listed is None:
-                        raise r.error(t, f"{c!r} is a code prefix; --proc-prefix expand needs the procedure "
-                                         "code list (--codes-icd9 FILE)")
-                    hits = _expand_prefix(c, listed, listed_set)
-                    if not hits:
-                        raise r.error(t, f"code prefix {c!r} matches no code of the procedure code list "
-                                         f"{codes_icd9}")
-                    expanded[c] = len(hits)
-                    new = hits
-                else:
-                    new = [c]
-                out.extend(x for x in new if x not in out)
-            out_terms.append(out)
-        expr = "+".join("/".join(t) for t in out_terms)
-        gt = r.gt
-
-        # dx_key
-        dx_raw = _nfkc(r.get("dx_key")).strip()
-        dx = re.sub(r"\s+", "", dx_raw)
-        if gt in ("core", "basic"):
-            if _fold(dx) in _CONSERVATIVE:
-                raise r.error("dx_key", f"main diagnosis code missing (a {gt} group needs its subcategory)")
-            if re.search(rf"[{re.escape(_ANY_OF)}]", dx):
-                raise r.error("dx_key", "one main diagnosis per group (a subcategory like 'K35.8')")
-            d = _codes.normalize(pa.array([dx])).to_pylist()[0]
-            d = d.split("+")[0] if d else d
-            if not d or not _DX.match(d):
-                raise r.error("dx_key", "not an ICD-10 医保版 diagnosis code")
-            dx = d[:5]
-        elif gt == "comprehensive":
-            if _fold(dx) in _CONSERVATIVE:
-                raise r.error("dx_key", "diagnosis category or range missing (a comprehensive group needs one)")
-            dx = _RANGE_SEP.sub("-", dx).upper()
-        else:  # blank
-            dx = "" if _fold(dx) in _CONSERVATIVE else dx.upper()
-
-        # treat_class
-        cls = _value(r, "treat_class", mapping) if "treat_class" in found else None
-        if cls is None:
-            cls = r.cls_word
-        if cls is None and gt != "blank":
-            if not out_terms:
-                cls = "conservative"
-            else:
-                codes_here = [c for t in out_terms for c in t]
-                missing = [c for c in codes_here if c not in heur_of]
-                if missing:
-                    heur = _codes.proc_class_heuristic(pa.array(missing, pa.string())).to_pylist()
-                    heur_of.update(zip(missing, heur))
-                ranks = [TREAT_CLASSES.index(heur_of[c] or "surgery") for c in codes_here]
-                cls = TREAT_CLASSES[max(ranks)]
-
-        groups["dip_code"].append(code)
-        groups["dip_name"].append(_nfkc(r.get("dip_name")).strip())
-        groups["group_type"].append(gt)
-        groups["dx_key"].append(dx)
-        groups["proc_expr"].append(expr)
-        groups["treat_class"].append(cls or "")
-        groups["score"].append(_number(r, "score"))
-        groups["avg_cost"].append(_number(r, "avg_cost"))
-        groups["n_cases"].append(_number(r, "n_cases", integer=True, required=False) if "n_cases" in found else None)
+        if any(cells.values()):  # empty rows are skipped
+            rows.append(_Row(src, line_of[j], cells, used))
+    conv = _Converter(mapping, proc_prefix, codes_icd9)
+    groups = {k: [] for k in GROUP_COLUMNS}
+    for r in rows:  # in order: the first bad row is the one reported
+        for k, v in conv.row(r).items():
+            groups[k].append(v)
+    expanded = conv.expanded
 
     if not rows:
         raise DataError("the catalogue has no group row", file=src)
     types = {"score": pa.float64(), "avg_cost": pa.float64(), "n_cases": pa.int64()}
-    table_out = pa.table({k: pa.array(v, types.get(k, pa.string())) for k, v in groups.items()})
+    table_out = pa.table({k: pa.array(groups[k], types.get(k, pa.string())) for k in GROUP_COLUMNS})
     from dipengine.io import sha256_file
 
     return ImportedCatalog(groups=table_out, lines=[r.line for r in rows], file=src, sha256=sha256_file(src),

@@ -6,8 +6,13 @@ normalise and validate (:func:`dipengine.case.normalise_case`, the reader's rule
 row), group (the pure-Python reference grouper, which also gives the trace), case points
 (:func:`dipengine.scoring.points_one`), payment standard at the budget point value, patient
 share and fund benefit (:func:`dipengine.benefits.benefit_case`) and the hospital's fund due
-(standard − patient share, dip-rules §6.6). About 15,000 calls/s with the trace on the 2-core
-test machine (``benchmarks/bench_estimate.py``; docs/benefits.md).
+(standard − patient share − other funds, dip-rules §6.6). About 15,000 calls/s with the trace on
+the 2-core test machine (``benchmarks/bench_estimate.py``; docs/benefits.md).
+
+Without a benefits table (no ``benefits.csv`` in the pricing dir, none given) the estimate still
+gives the group, points and payment standard; the patient/fund split is null, with a ``note``
+saying why, and the fund due is given from the case's recorded ``patient_paid`` (and
+``other_fund_paid``) when it has them.
 
 Two optional, non-contract case fields let a hospital account for earlier admissions of the
 patient in the year: ``admission_no`` (1 = first, default) and ``annual_fund_used`` (yuan of fund
@@ -35,9 +40,13 @@ _EMPTY = {"case_id": None, "hospital_id": None, "level": None, "locality": None,
           **{k: None for k in _GROUP_KEYS}, "level_coef": None, "ref_source": None, "ratio": None,
           "deviation": None, "case_points": 0.0, "point_value": None, "standard_fen": None,
           "policy_scope_fen": None, "deductible_fen": None, "patient_share_fen": None,
-          "fund_benefit_fen": None, "fund_due_fen": None, "cap_reached": None, "benefit_note": None,
+          "fund_benefit_fen": None, "patient_paid_fen": None, "other_fund_paid_fen": None,
+          "fund_due_fen": None, "cap_reached": None, "benefit_note": None, "note": None,
           "reason": None, "reason_detail": None, "trace": None}
 """The answer's keys, in order, with the values of a case that carries no figures."""
+
+NO_BENEFITS_NOTE = "no benefits table was given, so the patient/fund split is omitted"
+"""``note`` of an estimate made without benefits tables."""
 
 
 def _yuan_fen(value) -> int | None:
@@ -66,9 +75,16 @@ class Estimator:
         The registry (:func:`dipengine.hospitals.read_hospitals`).
     point_value : float, optional
         Yuan per point; default the policy's budget point value of the case's pool.
-    benefits : path, list of paths or BenefitRules, optional
-        Benefits tables; default ``benefits.csv`` of the pricing dir (pass more dirs for the
-        policies of remote insured regions).
+    benefits : path, list of paths, BenefitRules or False, optional
+        Benefits tables: by default ``benefits.csv`` of the pricing dir when it has one; paths
+        are exactly the tables used (give the pricing dir too, with the dirs of remote insured
+        regions); ``False``: none. Without tables the patient/fund split is omitted
+        (:data:`NO_BENEFITS_NOTE`), the rest of the estimate is unchanged.
+    schema : str, path or InputSchema, optional
+        The layout of the case dicts (:func:`dipengine.schemas.load_schema`): ``"contract"``
+        (default), ``"nhsa"`` (national settlement-list field names such as ``setl_id``,
+        ``fixmedins_code``, ``hifp_pay``), or a schema folder. Code values (``310`` ->
+        ``employee``, sex ``1`` -> ``M``) are mapped whatever the layout.
 
     Raises
     ------
@@ -76,18 +92,25 @@ class Estimator:
         A bad rule set, policy, registry or benefits table.
     """
 
-    def __init__(self, rules, pricing, hospitals, *, point_value=None, benefits=None):
+    def __init__(self, rules, pricing, hospitals, *, point_value=None, benefits=None, schema=None):
         from dipengine.hospitals import read_hospitals
         from dipengine.policy import load_policy
         from dipengine.reference import group_case
         from dipengine.rules import load_rules
+        from dipengine.schemas import load_schema
 
         self._group_case = group_case
+        self.schema = load_schema(schema)
+        self._values = self.schema.values
         self.rules = rules if not isinstance(rules, (str, Path)) else load_rules(rules)
         self.policy = pricing if not isinstance(pricing, (str, Path)) else load_policy(pricing)
         if benefits is None:
-            benefits = self.policy.path
-        self.benefits = benefits if isinstance(benefits, BenefitRules) else load_benefits(benefits)
+            own = None if getattr(self.policy, "path", None) is None else Path(self.policy.path) / "benefits.csv"
+            benefits = own if own is not None and own.exists() else False
+        if benefits is False:
+            self.benefits = None
+        else:
+            self.benefits = benefits if isinstance(benefits, BenefitRules) else load_benefits(benefits)
         if point_value is not None and not (isinstance(point_value, (int, float)) and point_value > 0):
             raise DataError("point value must be a positive number of yuan per point", value=point_value)
         self.point_value = None if point_value is None else float(point_value)
@@ -112,14 +135,17 @@ class Estimator:
         gives what :func:`dipengine.reader.read_cases` gives for a one-row table holding the
         same values (text, integers, floats, lists of codes). A boolean is read as its text
         (no contract field is a boolean). There is no duplicate-``case_id`` check: one
-        estimate knows nothing of the others.
+        estimate knows nothing of the others. With a ``schema``, the case's field names are
+        mapped to the contract's first (:meth:`dipengine.schemas.InputSchema.apply_row`).
         """
         row = case
         for v in case.values():
             if type(v) is bool:
                 row = {k: str(v) if type(v) is bool else v for k, v in case.items()}
                 break
-        return normalise_case(row, hospital_ids=self._hospital_ids)
+        if not self.schema.identity:
+            row = self.schema.apply_row(row)
+        return normalise_case(row, hospital_ids=self._hospital_ids, values=self._values)
 
     def _level_coef(self, group_type: str, hosp: dict) -> float:
         if group_type == "basic":
@@ -171,9 +197,13 @@ class Estimator:
             dip_name, match_path, group_type, treat_class, base_score, aux_subtype, aux_coef,
             level_coef, ref_source, ratio, deviation, case_points, point_value`` (yuan per point),
             ``standard_fen, policy_scope_fen, deductible_fen, patient_share_fen,
-            fund_benefit_fen, fund_due_fen`` (standard − patient share; int fen),
-            ``cap_reached, benefit_note, reason, reason_detail, trace`` (list of str, or None).
-            A bad case answers with its ``reason`` and null figures; it never raises.
+            fund_benefit_fen, patient_paid_fen, other_fund_paid_fen`` (the case's recorded
+            payments, null when absent), ``fund_due_fen`` (standard − patient share − other
+            funds; without benefits tables standard − recorded patient_paid − other funds, null
+            when patient_paid is not recorded; int fen), ``cap_reached, benefit_note, note``
+            (null, or :data:`NO_BENEFITS_NOTE`), ``reason, reason_detail, trace`` (list of
+            str, or None). A bad case answers with its ``reason`` and null figures; it never
+            raises.
         """
         c = self.normalise(case)
         out = dict(_EMPTY)
@@ -233,6 +263,24 @@ class Estimator:
             lines.append(f"{locality} case outside the pool under include_remote="
                          f"{self.policy.include_remote}: settled per item, not by points")
 
+        other = c["other_fund_paid_fen"]
+        out["patient_paid_fen"], out["other_fund_paid_fen"] = c["patient_paid_fen"], other
+        other = other or 0
+        other_text = f" - other funds {other / 100:.2f}" if other else ""
+        if self.benefits is None:
+            out["note"] = NO_BENEFITS_NOTE
+            patient = c["patient_paid_fen"]
+            if trace:
+                lines.append(f"benefits: {NO_BENEFITS_NOTE}")
+            if out["standard_fen"] is not None and patient is not None:
+                out["fund_due_fen"] = out["standard_fen"] - patient - other
+                if trace:
+                    lines.append(f"fund due: standard {out['standard_fen'] / 100:.2f} - recorded patient_paid "
+                                 f"{patient / 100:.2f}{other_text} = {out['fund_due_fen'] / 100:.2f} yuan")
+            elif trace and out["standard_fen"] is not None:
+                lines.append("fund due: not given (no benefits table, and the case records no patient_paid)")
+            return out
+
         warn: list = []
         admission_no, used = (1, 0) if "admission_no" not in case and "annual_fund_used" not in case \
             else self._earlier_admissions(case, warn)
@@ -246,8 +294,8 @@ class Estimator:
                    patient_share_fen=patient, fund_benefit_fen=b["fund_benefit_fen"],
                    cap_reached=b["cap_reached"], benefit_note=b["benefit_note"])
         if out["standard_fen"] is not None:
-            out["fund_due_fen"] = out["standard_fen"] - patient
+            out["fund_due_fen"] = out["standard_fen"] - patient - other
             if trace:
                 lines.append(f"fund due: standard {out['standard_fen'] / 100:.2f} - patient share "
-                             f"{patient / 100:.2f} = {out['fund_due_fen'] / 100:.2f} yuan")
+                             f"{patient / 100:.2f}{other_text} = {out['fund_due_fen'] / 100:.2f} yuan")
         return out

@@ -169,9 +169,12 @@ class _NotUtf8(Exception):
 def _codec(encoding: str, path: str) -> str:
     """The Python codec name of ``encoding`` (DataError when Python has no such codec)."""
     try:
-        return codecs.lookup(str(encoding)).name
+        info = codecs.lookup(str(encoding))
     except LookupError:
-        raise DataError(f"unknown text encoding {encoding!r} (use e.g. utf-8, gbk, gb18030)", file=path) from None
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):  # not base64, rot13 ...
+        raise DataError(f"unknown text encoding {encoding!r} (use e.g. utf-8, gbk, gb18030)", file=path)
+    return info.name
 
 
 def _detect(head: bytes, whole: bool) -> str:
@@ -241,7 +244,7 @@ def _read_csv(path: str, encoding: str | None = None) -> pa.Table:
     """A CSV file as an all-text table; ``encoding`` None: detected (UTF-8 or gb18030)."""
     head, whole = _csv_head(path)
     looks = _looks(head[:4096], path if head.startswith(b"PK") else None)
-    if looks not in ("text", "empty"):
+    if looks not in ("text", "empty", "binary"):  # a stray NUL byte does not make a CSV file binary
         raise DataError(f"not a CSV text file: it looks like {_LOOKS[looks]}", file=path)
     if encoding is not None:
         return _read_csv_as(path, head, whole, _codec(encoding, path), detected=False)
@@ -317,8 +320,8 @@ def _cell_text(v) -> str:
         return "TRUE" if v else "FALSE"
     if t is int:
         return str(v)
-    if t is _dt.datetime:
-        return v.isoformat(" ", "seconds")
+    if t is _dt.datetime:  # midnight is a date cell (as python-calamine itself reads it)
+        return v.date().isoformat() if v.time() == _dt.time() else v.isoformat(" ", "seconds")
     if t is _dt.date:
         return v.isoformat()
     if t is _dt.time:
@@ -378,17 +381,30 @@ def _read_xlsx(path: str, sheet=None) -> pa.Table:
     if not rows or not any(_cell_text(v) for v in rows[0]):
         raise DataError(f"sheet {name!r} is empty (no header row)", file=path)
     header = [_cell_text(v) for v in rows[0]]
-    body = [r for r in rows[1:] if any(v != "" and v is not None for v in r)]  # used-range padding
+    body = [r for r in rows[1:] if r.count("") < len(r)]  # wholly empty rows: used-range padding
     columns = list(zip(*body)) if body else [() for _ in header]
     names, arrays = [], []
     for h, col in zip(header, columns):
-        if h == "" and all(v == "" or v is None for v in col):
+        col = _column_text(col)
+        if h == "" and col.count("") == len(col):
             continue  # an unnamed empty column at the edge of the used range
-        if not all(type(v) is str for v in col):
-            col = [_cell_text(v) for v in col]
         names.append(h)
         arrays.append(pa.array(col, pa.string()))
     return pa.Table.from_arrays(arrays, names=names)
+
+
+_NUMBER_TYPES = frozenset((bool, int, float))
+
+
+def _column_text(col: tuple):
+    """:func:`_cell_text` of every cell of a column, once per distinct value."""
+    types = set(map(type, col))
+    if types <= {str}:
+        return col
+    if len(types & _NUMBER_TYPES) > 1:  # 1 == 1.0 == True: one text per distinct value would mix them
+        return [_cell_text(v) for v in col]
+    text = {v: _cell_text(v) for v in set(col)}
+    return list(map(text.__getitem__, col))
 
 
 def _read_ipc(path: str) -> pa.Table:
@@ -446,6 +462,9 @@ def read_table(source, columns=None, *, encoding=None, sheet=None) -> pa.Table:
     sheet : str or int, optional
         Sheet of a workbook input: its name or 0-based index (a text of digits that is no
         sheet's name counts as an index). None (default): the first sheet.
+
+    ``encoding`` and ``sheet`` apply to every CSV / workbook file of the source and are ignored
+    for other files.
 
     Raises :class:`DataError` naming the file when it cannot be read.
     """

@@ -48,11 +48,20 @@ def lean_columns_of(names) -> list[str]:
     return [c for c in names if c != "patient_id"]
 
 
-def parquet_batches(path, batch_size, pick):
+def parquet_batches(path, batch_size, pick, rename=None):
     """(schema, total rows, batch iterator) of one Parquet file; code lists are decoded straight
-    to dictionaries, one row group at a time (a batch spanning two cannot hold nested dictionaries)."""
+    to dictionaries, one row group at a time (a batch spanning two cannot hold nested dictionaries).
+    ``rename``: contract column -> the file's column (an input schema's plan), so that a national
+    extract's code columns are read as dictionaries too."""
     first = pq.read_schema(path)
-    f = pq.ParquetFile(path, read_dictionary=dictionary_columns(first, nested=True))
+    if rename:
+        back = {v: k for k, v in rename.items()}
+        as_contract = pa.schema([f.with_name(back.get(f.name, f.name)) for f in first])
+        wanted = dictionary_columns(as_contract, nested=True)
+        read = [(rename.get(c.split(".")[0], c.split(".")[0]) + c[len(c.split(".")[0]):]) for c in wanted]
+    else:
+        read = dictionary_columns(first, nested=True)
+    f = pq.ParquetFile(path, read_dictionary=read)
     schema, total = f.schema_arrow, f.metadata.num_rows
     batches = (b for rg in range(f.num_row_groups)
                for b in f.iter_batches(batch_size=batch_size, row_groups=[rg], columns=pick(schema.names)))

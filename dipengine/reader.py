@@ -1154,6 +1154,10 @@ def _open(source, batch_size, columns=None, prefetched=None, read_options=None):
                 schema, total = dataset.schema, dataset.count_rows()
                 batches = dataset.scanner(columns=pick(schema.names), batch_size=batch_size).to_batches()
         except (pa.ArrowException, OSError) as e:
+            for f in files:  # a CSV or workbook named .parquet: say what it looks like
+                misnamed = _iomod()._misnamed(f, "parquet")
+                if misnamed is not None:
+                    raise misnamed from None
             raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
         return label, schema, total, _guard(batches, label)
     try:
@@ -1184,6 +1188,16 @@ def _open_mapped(source, batch_size, spec, encoding=None, sheet=None):
             raise DataError(f"cannot read the cases ({str(e).splitlines()[0]})", file=label) from None
         return label, table.schema, table.num_rows, iter(table.to_batches(max_chunksize=batch_size))
     if _is_parquet(source) and encoding is None and sheet is None:
+        files = _iomod().source_files(source)
+        if len(files) == 1:  # the code columns read as dictionaries under their source names
+            label = files[0]
+            try:
+                plan = spec.plan(pq.read_schema(label).names)
+                rename = {c: s for c, s in plan.items() if isinstance(s, str)}
+                schema, total, batches = _parquet_batches(label, batch_size, lambda names: None, rename)
+            except (pa.ArrowException, OSError) as e:
+                raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=label) from None
+            return label, spec.apply_schema(schema), total, (spec.apply(b) for b in _guard(batches, label))
         label, schema, total, batches = _open(source, batch_size)
         return label, spec.apply_schema(schema), total, (spec.apply(b) for b in batches)
     label, schema, total, batches = _open(source, batch_size, read_options=_read_options(encoding, sheet))

@@ -44,11 +44,11 @@ def make_cases(rows: list[dict]) -> pa.Table:
             "person_type": "in_service", "insured_region": "440200", "remote_filing": "none",
             "admit_date": dt.date(2027, 3, 1), "discharge_date": dt.date(2027, 3, 10),
             "total_cost_fen": 2_000_000, "out_of_catalogue_cost_fen": 100_000,
-            "class_b_cost_fen": 500_000, "fund_paid_fen": None, "reason": None}
+            "class_b_cost_fen": 500_000, "fund_paid_fen": None, "other_fund_paid_fen": None, "reason": None}
     full = [{**base, "case_id": f"c{i}", **r} for i, r in enumerate(rows)]
     types = {"admit_date": pa.date32(), "discharge_date": pa.date32(), "total_cost_fen": pa.int64(),
              "out_of_catalogue_cost_fen": pa.int64(), "class_b_cost_fen": pa.int64(),
-             "fund_paid_fen": pa.int64()}
+             "fund_paid_fen": pa.int64(), "other_fund_paid_fen": pa.int64()}
     return pa.table({k: pa.array([r[k] for r in full], types.get(k, pa.string())) for k in base})
 
 
@@ -392,6 +392,7 @@ case_rows = st.fixed_dictionaries({
     "total_cost_fen": st.integers(0, 2_000_000),
     "ooc_share": st.integers(0, 40),
     "class_b_fen": st.one_of(st.none(), st.integers(0, 500_000)),
+    "other_fen": st.one_of(st.none(), st.just(0), st.integers(0, 300_000), st.integers(0, 3_000_000)),
     "case_id": st.sampled_from(["x", "y", "z", "w"]),
     "reason": st.sampled_from([None] * 6 + ["BAD_DATES"]),
 })
@@ -411,19 +412,27 @@ def test_vectorised_matches_reference_and_money_adds_up(small_caps, raw_rows):
             "discharge_date": r["discharge_date"], "total_cost_fen": total,
             "out_of_catalogue_cost_fen": total * r["ooc_share"] // 100,
             "class_b_cost_fen": None if r["class_b_fen"] is None else min(r["class_b_fen"], total),
-            "fund_paid_fen": None, "reason": r["reason"],
+            "fund_paid_fen": None, "other_fund_paid_fen": r["other_fen"], "reason": r["reason"],
         })
     table = make_cases(rows)
     got = compute_benefits(table, small_caps, HOSPITALS).to_pylist()
     want = reference_benefits(rows, small_caps, HOSP_DICT)
     for g, w, r in zip(got, want, rows):
         for k in ("locality", "policy_scope_fen", "deductible_fen", "fund_benefit_fen", "patient_share_fen",
-                  "cap_reached", "admission_no", "benefit_note"):
+                  "other_fund_fen", "cap_reached", "admission_no", "benefit_note"):
             assert g[k] == w[k], (k, g, w)
         if r["reason"] is None:
-            # fund + patient (+ other funds, not modelled: 0) = total cost, to the fen
-            assert g["fund_benefit_fen"] + g["patient_share_fen"] == r["total_cost_fen"]
+            # fund + other funds + patient = total cost, to the fen, unless the other funds recorded
+            # exceed what the rules leave to the patient (patient share 0, floored)
+            other = r["other_fund_paid_fen"] or 0
+            assert g["other_fund_fen"] == other
             assert g["fund_benefit_fen"] >= 0 and g["patient_share_fen"] >= 0
+            left = r["total_cost_fen"] - g["fund_benefit_fen"]
+            assert g["patient_share_fen"] == max(left - other, 0)
+            if other <= left:
+                assert g["fund_benefit_fen"] + other + g["patient_share_fen"] == r["total_cost_fen"]
+        else:
+            assert g["other_fund_fen"] is None
     # per patient and year, the fund never pays beyond the cap
     fund_by_patient: dict = {}
     for g, r in zip(got, rows):
@@ -488,3 +497,76 @@ def test_cli_benefits_bad_table_exits_1_and_writes_nothing(tmp_path, capsys):
     assert rc == 1 and not out.exists()
     err = capsys.readouterr().err
     assert err.startswith("error:") and "'ratio'" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- other funds (issue 14)
+
+
+def test_other_funds_reduce_the_patient_share_not_the_fund(demo):
+    """大额/大病/医疗救助 a case records pay part of what the rules leave to the patient."""
+    out = compute_benefits(make_cases([
+        {},                                                      # worked example: fund 14,875, patient 5,125
+        {"other_fund_paid_fen": 100_000},                        # other funds 1,000: patient 4,125
+        {"other_fund_paid_fen": 600_000},                        # more than the patient's part: floored at 0
+        {"other_fund_paid_fen": 0},
+        {"insured_region": "999999", "other_fund_paid_fen": 50_000},  # no table: the whole bill less other funds
+        {"reason": "BAD_DATES", "other_fund_paid_fen": 50_000},
+    ]), demo, HOSPITALS)
+    names = out.column_names
+    assert names[:7] == ["case_id", "locality", "policy_scope_fen", "deductible_fen", "fund_benefit_fen",
+                         "patient_share_fen", "cap_reached"]
+    assert "other_fund_fen" in names and out.schema.field("other_fund_fen").type == pa.int64()
+    rows = out.to_pylist()
+    assert [r["fund_benefit_fen"] for r in rows[:4]] == [1_487_500] * 4
+    assert [r["patient_share_fen"] for r in rows[:4]] == [512_500, 412_500, 0, 512_500]
+    assert [r["other_fund_fen"] for r in rows] == [0, 100_000, 600_000, 0, 50_000, None]
+    assert rows[4]["benefit_note"] == "NO_BENEFIT_TABLE" and rows[4]["fund_benefit_fen"] == 0
+    assert rows[4]["patient_share_fen"] == 2_000_000 - 50_000
+    assert rows[5]["patient_share_fen"] is None and rows[5]["benefit_note"] == "REJECTED"
+
+
+def test_single_case_function_takes_off_other_funds(demo):
+    case = {"insured_region": "440200", "insurance_type": "employee", "person_type": "in_service",
+            "total_cost_fen": 2_000_000, "out_of_catalogue_cost_fen": 100_000, "class_b_cost_fen": 500_000,
+            "other_fund_paid_fen": 100_000}
+    res = benefit_case(case, demo, 3, "440200")
+    assert (res["fund_benefit_fen"], res["other_fund_fen"], res["patient_share_fen"]) == (1_487_500, 100_000, 412_500)
+    assert any("other funds" in line for line in res["trace"])
+    assert benefit_case({**case, "other_fund_paid_fen": 10**9}, demo, 3, "440200")["patient_share_fen"] == 0
+    none = benefit_case({**case, "insured_region": "999999"}, demo, 3, "440200")
+    assert none["benefit_note"] == "NO_BENEFIT_TABLE" and none["patient_share_fen"] == 1_900_000
+
+
+def test_cli_benefits_reads_a_national_extract(tmp_path, capsys):
+    """``--schema nhsa``: the same cases under 4101 field names and code values, same result."""
+    from dipengine.cli import main
+    from dipengine.io import read_table
+    from test_cli_settle import nhsa_csv
+
+    HOSPITALS.drop(["coefficient", "assessment_coef"]).to_pandas().to_csv(tmp_path / "h.csv", index=False)
+    (tmp_path / "cases.csv").write_text(CASES_CSV, encoding="utf-8")
+    (tmp_path / "national.csv").write_text(nhsa_csv(CASES_CSV), encoding="utf-8")
+    base = ["benefits", "--pricing", str(DEMO), "--hospitals", str(tmp_path / "h.csv")]
+    assert main(base + ["--input", str(tmp_path / "cases.csv"), "--out", str(tmp_path / "c.parquet")]) == 0
+    assert main(base + ["--input", str(tmp_path / "national.csv"), "--out", str(tmp_path / "n.parquet"),
+                        "--schema", "nhsa"]) == 0
+    want, got = read_table(str(tmp_path / "c.parquet")), read_table(str(tmp_path / "n.parquet"))
+    assert got.equals(want) and want["fund_benefit_fen"].to_pylist()[:3] == [1_487_500, 1_312_500, 1_350_000]
+
+
+def test_cli_benefits_other_funds_column(tmp_path, capsys):
+    from dipengine.cli import main
+    from dipengine.io import read_table
+
+    HOSPITALS.drop(["coefficient", "assessment_coef"]).to_pandas().to_csv(tmp_path / "h.csv", index=False)
+    lines = CASES_CSV.splitlines()
+    text = "\n".join([lines[0] + ",other_fund_paid", lines[1].replace(",6000", ",5000") + ",1000"]
+                     + [x + "," for x in lines[2:]]) + "\n"
+    (tmp_path / "cases.csv").write_text(text, encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    assert main(["benefits", "--pricing", str(DEMO), "--hospitals", str(tmp_path / "h.csv"),
+                 "--input", str(tmp_path / "cases.csv"), "--out", str(out)]) == 0
+    t = read_table(str(out))
+    assert t["other_fund_fen"].to_pylist() == [100_000, 0, 0, None]
+    assert t["patient_share_fen"].to_pylist()[0] == 412_500 and t["fund_benefit_fen"].to_pylist()[0] == 1_487_500
+    assert "other funds taken off the patient share: 1,000.00 yuan over 1 cases" in capsys.readouterr().out

@@ -127,3 +127,143 @@ def test_help_lists_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--rules", "--pricing", "--hospitals", "--input", "--period", "--out", "--monthly"):
         assert opt in text
+
+
+# --- input layouts: --schema nhsa, --encoding, --sheet (issue 14) --------------------------------
+
+NHSA_NAMES = {"case_id": "setl_id", "hospital_id": "fixmedins_code", "patient_id": "psn_no",
+              "insurance_type": "hi_type", "person_type": "psn_type", "insured_region": "insuplc", "sex": "gend",
+              "admit_date": "adm_time", "discharge_date": "dscg_time", "total_cost": "medfee_sumamt",
+              "fund_paid": "hifp_pay", "patient_paid": "psn_selfpay", "other_fund_paid": "hifmi_pay",
+              "out_of_catalogue_cost": "fulamt_ownpay_amt", "class_b_cost": "clab_amt"}
+NHSA_CODES = {"insurance_type": {"employee": "310", "resident": "390"}, "sex": {"M": "1", "F": "2"}}
+
+
+def nhsa_row(row: dict) -> dict:
+    """A contract-keyed case as a flat national extract (4101 field names and code values):
+    patient_paid becomes psn_selfpay with psn_ownpay 0, other_fund_paid hifmi_pay (大病)."""
+    out = {}
+    for k, v in row.items():
+        v = NHSA_CODES.get(k, {}).get(v, v)
+        out[NHSA_NAMES.get(k, k)] = v
+        if k == "patient_paid":
+            out["psn_ownpay"] = "0" if v not in (None, "") else v
+    return out
+
+
+def nhsa_csv(text: str) -> str:
+    import csv
+    import io
+
+    rows = [nhsa_row(r) for r in csv.DictReader(io.StringIO(text))]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+# the settle table with sex and other funds on two rows (fund + other + patient = total)
+OTHER_HEADER = HEADER.rstrip("\n") + ",sex,other_fund_paid\n"
+OTHER_ROWS = [
+    ROWS[0].replace(",3400.00", ",2900.00") + ",M,500.00",
+    ROWS[1] + ",F,",
+    ROWS[2].replace(",1000.00", ",800.00") + ",F,200.00",
+    *(r + ",M," for r in ROWS[3:]),
+]
+CASE_COLUMNS = ["case_id", "dip_code", "match_path", "reason", "hospital_id", "level", "locality", "pool", "in_pool",
+                "ratio", "deviation", "case_points", "points_e4", "standard_fen", "patient_paid_fen",
+                "other_fund_paid_fen", "fund_due_fen", "fund_paid_fen"]
+
+
+@pytest.fixture
+def layouts(region):
+    contract = region["tmp"] / "contract.csv"
+    contract.write_text(OTHER_HEADER + "\n".join(OTHER_ROWS) + "\n", encoding="utf-8")
+    national = region["tmp"] / "national.csv"
+    national.write_text(nhsa_csv(contract.read_text(encoding="utf-8")), encoding="utf-8")
+    return contract, national
+
+
+def test_settle_nhsa_extract_gives_the_contract_statements(region, layouts):
+    from dipengine.settlement import settle
+
+    contract, national = layouts
+    assert "setl_id" in national.read_text().splitlines()[0] and ",310," in national.read_text()
+    args = (region["rules"], region["pricing"], region["hospitals"], "2027")
+    want = settle(contract, *args)
+    got = settle(national, *args, schema="nhsa")
+    assert got.hospitals.equals(want.hospitals)
+    assert got.cases.select(CASE_COLUMNS).equals(want.cases.select(CASE_COLUMNS))
+    assert got.manifest["pools"] == want.manifest["pools"]
+    assert got.manifest["parameters"]["schema"] == "nhsa" and want.manifest["parameters"]["schema"] is None
+    assert got.manifest["sha256"]["schema"]
+    # the other funds are in: C1 (500 yuan) and C3 (200, an in-province resident case, in the pool)
+    assert pc_sum(got.hospitals["other_fund_paid_fen"]) == 70_000
+    for r in got.hospitals.to_pylist():
+        assert r["fund_due_fen"] == r["standard_fen"] - r["patient_paid_fen"] - r["other_fund_paid_fen"]
+
+
+def pc_sum(col):
+    import pyarrow.compute as pc
+
+    return pc.sum(col).as_py()
+
+
+def test_cli_settle_schema_and_encoding(region, layouts, capsys):
+    contract, national = layouts
+    r = dict(region)
+    assert main(_args({**r, "input": str(contract)}, "2027", region["tmp"] / "c")) == 0
+    assert main(_args({**r, "input": str(national)}, "2027", region["tmp"] / "n", "--schema", "nhsa")) == 0
+    text = capsys.readouterr().out
+    assert "other funds 700.00" in text
+    want = pq.read_table(region["tmp"] / "c" / "hospitals.parquet")
+    assert pq.read_table(region["tmp"] / "n" / "hospitals.parquet").equals(want)
+    # a GBK file with Chinese text in a carried-through column, read with --encoding gbk
+    gbk = region["tmp"] / "gbk.csv"
+    lines = contract.read_text(encoding="utf-8").splitlines()
+    gbk.write_bytes(("\n".join([lines[0] + ",科室"] + [x + ",普外科" for x in lines[1:]]) + "\n").encode("gbk"))
+    assert main(_args({**r, "input": str(gbk)}, "2027", region["tmp"] / "g", "--encoding", "gbk")) == 0
+    assert pq.read_table(region["tmp"] / "g" / "hospitals.parquet").equals(want)
+    cases = pq.read_table(region["tmp"] / "g" / "cases.parquet")
+    assert set(cases["科室"].to_pylist()) == {"普外科"}
+    m = json.loads((region["tmp"] / "g" / "manifest.json").read_text())
+    assert m["parameters"]["encoding"] == "gbk"
+
+
+def test_settle_reads_an_xlsx_sheet(region, layouts):
+    pytest.importorskip("python_calamine")
+    openpyxl = pytest.importorskip("openpyxl")
+    import csv
+
+    from dipengine.settlement import settle
+
+    contract, _ = layouts
+    wb = openpyxl.Workbook()
+    wb.active.title = "notes"
+    wb.active.append(["not the cases"])
+    ws = wb.create_sheet("cases")
+    for row in csv.reader(contract.read_text(encoding="utf-8").splitlines()):
+        ws.append(row)
+    path = region["tmp"] / "cases.xlsx"
+    wb.save(path)
+    args = (region["rules"], region["pricing"], region["hospitals"], "2027")
+    want = settle(contract, *args).hospitals
+    assert settle(path, *args, sheet="cases").hospitals.equals(want)
+    assert settle(path, *args, sheet=1).hospitals.equals(want)
+    out = region["tmp"] / "x"
+    assert main(_args({**region, "input": str(path)}, "2027", out, "--sheet", "1")) == 0
+    assert pq.read_table(out / "hospitals.parquet").equals(want)
+
+
+@pytest.mark.parametrize("command", ["settle", "benefits", "estimate"])
+def test_input_layout_options_in_help(command):
+    from click.testing import CliRunner
+
+    from dipengine.cli import cli
+
+    res = CliRunner().invoke(cli, [command, "--help"])
+    assert res.exit_code == 0
+    for opt in ("--schema", "--encoding", "--sheet"):
+        assert opt in res.output
+    assert "nhsa" in res.output

@@ -230,3 +230,120 @@ def test_normalise_agrees_with_read_cases(est, case):
     single = est.normalise(case)
     for name in SCHEMA.names:
         assert single[name] == batch[name], name
+
+
+# --- other funds, no benefits table, national field names (issue 14) ----------------------------
+
+@pytest.fixture(scope="module")
+def no_benefits(setup, tmp_path_factory):
+    """The same rule set and registry with a pricing dir that has no benefits.csv."""
+    d = tmp_path_factory.mktemp("nob")
+    pricing = d / "pricing"
+    pricing.mkdir()
+    for name in ("policy.toml", "same_level_avg.csv"):
+        (pricing / name).write_bytes((setup / "pricing" / name).read_bytes())
+    return pricing
+
+
+def test_other_funds_reduce_the_patient_share_not_the_fund_due(est):
+    """Other funds pay 500 of the 3,300 the rules leave to the patient: patient 2,800; the pooled
+    fund's due (standard − patient − other funds) stays 5,521.94."""
+    r = est.estimate({**CASE, "other_fund_paid": "500"})
+    assert r["fund_benefit_fen"] == 770_000
+    assert r["patient_share_fen"] == 280_000 and r["other_fund_paid_fen"] == 50_000
+    assert r["fund_due_fen"] == 882_194 - 280_000 - 50_000 == 552_194
+    assert any("other funds 500.00" in line for line in r["trace"])
+    assert r["note"] is None
+
+
+def test_estimate_without_a_benefits_table(setup, no_benefits):
+    est = Estimator(setup / "rules", no_benefits, setup / "hospitals.csv")
+    assert est.benefits is None
+    r = est.estimate(CASE)
+    assert (r["dip_code"], r["match_path"], r["deviation"]) == ("G1", "core", "normal")
+    assert r["case_points"] == pytest.approx(1102.7430) and r["standard_fen"] == 882_194
+    for key in ("policy_scope_fen", "deductible_fen", "patient_share_fen", "fund_benefit_fen", "fund_due_fen",
+                "cap_reached", "benefit_note"):
+        assert key in r and r[key] is None, key
+    assert "no benefits table" in r["note"] and "omitted" in r["note"]
+    assert r["trace"] and any("G1" in line for line in r["trace"])
+    # recorded payments still give the fund due: standard − patient − other funds
+    paid = est.estimate({**CASE, "fund_paid": "7000", "other_fund_paid": "500", "patient_paid": "3500"})
+    assert paid["patient_paid_fen"] == 350_000 and paid["other_fund_paid_fen"] == 50_000
+    assert paid["fund_due_fen"] == 882_194 - 350_000 - 50_000
+    assert paid["patient_share_fen"] is None and paid["note"] == r["note"]
+    # the same with the pricing dir's table switched off explicitly
+    off = Estimator(setup / "rules", setup / "pricing", setup / "hospitals.csv", benefits=False)
+    assert off.estimate(CASE) == r
+    assert est.estimate({**CASE, "hospital_id": "nowhere"})["reason"] == "UNKNOWN_HOSPITAL"
+
+
+def test_cli_estimate_without_a_benefits_table(setup, no_benefits, tmp_path):
+    from click.testing import CliRunner
+
+    from dipengine.cli import cli
+
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps(CASE), encoding="utf-8")
+    res = CliRunner().invoke(cli, ["estimate", "--rules", str(setup / "rules"), "--pricing", str(no_benefits),
+                                   "--hospitals", str(setup / "hospitals.csv"), "--case", str(case)])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["dip_code"] == "G1" and out["standard_fen"] == 882_194 and out["deviation"] == "normal"
+    assert out["patient_share_fen"] is None and out["fund_benefit_fen"] is None and out["fund_due_fen"] is None
+    assert "no benefits table" in out["note"] and out["trace"]
+    # --benefits DIR with a pricing dir that has none: that table alone
+    res = CliRunner().invoke(cli, ["estimate", "--rules", str(setup / "rules"), "--pricing", str(no_benefits),
+                                   "--hospitals", str(setup / "hospitals.csv"), "--case", str(case),
+                                   "--benefits", str(setup / "pricing")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["fund_due_fen"] == 552_194
+
+
+def test_estimate_of_a_national_case_matches_its_contract_twin(setup):
+    from test_cli_settle import nhsa_row
+
+    est = Estimator(setup / "rules", setup / "pricing", setup / "hospitals.csv", schema="nhsa")
+    plain = Estimator(setup / "rules", setup / "pricing", setup / "hospitals.csv")
+    case = {**CASE, "fund_paid": "7000", "patient_paid": "3000", "other_fund_paid": "1000"}
+    national = nhsa_row(case)
+    assert {"setl_id", "fixmedins_code", "hi_type", "gend", "hifp_pay", "psn_selfpay", "psn_ownpay"} <= set(national)
+    assert national["hi_type"] == "310" and national["gend"] == "2" and "case_id" not in national
+    want, got = plain.estimate(case), est.estimate(national)
+    for key in ("case_id", "dip_code", "match_path", "case_points", "standard_fen", "deviation", "patient_share_fen",
+                "fund_benefit_fen", "patient_paid_fen", "other_fund_paid_fen", "fund_due_fen", "reason"):
+        assert got[key] == want[key], key
+    assert got["dip_code"] == "G1" and got["standard_fen"] == 882_194 and got["other_fund_paid_fen"] == 100_000
+    assert est.normalise(national)["insurance_type"] == "employee"
+    # code values map under the contract layout too (310 -> employee, 1 -> M)
+    assert plain.normalise({**CASE, "insurance_type": "310", "sex": "1"})["sex"] == "M"
+
+
+def test_cli_estimate_schema_encoding_and_table_case(setup, tmp_path):
+    from click.testing import CliRunner
+
+    from dipengine.cli import cli
+    from test_cli_settle import nhsa_row
+
+    base = ["estimate", "--rules", str(setup / "rules"), "--pricing", str(setup / "pricing"),
+            "--hospitals", str(setup / "hospitals.csv")]
+    case = tmp_path / "case.json"
+    case.write_bytes(json.dumps({**nhsa_row(CASE), "科室": "普外科"}, ensure_ascii=False).encode("gbk"))
+    res = CliRunner().invoke(cli, base + ["--case", str(case), "--schema", "nhsa", "--encoding", "gbk"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["fund_due_fen"] == 552_194
+    res = CliRunner().invoke(cli, base + ["--case", str(case), "--schema", "nhsa"])  # not UTF-8
+    assert res.exit_code != 0
+    # a CSV table of cases: one answer per row
+    table = tmp_path / "cases.csv"
+    table.write_text("case_id,hospital_id,insurance_type,insured_region,age,admit_date,discharge_date,main_dx,"
+                     "main_proc,total_cost\n"
+                     "a,H2,employee,440200,34,2027-04-01,2027-04-06,K35.800,47.0100,11000\n"
+                     "b,H2,employee,440200,34,2027-04-01,2027-04-06,K35.800,47.0100,25000\n", encoding="utf-8")
+    res = CliRunner().invoke(cli, base + ["--case", str(table)])
+    assert res.exit_code == 0, res.output
+    answers = json.loads(res.output)
+    assert [a["case_id"] for a in answers] == ["a", "b"] and answers[0]["fund_due_fen"] == 552_194
+    assert answers[1]["deviation"] == "high"
+    res = CliRunner().invoke(cli, base + ["--case", str(case), "--sheet", "1"])
+    assert res.exit_code == 2 and "--sheet" in res.output

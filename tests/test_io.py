@@ -148,21 +148,23 @@ def workbook(path, sheets: dict):
 @needs_calamine
 def test_xlsx_first_sheet_as_text(tmp_path):
     path = workbook(tmp_path / "cases.xlsx", {
-        "cases": [["case_id", "insured_region", "age", "total_cost", "admit_date", "admit_time", "code", "note"],
-                  ["C1", 440200, 310.0, 1234.5, dt.date(2026, 1, 5), dt.datetime(2026, 1, 5, 8, 30), "0310", None],
+        "cases": [["case_id", "insured_region", "age", "total_cost", "admit_date", "admit_time", "code", "note",
+                   "flag"],
+                  ["C1", 440200, 310.0, 1234.5, dt.date(2026, 1, 5), dt.datetime(2026, 1, 5, 8, 30), "0310", None,
+                   True],
                   ["C2", "440200", 40, 0.1 + 0.2, dt.datetime(2026, 2, 1), dt.datetime(2026, 2, 1, 23, 59, 59),
-                   310, "x"]],
+                   310, "x", 1]],
         "other": [["x"], [1]],
     })
     t = read_table(path)
     assert t.column_names == ["case_id", "insured_region", "age", "total_cost", "admit_date", "admit_time",
-                              "code", "note"]
+                              "code", "note", "flag"]
     assert all(pa.types.is_string(f.type) for f in t.schema)
     assert t.to_pylist() == [
         {"case_id": "C1", "insured_region": "440200", "age": "310", "total_cost": "1234.5",
-         "admit_date": "2026-01-05", "admit_time": "2026-01-05 08:30:00", "code": "0310", "note": ""},
+         "admit_date": "2026-01-05", "admit_time": "2026-01-05 08:30:00", "code": "0310", "note": "", "flag": "TRUE"},
         {"case_id": "C2", "insured_region": "440200", "age": "40", "total_cost": "0.3",
-         "admit_date": "2026-02-01", "admit_time": "2026-02-01 23:59:59", "code": "310", "note": "x"},
+         "admit_date": "2026-02-01", "admit_time": "2026-02-01 23:59:59", "code": "310", "note": "x", "flag": "1"},
     ]
 
 
@@ -294,3 +296,12 @@ def test_misnamed_parquet_through_iter_batches(tmp_path):
     path.write_text("case_id\nC1\n")
     with pytest.raises(DataError, match=r"not a Parquet file: it looks like a text \(CSV\) file; name it \.csv"):
         list(iter_batches(path))
+
+
+def test_read_cases_names_a_misnamed_parquet_file(tmp_path):
+    from dipengine.reader import read_cases
+
+    p = tmp_path / "cases.parquet"
+    p.write_text("case_id,hospital_id\n1,H1\n", encoding="utf-8")
+    with pytest.raises(DataError, match="not a Parquet file: it looks like a text"):
+        read_cases(p)

@@ -408,8 +408,10 @@ _cells = {
     "age_days": st.sampled_from(["10", "366", "", None]),
     "los": st.sampled_from(["1", "4", "9", "-1", "", None]),
     "discharge_mode": st.sampled_from(["1", "5", "7", "300", "x", None]),
-    "admit_date": st.sampled_from(["2027-03-01", "2027-02-30", "2027-03-05 10:00", "bad", "", None]),
-    "discharge_date": st.sampled_from(["2027-03-05", "2027-02-27", "2027-04-02", "2026-12-31", None]),
+    "admit_date": st.sampled_from(["2027-03-01", "2027-02-30", "2027-03-05 10:00", "bad", "", None,
+                                   "2027/3/1", "2027/02/30", "20270301", "20270301083000", "2027/3/1 8:30"]),
+    "discharge_date": st.sampled_from(["2027-03-05", "2027-02-27", "2027-04-02", "2026-12-31", None,
+                                       "2027/03/05 10:00:00", "20270230", "2027-03-05T23:59:59", "2027/3/5/"]),
     "main_dx": st.one_of(st.sampled_from(["K35.800x001", " k35.8 ", "A01.000x005+J17.0*", "K35.", "", None]),
                          _text),
     "main_proc": st.one_of(st.sampled_from(["47.0100", "4701", None]), _text),
@@ -527,3 +529,83 @@ def test_int_column_bounds_per_arrow_type(arrow_type):
     assert bad.tolist() == want_bad
     assert present.tolist() == [True] * len(values) + [False]
     assert value.tolist() == [0 if b else v for v, b in zip(values, want_bad)] + [0]
+
+
+# --- date forms and thousands separators ----------------------------------------------------
+
+DATE_FORMS = ["2026-01-05", "2026/01/05", "20260105", "2026-01-05 08:30:00", "2026/01/05 08:30:00",
+              "2026-01-05T08:30:00", "20260105083000", "2026/1/5", "2026/1/5 8:30", " 2026/1/5 "]
+
+
+@pytest.mark.parametrize("text", DATE_FORMS)
+def test_date_forms_are_read(tmp_path, text):
+    path = write_csv(tmp_path, [f"C1,H1,employee,440200,40,{text},{text},K35.800x001,,,1000.00,700.00,300.00,M,x"])
+    for out in (read_cases(path), read_cases_reference(path)):
+        assert out["admit_date"].to_pylist() == [dt.date(2026, 1, 5)]
+        assert out["discharge_date"].to_pylist() == [dt.date(2026, 1, 5)]
+        assert out["reason"].to_pylist() == [None]
+
+
+@pytest.mark.parametrize("text", ["2027-02-30", "2027/2/30", "20270230", "20270230083000", "2026/13/1", "2026/0/5",
+                                  "2026-1-5", "2026/001/5", "202601051", "2026/1/5/", "05/01/2026", "2026.01.05"])
+def test_impossible_or_unknown_date_forms_are_bad(text):
+    t = case_table(1, admit_date=[text])
+    for out in (read_cases(t), read_cases_reference(t)):
+        assert out["reason"].to_pylist() == ["BAD_DATES"]
+        assert f"admit_date: '{text}' is not a date (YYYY-MM-DD)" in out["reason_detail"][0].as_py()
+
+
+_date_parts = st.tuples(st.integers(999, 3000), st.integers(0, 13), st.integers(0, 32),
+                        st.sampled_from(["", " 08:30", " 8:30", "T23:59:59", " 08:30:00.5", "083000", "0830"]),
+                        st.sampled_from(["iso", "slash", "slash-short", "digits"]))
+
+
+def _date_text(parts) -> str:
+    y, m, d, time, form = parts
+    if form == "iso":
+        return f"{y:04d}-{m:02d}-{d:02d}{time}"
+    if form == "slash":
+        return f"{y:04d}/{m:02d}/{d:02d}{time}"
+    if form == "slash-short":
+        return f"{y}/{m}/{d}{time}"
+    return f"{y:04d}{m:02d}{d:02d}{time}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_date_parts, min_size=1, max_size=20))
+def test_date_column_matches_its_twin_and_the_calendar(parts):
+    from dipengine.case import _one_date_text
+    from dipengine.reader import _date_column
+
+    texts = [_date_text(p) for p in parts]
+    days, present, bad = _date_column(pa.array(texts, pa.string()), len(texts))
+    for text, (y, m, d, time, form), day, is_bad in zip(texts, parts, days.tolist(), bad.tolist()):
+        twin = _one_date_text(text)
+        assert (None if is_bad else day, True, is_bad) == twin, text
+        shaped = 1000 <= y <= 2999 and {
+            "iso": time in ("", " 08:30", "T23:59:59", " 08:30:00.5"),
+            "slash": time not in ("083000", "0830"),
+            "slash-short": time not in ("083000", "0830"),
+            "digits": time in ("", "083000"),
+        }[form]
+        try:
+            real = dt.date(y, m, d)
+        except ValueError:
+            real = None
+        expected = (real - dt.date(1970, 1, 1)).days if shaped and real is not None else None
+        assert twin[0] == expected, text
+    assert present.all()
+
+
+def test_amounts_with_thousands_separators_through_a_csv_file(tmp_path):
+    path = write_csv(tmp_path, [
+        'C1,H1,employee,440200,40,2027-03-01,2027-03-05,K35.800x001,,,"1,234.50","1,000.25",234.25,M,a',
+        'C2,H1,employee,440200,40,2027-03-01,2027-03-05,K35.800x001,,,"1,234,567.005",,,M,b',
+        'C3,H1,employee,440200,40,2027-03-01,2027-03-05,K35.800x001,,,"12,3x",,,M,c',
+    ])
+    for out in (read_cases(path), read_cases_reference(path)):
+        assert out["total_cost_fen"].to_pylist() == [123450, 123456701, 0]  # half up at the fen
+        assert out["fund_paid_fen"].to_pylist() == [100025, None, None]
+        assert out["reason"].to_pylist() == [None, None, "BAD_AMOUNT"]
+        assert "total_cost: '12,3x' is not a number" in out["reason_detail"][2].as_py()
+        assert out["note"].to_pylist() == ["a", "b", "c"]  # the quoted commas split no column

@@ -13,6 +13,7 @@ from dipengine.policy import policy_from_dict
 from dipengine.scoring import case_points
 from dipengine.settlement import (
     clearing_amount,
+    monthly_payment,
     parse_period,
     point_value_fen,
     read_monthly,
@@ -327,11 +328,12 @@ BENEFIT_GROUPS = [
 ]
 
 
-def benefit_region(tmp_path, n=400, seed=3, *, paid="none", benefits=True):
+def benefit_region(tmp_path, n=400, seed=3, *, paid="none", benefits=True, other=False):
     """Rule set, pricing dir (with the demo benefits.csv), registry and a CSV of ``n`` cases.
 
     ``paid``: ``"none"`` (no fund_paid/patient_paid columns), ``"all"`` (both recorded) or
-    ``"some"`` (recorded on about half of the rows, null elsewhere).
+    ``"some"`` (recorded on about half of the rows, null elsewhere). ``other``: an
+    ``other_fund_paid`` column, 100 yuan on about a third of the rows (with ``paid="none"``).
     """
     from importlib import resources
 
@@ -375,6 +377,8 @@ def benefit_region(tmp_path, n=400, seed=3, *, paid="none", benefits=True):
         keep = np.ones(n, bool) if paid == "all" else rng.random(n) < 0.5
         cols["fund_paid"] = [f"{f / 100:.2f}" if k else None for f, k in zip(fund, keep)]
         cols["patient_paid"] = [f"{(t - f) / 100:.2f}" if k else None for t, f, k in zip(total, fund, keep)]
+    if other:
+        cols["other_fund_paid"] = ["100.00" if k else None for k in rng.random(n) < 0.33]
     write_table(pa.table(cols), tmp_path / "cases.csv")
     return {"rules": rules, "pricing": pricing, "hospitals": tmp_path / "hospitals.csv",
             "cases": tmp_path / "cases.csv"}
@@ -515,3 +519,179 @@ def test_resolve_benefits_reads_each_table_once(tmp_path):
     assert list(own.files) == [str(r["pricing"] / "benefits.csv")]
     again = resolve_benefits([r["pricing"], r["pricing"] / "benefits.csv"], policy)
     assert again.files == own.files and resolve_benefits(own, policy) is own
+
+
+# ---- other funds (大额, 大病, 公务员补助, 医疗救助): issue 14 --------------------------------------
+
+def other_funds(values):
+    return {"other_fund_paid_fen": pa.array(values, pa.int64())}
+
+
+def test_total_cost_budget_adds_the_other_funds():
+    # fund_plus_personal: T = F + patients + other funds; fund_over_share: F x total / pooled fund
+    assert total_cost_budget_fen("fund_plus_personal", 1000, 300, 600, 1000, 100) == 1400
+    assert total_cost_budget_fen("fund_plus_personal", 1000, 300, 600, 1000) == 1300
+    assert total_cost_budget_fen("fund_over_share", 1000, 300, 600, 1000, 100) == \
+        total_cost_budget_fen("fund_over_share", 1000, 300, 600, 1000) == 1667
+
+
+def test_monthly_payment_takes_off_the_other_funds():
+    """dip-rules §7.2 A: (points x value − patient burden − other funds) x 95 %."""
+    policy = make_policy()
+    # 1,426,300 − 400,000 − 60,000 = 966,300 -> 917,985 paid, 48,315 withheld
+    assert monthly_payment(1_426_300 * YUAN, 400_000 * YUAN, 0, policy, other_fund_paid_fen=60_000 * YUAN) == \
+        (917_985 * YUAN, 48_315 * YUAN)
+    assert monthly_payment(1_426_300 * YUAN, 460_000 * YUAN, 0, policy) == (917_985 * YUAN, 48_315 * YUAN)
+
+
+def test_monthly_statement_with_other_funds_worked_example():
+    """The §7.2 month with the burden of 460,000 split: patients 400,000, other funds 60,000."""
+    n = 85
+    hospitals = registry(1)
+    policy = make_policy()
+    patient = [4_000 * YUAN] * (n - 1) + [400_000 * YUAN - (n - 1) * 4_000 * YUAN]
+    other = [600 * YUAN] * (n - 1) + [60_000 * YUAN - (n - 1) * 600 * YUAN]
+    sc, cases = scored_cases(["H000"] * n, 2000.0, [1_000_000] * n, patient, [500_000] * n, hospitals, policy,
+                             extra=other_funds(other))
+    res = settle_scored(sc, cases, hospitals, policy, "2027-03")
+    row = res.hospitals.to_pylist()[0]
+    assert row["standard_fen"] == 1_426_300 * YUAN
+    assert (row["patient_paid_fen"], row["other_fund_paid_fen"]) == (400_000 * YUAN, 60_000 * YUAN)
+    assert row["fund_due_fen"] == 966_300 * YUAN
+    assert row["monthly_paid_fen"] == row["final_fen"] == 917_985 * YUAN
+    assert row["deposit_fen"] == 48_315 * YUAN
+
+
+def test_annual_worked_example_with_other_funds():
+    """dip-rules §7.5 with the burden of 5.2M split: patients 4.7M, other funds 0.5M.
+
+    The total-cost budget is fund + patients + other funds = 16.0M, so the value stays 8.00 and
+    the fund due is 10.8M, the fund budget, to the fen.
+    """
+    n = 1000
+    hospitals = registry(1, assessment=0.98)
+    policy = make_policy(budget__employee=10_800_000, budget__reserve_rate=0.0, point_value__band=None)
+    sc, cases = scored_cases(["H000"] * n, 2000.0, [1_000_000] * n, [4_700 * YUAN] * n, [11_500 * YUAN] * n,
+                             hospitals, policy, extra=other_funds([500 * YUAN] * n))
+    res = settle_scored(sc, cases, hospitals, policy, "2027")
+    info = res.manifest["pools"]["employee"]
+    assert info["total_cost_budget_fen"] == 16_000_000 * YUAN
+    assert info["other_fund_paid_fen"] == 500_000 * YUAN
+    assert info["point_value_yuan"] == 8.0
+    row = res.hospitals.to_pylist()[0]
+    assert row["standard_fen"] == 16_000_000 * YUAN
+    assert row["other_fund_paid_fen"] == 500_000 * YUAN
+    assert row["fund_due_fen"] == 10_800_000 * YUAN == policy.fund_available_fen("employee")
+    assert row["clearing_fen"] == 11_042_000 * YUAN
+    c = res.cases.to_pylist()[0]
+    assert c["fund_due_fen"] == c["standard_fen"] - 4_700 * YUAN - 500 * YUAN == 10_800 * YUAN
+
+
+def test_case_and_statement_columns_with_other_funds():
+    hospitals = registry(2)
+    policy = make_policy(point_value__band=None)
+    other = [10_000, None, 0, 25_000, 7]
+    sc, cases = scored_cases(["H000", "H000", "H001", "H001", "H001"], 1000.0, [1_000_000] * 5, [200_000] * 5,
+                             [700_000] * 5, hospitals, policy, match_path=["core"] * 4 + ["rejected"],
+                             extra=other_funds(other))
+    res = settle_scored(sc, cases, hospitals, policy, "2027")
+    names = res.cases.column_names
+    assert names.index("other_fund_paid_fen") == names.index("patient_paid_fen") + 1
+    assert names.index("fund_due_fen") == names.index("other_fund_paid_fen") + 1
+    assert res.cases["other_fund_paid_fen"].to_pylist() == other  # as recorded, nulls kept
+    for c, o in zip(res.cases.to_pylist(), other):
+        if c["in_pool"]:
+            assert c["fund_due_fen"] == c["standard_fen"] - c["patient_paid_fen"] - (o or 0)
+        else:
+            assert c["fund_due_fen"] == 0
+    st = res.hospitals
+    assert st.column_names.index("other_fund_paid_fen") == st.column_names.index("patient_paid_fen") + 1
+    by_h = {r["hospital_id"]: r for r in st.to_pylist()}
+    assert by_h["H000"]["other_fund_paid_fen"] == 10_000
+    assert by_h["H001"]["other_fund_paid_fen"] == 25_000  # the rejected case's 7 fen is not in it
+    for r in st.to_pylist():
+        assert r["fund_due_fen"] == r["standard_fen"] - r["patient_paid_fen"] - r["other_fund_paid_fen"]
+    sums = res.manifest["sums"]
+    assert sums["cases"]["other_fund_paid_fen"] == 35_007
+    assert sums["hospitals"]["other_fund_paid_fen"] == 35_000
+    assert res.manifest["pools"]["employee"]["other_fund_paid_fen"] == 35_000
+
+
+def test_without_the_column_other_funds_are_zero():
+    hospitals = registry(1)
+    policy = make_policy()
+    sc, cases = scored_cases(["H000"] * 2, 1000.0, [1_000_000] * 2, [300_000] * 2, [700_000] * 2, hospitals, policy)
+    res = settle_scored(sc, cases, hospitals, policy, "2027")
+    assert res.cases["other_fund_paid_fen"].null_count == 2
+    assert res.hospitals["other_fund_paid_fen"].to_pylist() == [0]
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+@pytest.mark.parametrize("method", ["fund_plus_personal", "fund_over_share"])
+def test_annual_reconciles_exactly_with_other_funds(seed, method):
+    """Contract §8 invariant 4 with other funds: Σ standard = total-cost budget and (floating
+    fund_plus_personal) Σ fund due = fund budget, both to the fen."""
+    g = generated_year(seed)
+    rng = np.random.default_rng(seed + 100)
+    n = len(g["cost_fen"])
+    other = (g["patient_fen"] * rng.uniform(0, 0.6, n)).astype(np.int64)  # part of the burden is other funds
+    other = np.where(rng.random(n) < 0.3, other, 0)
+    patient = g["patient_fen"] - other
+    other_col = pa.array(other, pa.int64(), mask=rng.random(n) < 0.1 * (other == 0))  # a few nulls
+    policy = make_policy(point_value__band=None, point_value__settlement_method=method,
+                         budget__employee=12_345_678.91, budget__resident=7_654_321.09)
+    sc, cases = scored_cases(g["hospital_id"], g["score"], g["cost_fen"], patient, g["fund_fen"], g["hospitals"],
+                             policy, insurance_type=g["insurance_type"], match_path=g["match_path"],
+                             extra={"other_fund_paid_fen": other_col})
+    res = settle_scored(sc, cases, g["hospitals"], policy, "2027")
+    pool_of = np.asarray(sc["pool"].to_pylist(), dtype=object)
+    in_pool = np.asarray(sc["in_pool"])
+    total_budget = 0
+    for pool in ("employee", "resident"):
+        rows = [r for r in res.hospitals.to_pylist() if r["pool"] == pool]
+        info = res.manifest["pools"][pool]
+        mine = in_pool & (pool_of == pool)
+        O, P = int(other[mine].sum()), int(patient[mine].sum())
+        assert O > 0 and info["other_fund_paid_fen"] == O == sum(r["other_fund_paid_fen"] for r in rows)
+        assert info["reconciled_to_budget"]
+        F = policy.fund_available_fen(pool)
+        if method == "fund_plus_personal":
+            assert info["total_cost_budget_fen"] == F + P + O
+        assert sum(r["standard_fen"] for r in rows) == info["total_cost_budget_fen"]
+        due = sum(r["fund_due_fen"] for r in rows)
+        assert due == info["total_cost_budget_fen"] - P - O
+        if method == "fund_plus_personal":
+            assert due == F  # the fund budget, to the fen
+        total_budget += info["total_cost_budget_fen"]
+    assert pa.compute.sum(res.hospitals["standard_fen"]).as_py() == total_budget
+
+
+def test_estimate_mode_keeps_recorded_other_funds(tmp_path):
+    """Cases without fund/patient payments but with other funds: the computed patient share is net
+    of the other funds, which stay as recorded; fund + patient + other = total; §8.4 holds."""
+    from dipengine.settlement import settle
+
+    r = benefit_region(tmp_path, paid="none", other=True)
+    res = settle(r["cases"], r["rules"], r["pricing"], r["hospitals"], "2027")
+    rows = res.cases.to_pylist()
+    est = [x for x in rows if x["paid_source"] == "estimated"]
+    with_other = [x for x in est if x["other_fund_paid_fen"]]
+    assert with_other and len(with_other) < len(est)
+    from dipengine.reader import read_cases
+
+    read = read_cases(r["cases"])
+    totals = dict(zip(read["case_id"].to_pylist(), read["total_cost_fen"].to_pylist()))
+    for x in est:
+        total = totals[x["case_id"]]
+        assert x["fund_paid_fen"] + x["patient_paid_fen"] + (x["other_fund_paid_fen"] or 0) == total
+        if x["in_pool"]:
+            assert x["fund_due_fen"] == x["standard_fen"] - x["patient_paid_fen"] - (x["other_fund_paid_fen"] or 0)
+    for x in with_other:
+        assert x["other_fund_paid_fen"] == 10_000  # as recorded (100 yuan)
+    for pool in POOLS_:
+        info = res.manifest["pools"][pool]
+        st = [x for x in res.hospitals.to_pylist() if x["pool"] == pool]
+        assert info["other_fund_paid_fen"] > 0
+        assert sum(x["standard_fen"] for x in st) == info["total_cost_budget_fen"] == \
+            info["fund_available_fen"] + info["patient_paid_fen"] + info["other_fund_paid_fen"]
+        assert sum(x["fund_due_fen"] for x in st) == info["fund_available_fen"]

@@ -5,7 +5,7 @@ import click
 import numpy as np
 import pyarrow.compute as pc
 
-from dipengine.cli._common import MultiValueCommand, echo_counts, progress_bar
+from dipengine.cli._common import MultiValueCommand, echo_counts, input_layout_options, progress_bar
 
 
 @click.command("benefits", cls=MultiValueCommand, multi_value=("--pricing",))
@@ -17,11 +17,13 @@ from dipengine.cli._common import MultiValueCommand, echo_counts, progress_bar
 @click.option("--input", "input_", required=True, type=click.Path(), help="Cases (Parquet, CSV, Arrow IPC or a dataset).")
 @click.option("--out", required=True, type=click.Path(), help="Output file (Parquet, or CSV when it ends in .csv).")
 @click.option("--period", default=None, help="Optional YYYY or YYYY-MM: cases discharged outside it are rejected.")
-def command(pricing, hospitals, input_, out, period):
+@input_layout_options
+def command(pricing, hospitals, input_, out, period, schema, encoding, sheet):
     """Fund benefit and patient share per case (dip-rules §8).
 
     Caps and repeat-admission deductibles accumulate per patient_id over the year in discharge
-    order. Money columns are integer fen.
+    order. Money columns are integer fen. Other funds a case records (other_fund_paid) are
+    taken off the patient share (column other_fund_fen), never off the fund benefit.
     """
     from dipengine.benefits import compute_benefits, load_benefits
     from dipengine.hospitals import read_hospitals
@@ -33,7 +35,8 @@ def command(pricing, hospitals, input_, out, period):
     registry = read_hospitals(hospitals)
     callback, close = progress_bar(None, "reading")
     try:
-        cases = read_cases(input_, registry, period=period, progress=callback)
+        cases = read_cases(input_, registry, period=period, progress=callback, schema=schema, encoding=encoding,
+                           sheet=sheet)
     finally:
         close()
     result = compute_benefits(cases, rules, registry)
@@ -58,6 +61,11 @@ def command(pricing, hospitals, input_, out, period):
         share = f"{f / s:.1%}" if s else "-"
         click.echo(f"  {kind:<9} {int(m.sum()):>10,} cases  fund {f / 100:>16,.2f}  "
                    f"of policy scope {s / 100:>16,.2f}  = {share}")
+    other = result["other_fund_fen"]
+    n_other = int(pc.sum(pc.greater(other, 0)).as_py() or 0)
+    if n_other:
+        click.echo(f"other funds taken off the patient share: {int(pc.sum(other).as_py()) / 100:,.2f} yuan "
+                   f"over {n_other:,} cases")
     diff = result["fund_diff_fen"]
     if diff.null_count < n:
         click.echo(f"recorded fund_paid minus computed benefit: {int(pc.sum(diff).as_py()) / 100:,.2f} yuan "

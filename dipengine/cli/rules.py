@@ -89,9 +89,9 @@ def import_(source, mapping, out, name, version, effective_from, effective_to, s
             proc_prefix, codes_icd9):
     """Turn a region's published catalogue (FILE.xlsx or FILE.csv) into the rule set RULES_DIR, then check it.
 
-    Rows that cannot be converted stop the import (error naming file, line, column and value; nothing
+    Rows that cannot be converted stop the import (error naming file, row, column and value; nothing
     written). The written rule set is then checked as 'rules check' does: its problems are listed (with
-    the catalogue line of each group) and the exit status is 1, else an OK line with the counts.
+    the catalogue row of each group) and the exit status is 1, else an OK line with the counts.
     """
     from pathlib import Path
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from dipengine.cli._common import MultiValueCommand, echo_counts, progress_bar
+from dipengine.cli._common import MultiValueCommand, echo_counts, input_layout_options, progress_bar
 
 
 def _yuan(fen) -> str:
@@ -36,8 +36,9 @@ def _yuan(fen) -> str:
                    "pricing dir's own benefits.csv; repeatable.")
 @click.option("--no-benefits", is_flag=True,
               help="Do not estimate missing fund_paid/patient_paid from benefits.csv (they count as 0).")
+@input_layout_options
 def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, monthly_dirs, n_threads,
-            benefit_dirs, no_benefits):
+            benefit_dirs, no_benefits, schema, encoding, sheet):
     """Group, score and settle the cases of PERIOD; write case results and hospital statements.
 
     Estimate mode: when the pricing dir has a benefits.csv (or --benefits is given), cases
@@ -57,7 +58,8 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
     try:
         result = settle(list(inputs), rules_dir, pricing_dir, hospitals_path, period,
                         monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads,
-                        benefits=False if no_benefits else (list(benefit_dirs) or None))
+                        benefits=False if no_benefits else (list(benefit_dirs) or None),
+                        schema=schema, encoding=encoding, sheet=sheet)
     finally:
         close()
     result.write(out_dir)
@@ -84,7 +86,8 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
             click.echo(f"  total-cost budget {_yuan(info['total_cost_budget_fen'])}, "
                        f"standard {_yuan(info['hospital_standard_fen'])}: {status}")
     sums = m["sums"]["hospitals"]
-    click.echo(f"standard {_yuan(sums['standard_fen'])}, fund due {_yuan(sums['fund_due_fen'])}, "
+    other = f", other funds {_yuan(sums['other_fund_paid_fen'])}" if sums.get("other_fund_paid_fen") else ""
+    click.echo(f"standard {_yuan(sums['standard_fen'])}, fund due {_yuan(sums['fund_due_fen'])}{other}, "
                f"recorded {_yuan(sums['recorded_fen'])} yuan")
     if kind == "annual":
         click.echo(f"clearing {_yuan(sums['clearing_fen'])}, paid monthly {_yuan(sums['monthly_paid_fen'])}, "
