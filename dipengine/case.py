@@ -18,6 +18,7 @@ import pyarrow as pa
 from dipengine import codes as _codes
 from dipengine import reasons as R
 from dipengine.money import MALFORMED, NEGATIVE, NULL, OK, TOO_LARGE
+from dipengine.schemas import load_schema
 from dipengine.reader import (_BATCH_SIZE, _DATE_RE, _DX_FORM, _PROC_FORM, CONSISTENCY_FEN, DISCHARGE_MODES,
                               INSURANCE_TYPES, LIST_SEPARATORS, LOS_TOLERANCE_DAYS, MAX_AGE, MAX_AGE_DAYS,
                               MAX_CASE_FEN, MONEY, PERSON_TYPES, REMOTE_FILINGS, REQUIRED, SCHEMA, SEXES, WARNING,
@@ -324,9 +325,7 @@ def normalise_case(row: dict, *, hospital_ids=None, period=None, code_lists=None
         bad((R.UNKNOWN_HOSPITAL, f"hospital_id: '{hospital_id}' is not in the hospital registry"))
 
     if values is None:
-        from dipengine.schemas import load_schema
-
-        values = load_schema().values
+        values = load_schema().values  # cached: the shared code values
 
     def enum(name, allowed, allowed_set, default, upper):
         v = _one_clean(get(name))

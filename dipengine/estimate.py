@@ -211,6 +211,8 @@ class Estimator:
         out["hospital_id"] = c["hospital_id"]
         out["reason"] = reason = c["reason"]
         out["reason_detail"] = c["reason_detail"]
+        if self.benefits is None:
+            out["note"] = NO_BENEFITS_NOTE
         lines = out["trace"] = [] if trace else None
         if reason:
             out["match_path"] = "rejected"
@@ -268,7 +270,6 @@ class Estimator:
         other = other or 0
         other_text = f" - other funds {other / 100:.2f}" if other else ""
         if self.benefits is None:
-            out["note"] = NO_BENEFITS_NOTE
             patient = c["patient_paid_fen"]
             if trace:
                 lines.append(f"benefits: {NO_BENEFITS_NOTE}")

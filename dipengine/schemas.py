@@ -143,17 +143,8 @@ class InputSchema:
         """Column names of :meth:`apply` for an input with columns ``names``."""
         plan = self.plan(names)
         renamed = {s: c for c, s in plan.items() if isinstance(s, str)}
-        taken = set(plan)
-        out = []
-        for n in names:
-            if n in renamed:
-                out.append(renamed[n])
-            elif n in taken:  # a contract name used from another source: kept under source_<name>
-                out.append(f"source_{n}")
-            else:
-                out.append(n)
-        out += [c for c, s in plan.items() if isinstance(s, tuple)]
-        return out
+        # a contract column under its own name is planned from itself, so no name is taken twice
+        return [renamed.get(n, n) for n in names] + [c for c, s in plan.items() if isinstance(s, tuple)]
 
     def apply(self, batch: pa.RecordBatch | pa.Table):
         """The batch with contract column names: sources renamed, sums computed (exact fen,
@@ -221,15 +212,34 @@ class InputSchema:
         return pa.Table.from_arrays(arrays, names=names)
 
     def apply_row(self, row: dict) -> dict:
-        """One case as a dict (``estimate``'s JSON), with the contract's keys."""
+        """One case as a dict (``estimate``'s JSON) with the contract's keys: the row twin of
+        :meth:`apply` in plain Python (values kept as given; sums as exact yuan text)."""
         if self.identity:
             return dict(row)
-        table = pa.Table.from_pylist([{k: (None if v is None else _cell_text(v)) for k, v in row.items()}])
-        mapped = self.apply(table).to_pylist()[0]
-        for column, source in self.plan(list(row)).items():  # typed JSON values kept as given
-            if isinstance(source, str) and column not in MONEY_COLUMNS:
-                mapped[column] = row[source]
-        return mapped
+        from dipengine.case import _one_fen
+        from dipengine.money import MALFORMED, NEGATIVE, OK, TOO_LARGE
+
+        plan = self.plan(list(row))
+        renamed = {s: c for c, s in plan.items() if isinstance(s, str)}
+        out = {renamed.get(k, k): v for k, v in row.items()}
+        for column, parts in plan.items():
+            if not isinstance(parts, tuple):
+                continue
+            total, any_value, bad = 0, False, None
+            for p in parts:
+                fen, status = _one_fen(row[p])
+                if status in (OK, NEGATIVE):
+                    total += fen
+                    any_value = True
+                elif status in (MALFORMED, TOO_LARGE) and bad is None:
+                    bad = f"{p}={str(row[p]).strip()}"
+            if bad is not None:
+                out[column] = bad
+            elif any_value:
+                out[column] = f"{'-' if total < 0 else ''}{abs(total) // 100}.{abs(total) % 100:02d}"
+            else:
+                out[column] = None
+        return out
 
 
 def _national_codes(col, cv: CodeValues):
@@ -241,12 +251,6 @@ def _national_codes(col, cv: CodeValues):
     keys = pa.array(list(back), pa.string())
     at = pc.index_in(col, value_set=keys)
     return pc.if_else(pc.is_valid(at), pc.take(pa.array(list(back.values()), pa.string()), at), col)
-
-
-def _cell_text(v):
-    if isinstance(v, (list, tuple)):
-        return "|".join(str(x) for x in v)
-    return str(v)
 
 
 def _money_sum(parts: list, names: tuple) -> pa.Array:

@@ -340,7 +340,8 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
             row = dict(hospital_id=hid, pool=p, level=int(h_level[hi_]), n_cases=int(h_n[lab]),
                        points=h_units[lab] / 10000.0, points_e4=int(h_units[lab]),
                        standard_fen=int(h_standard[lab]), patient_paid_fen=int(h_patient[lab]),
-                       other_fund_paid_fen=int(h_other[lab]), fund_due_fen=int(h_due[lab]), assessment_coef=float(assess[hi_]),
+                       other_fund_paid_fen=int(h_other[lab]), fund_due_fen=int(h_due[lab]),
+                       assessment_coef=float(assess[hi_]),
                        recorded_fen=int(h_fund[lab]), n_rejected=int(h_rejected[lab]),
                        n_out_of_pool=int(h_out[lab]))
             if kind == "monthly":

@@ -275,7 +275,8 @@ def test_estimate_without_a_benefits_table(setup, no_benefits):
     # the same with the pricing dir's table switched off explicitly
     off = Estimator(setup / "rules", setup / "pricing", setup / "hospitals.csv", benefits=False)
     assert off.estimate(CASE) == r
-    assert est.estimate({**CASE, "hospital_id": "nowhere"})["reason"] == "UNKNOWN_HOSPITAL"
+    bad = est.estimate({**CASE, "hospital_id": "nowhere"})
+    assert bad["reason"] == "UNKNOWN_HOSPITAL" and bad["note"] == r["note"]
 
 
 def test_cli_estimate_without_a_benefits_table(setup, no_benefits, tmp_path):
