@@ -14,8 +14,7 @@ which runs the four measurements once each (best of ``--repeat``) and prints a t
     same file with the same output columns (no validation, no auxiliary subtypes, exact codes only);
 (d) ``floor``   pyarrow alone: read the columns (b) reads and write (b)'s output table (same columns
     and types, the input's extra columns included, loaded before the clock starts; same writer
-    statistics settings as (b); the faster of pyarrow's default memory pool and jemalloc, the
-    pool (b) uses).
+    statistics settings as (b); the faster of pyarrow's default memory pool and jemalloc).
 
 (c) and (d) run in their own subprocess too (for their peak RSS) and time their work inside it.
 (d') is (d) measured as (b) is: the wall time of a fresh ``python`` process that imports pyarrow
@@ -288,8 +287,8 @@ print(json.dumps({"load": load}))
 
 
 def floor_pools() -> list[str]:
-    """Memory pools the floor is measured with: pyarrow's default and, when built in, jemalloc
-    (which (b) uses); the floor is the faster of them."""
+    """Memory pools the floor is measured with: pyarrow's default and, when built in, jemalloc;
+    the floor is the faster of them."""
     try:
         pa.jemalloc_memory_pool()
     except NotImplementedError:

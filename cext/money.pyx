@@ -6,6 +6,8 @@ validity as one byte per row) and write into caller-allocated outputs.
 """
 from libc.stdint cimport int8_t, int64_t, uint8_t
 
+from _checks cimport check_len, offsets_error
+
 cdef enum:
     ST_OK = 0
     ST_NULL = 1
@@ -119,8 +121,8 @@ cdef inline int8_t _parse_one(const uint8_t[::1] data, int64_t start, int64_t st
     return ST_OK
 
 
-def parse_fen(const uint8_t[::1] data, const int64_t[::1] offsets,
-              const uint8_t[::1] valid, int64_t[::1] out, int8_t[::1] status):
+def parse_fen(const uint8_t[::1] data not None, const int64_t[::1] offsets not None,
+              const uint8_t[::1] valid not None, int64_t[::1] out not None, int8_t[::1] status not None):
     """Parse decimal yuan strings into integer fen, rounding half up at the fen.
 
     Parameters
@@ -135,21 +137,38 @@ def parse_fen(const uint8_t[::1] data, const int64_t[::1] offsets,
         Fen per row (written; 0 where the status is not OK or NEGATIVE).
     status : int8[:]
         0 ok, 1 null or empty, 2 malformed, 3 negative (``out`` holds the value), 4 too large.
+
+    Raises
+    ------
+    ValueError
+        ``valid``, ``status`` not as long as ``out``, ``offsets`` not ``n + 1`` long, or a valid
+        row's ``offsets[r], offsets[r + 1]`` not an increasing range inside ``data``.
     """
     cdef Py_ssize_t n = out.shape[0], r
-    cdef int64_t value
+    cdef int64_t value, a, b, nd = data.shape[0]
+    cdef bint bad = False
+    check_len("valid", valid.shape[0], n, "one per row, as out")
+    check_len("status", status.shape[0], n, "one per row, as out")
+    check_len("offsets", offsets.shape[0], n + 1, "n + 1 offsets, n = len(out)")
     with nogil:
         for r in range(n):
             value = 0
             if valid[r] == 0:
                 status[r] = ST_NULL
             else:
-                status[r] = _parse_one(data, offsets[r], offsets[r + 1], &value)
+                a = offsets[r]
+                b = offsets[r + 1]
+                if a < 0 or b < a or b > nd:
+                    bad = True
+                    break
+                status[r] = _parse_one(data, a, b, &value)
             out[r] = value if (status[r] == ST_OK or status[r] == ST_NEGATIVE) else 0
+    if bad:
+        raise offsets_error("offsets", offsets, 0, nd, "bytes in data")
 
 
-def decimal_fen(const int64_t[::1] words, Py_ssize_t offset, int64_t mult, const uint8_t[::1] valid,
-                int64_t[::1] out, int8_t[::1] status):
+def decimal_fen(const int64_t[::1] words not None, Py_ssize_t offset, int64_t mult,
+                const uint8_t[::1] valid not None, int64_t[::1] out not None, int8_t[::1] status not None):
     """Fen of an Arrow ``decimal128`` array of scale 0-2 and precision <= 18, from its unscaled integers.
 
     Parameters
@@ -167,9 +186,23 @@ def decimal_fen(const int64_t[::1] words, Py_ssize_t offset, int64_t mult, const
         Written: fen (0 where null or too large).
     status : int8[:]
         Written: OK, NULL, NEGATIVE or TOO_LARGE (beyond 10**15 fen), as :func:`parse_fen`.
+
+    Raises
+    ------
+    ValueError
+        ``valid``, ``status`` not as long as ``out``, ``mult`` below 1, a negative ``offset`` or
+        ``words`` too short for ``offset + len(out)`` values.
     """
     cdef Py_ssize_t n = out.shape[0], i
-    cdef int64_t v, limit = FEN_LIMIT // mult
+    cdef int64_t v, limit
+    check_len("valid", valid.shape[0], n, "one per row, as out")
+    check_len("status", status.shape[0], n, "one per row, as out")
+    if mult < 1:
+        raise ValueError(f"mult = {mult}, expected >= 1 (10 ** (2 - scale), scale 0-2)")
+    if offset < 0 or (n > 0 and (offset + n) * 2 > words.shape[0]):
+        raise ValueError(f"words has {words.shape[0]} int64 words, too few for values {offset} to "
+                         f"{offset + n - 1} (two words per value; offset = {offset})")
+    limit = FEN_LIMIT // mult
     with nogil:
         for i in range(n):
             if valid[i] == 0:

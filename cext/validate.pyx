@@ -11,6 +11,8 @@ import numpy as np
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
+from _checks cimport check_len, offsets_error, offsets_ok
+
 
 cdef extern from *:
     """
@@ -129,8 +131,8 @@ cdef class SeenSet:
                     s = (s + 1) & mask
                 slots[s] = (h & 0xFFFFFFFF00000000ULL) | <uint64_t>(k + 1)
 
-    def mark(self, const uint8_t[::1] data, const int64_t[::1] offsets,
-             const uint8_t[::1] valid, uint8_t[::1] out):
+    def mark(self, const uint8_t[::1] data not None, const int64_t[::1] offsets not None,
+             const uint8_t[::1] valid not None, uint8_t[::1] out not None):
         """Mark rows whose string was seen before (in an earlier row or an earlier call).
 
         Parameters
@@ -143,26 +145,44 @@ cdef class SeenSet:
             1 where the row is not null; null rows are never marked and not remembered.
         out : uint8[:]
             Written: 1 where the row repeats an earlier string, else 0.
+
+        Raises
+        ------
+        ValueError
+            ``valid`` not as long as ``out``, ``offsets`` not ``n + 1`` long, or ``offsets``
+            decreasing or pointing outside ``data`` (checked before anything is remembered).
         """
         cdef Py_ssize_t n = out.shape[0], r
+        check_len("valid", valid.shape[0], n, "one per row, as out")
+        check_len("offsets", offsets.shape[0], n + 1, "n + 1 offsets, n = len(out)")
         if n == 0:
             return
+        cdef uint64_t h, s, v, fp
+        cdef int64_t a, b, length, k, nd = data.shape[0]
+        cdef bint found, ok = True
+        cdef const uint8_t* base = &data[0] if data.shape[0] > 0 else NULL
+        row_hash_arr = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] row_hash = row_hash_arr
+        if offsets[0] < 0:
+            raise offsets_error("offsets", offsets, 0, nd, "bytes in data")
+        with nogil:
+            # hashes first, so that the slot of a row PREFETCH_AHEAD rows on can be prefetched;
+            # the offsets are checked on the way (the arena is sized from them)
+            for r in range(n):
+                a = offsets[r]
+                b = offsets[r + 1]
+                if b < a or b > nd:
+                    ok = False
+                    break
+                row_hash[r] = _hash(base + a, b - a)
+        if not ok:
+            raise offsets_error("offsets", offsets, 0, nd, "bytes in data")
         self._reserve(n, offsets[n] - offsets[0])
         cdef uint8_t[::1] arena = self._arena
         cdef int64_t[::1] starts = self._starts
         cdef uint64_t[::1] slots = self._slots
         cdef uint64_t mask = slots.shape[0] - 1
-        cdef uint64_t h, s, v, fp
-        cdef int64_t a, length, k
-        cdef bint found
-        cdef const uint8_t* base = &data[0] if data.shape[0] > 0 else NULL
-        row_hash_arr = np.empty(n, dtype=np.uint64)
-        cdef uint64_t[::1] row_hash = row_hash_arr
         with nogil:
-            # hashes first, so that the slot of a row PREFETCH_AHEAD rows on can be prefetched
-            for r in range(n):
-                a = offsets[r]
-                row_hash[r] = _hash(base + a, offsets[r + 1] - a)
             for r in range(n):
                 out[r] = 0
                 if r + PREFETCH_AHEAD < n:
@@ -204,25 +224,35 @@ cdef inline bint _trimmable(uint8_t c) noexcept nogil:
     return (9 <= c <= 13) or (28 <= c <= 32) or c >= 0x80
 
 
-def needs_trim(const uint8_t[::1] data, const int64_t[::1] offsets, const uint8_t[::1] valid):
+def needs_trim(const uint8_t[::1] data not None, const int64_t[::1] offsets not None,
+               const uint8_t[::1] valid not None):
     """True if some valid string is empty or starts or ends with a character that Arrow's
     ``utf8_trim_whitespace`` may strip (ASCII 9-13, 28-32, or any non-ASCII byte), i.e. when
-    trimming and empty -> null could change the array."""
-    cdef Py_ssize_t n = offsets.shape[0] - 1, r
-    cdef int64_t a, b
-    cdef bint hit = False
+    trimming and empty -> null could change the array.
+
+    Raises ``ValueError`` when ``offsets`` is not ``len(valid) + 1`` long or a valid row's offsets
+    (up to the first hit) are not an increasing range inside ``data``."""
+    check_len("offsets", offsets.shape[0], valid.shape[0] + 1, "n + 1 offsets, n = len(valid)")
+    cdef Py_ssize_t n = valid.shape[0], r
+    cdef int64_t a, b, nd = data.shape[0]
+    cdef bint hit = False, bad = False
     with nogil:
         for r in range(n):
             if valid[r] == 0:
                 continue
             a = offsets[r]
             b = offsets[r + 1]
-            if b <= a:
+            if a < 0 or b < a or b > nd:
+                bad = True
+                break
+            if b == a:
                 hit = True
                 break
             if _trimmable(data[a]) or _trimmable(data[b - 1]):
                 hit = True
                 break
+    if bad:
+        raise offsets_error("offsets", offsets, 0, nd, "bytes in data")
     return hit
 
 
@@ -281,7 +311,8 @@ cdef int64_t _split_pass(const uint8_t* data, const int64_t[::1] offsets, const 
     return k
 
 
-def split_codes(const uint8_t[::1] data, const int64_t[::1] offsets, const uint8_t[::1] valid):
+def split_codes(const uint8_t[::1] data not None, const int64_t[::1] offsets not None,
+                const uint8_t[::1] valid not None):
     """Split text cells on ``|``, ``,``, ``，`` or ``｜`` into trimmed, non-empty elements.
 
     Parameters
@@ -297,8 +328,19 @@ def split_codes(const uint8_t[::1] data, const int64_t[::1] offsets, const uint8
         ``n_elements + 1`` offsets into ``elem_data``.
     counts : int32 ndarray
         Elements per row (0 for null rows).
+
+    Raises
+    ------
+    ValueError
+        ``offsets`` not ``len(valid) + 1`` long, decreasing, or pointing outside ``data``.
     """
-    cdef Py_ssize_t n = offsets.shape[0] - 1
+    check_len("offsets", offsets.shape[0], valid.shape[0] + 1, "n + 1 offsets, n = len(valid)")
+    cdef Py_ssize_t n = valid.shape[0]
+    cdef bint ok
+    with nogil:
+        ok = offsets_ok(offsets, data.shape[0])
+    if not ok:
+        raise offsets_error("offsets", offsets, 0, data.shape[0], "bytes in data")
     cdef int64_t total, nbytes = offsets[n] - offsets[0] if n > 0 else 0
     cdef const uint8_t* base = &data[0] if data.shape[0] > 0 else NULL
     counts_arr = np.zeros(max(n, 0), dtype=np.int32)

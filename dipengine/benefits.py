@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 from dipengine._libs.benefits import accumulate_cap
 from dipengine.errors import DataError
 from dipengine.io import read_table, sha256_file
+from dipengine.money import fen_to_yuan_text
 
 INSURANCE_TYPES = ("employee", "resident")
 PERSON_TYPES = ("in_service", "retired", "student", "child", "other")
@@ -149,6 +150,10 @@ class BenefitRules:
 # --------------------------------------------------------------------------- loading
 
 
+def _yuan_text(fen) -> str:
+    return fen_to_yuan_text(int(fen))
+
+
 def _fail(message, where, column=None, value=None):
     raise DataError(message, file=where, column=column, value=value)
 
@@ -178,9 +183,20 @@ def _benefits_file(path) -> Path:
 
 
 def _check_manifest(csv_path: Path) -> None:
-    """Verify ``benefits.csv`` against the dir's ``manifest.toml`` when there is one."""
-    from dipengine.manifest import read_manifest
+    """Verify ``benefits.csv`` against the dir's ``manifest.toml`` when there is one (and every
+    ``[files]`` entry as :func:`dipengine.policy.check_pricing_manifest` does: inside the dir,
+    regular files, sha256)."""
+    import os
+    import stat
 
+    from dipengine.manifest import read_manifest
+    from dipengine.policy import check_pricing_manifest
+
+    try:
+        if not stat.S_ISREG(os.stat(csv_path).st_mode):  # a FIFO would hang the reader
+            raise DataError("benefits table is not a regular file", file=csv_path)
+    except OSError as e:
+        raise DataError(f"cannot read the benefits table ({e.strerror})", file=csv_path) from None
     mpath = csv_path.parent / "manifest.toml"
     if not mpath.exists():
         return
@@ -193,6 +209,7 @@ def _check_manifest(csv_path: Path) -> None:
     if files[csv_path.name] != digest:
         raise DataError(f"sha256 mismatch: manifest says {files[csv_path.name]}, file is {digest}",
                         file=csv_path)
+    check_pricing_manifest(csv_path.parent)  # the other entries: inside the dir, regular files, sha256
 
 
 def _parse_table(csv_path: Path) -> dict:
@@ -260,7 +277,7 @@ def _check_rule(csv_path: Path, key, rows) -> None:
                       "ascending order; a second open band overlaps)", f"{csv_path}:{r[0]}", "band_upper")
         elif upper <= prev:
             _fail("bands not ascending (or overlapping) within the rule", f"{csv_path}:{r[0]}",
-                  "band_upper", f"{upper / 100:.2f}")
+                  "band_upper", f"{_yuan_text(upper)}")
         else:
             prev = upper
     if rows[-1][3] is not None:
@@ -723,13 +740,13 @@ def benefit_case(case: dict, rules: BenefitRules, level: int | None, hospital_re
                raw_fund_fen=raw, fund_benefit_fen=fund, cap_cut_fen=raw - fund,
                patient_share_fen=max(ooc + cb_self + ded + (eligible - raw) + (raw - fund) - other, 0),
                cap_reached=cap_used_fen + fund >= cap)
-    trace.append(f"benefits: policy scope {scope / 100:.2f} = total {total / 100:.2f} - out-of-catalogue "
-                 f"{ooc / 100:.2f} - class B self-pay {cb_self / 100:.2f}; deductible {ded / 100:.2f} "
-                 f"({'first' if first else 'repeat'} admission); fund {fund / 100:.2f}"
-                 + (f" (cap cut {(raw - fund) / 100:.2f})" if raw > fund else ""))
+    trace.append(f"benefits: policy scope {_yuan_text(scope)} = total {_yuan_text(total)} - out-of-catalogue "
+                 f"{_yuan_text(ooc)} - class B self-pay {_yuan_text(cb_self)}; deductible {_yuan_text(ded)} "
+                 f"({'first' if first else 'repeat'} admission); fund {_yuan_text(fund)}"
+                 + (f" (cap cut {_yuan_text(raw - fund)})" if raw > fund else ""))
     if other:
-        trace.append(f"benefits: other funds paid {other / 100:.2f}, taken off the patient's part: "
-                     f"patient share {out['patient_share_fen'] / 100:.2f}")
+        trace.append(f"benefits: other funds paid {_yuan_text(other)}, taken off the patient's part: "
+                     f"patient share {_yuan_text(out['patient_share_fen'])}")
     return out
 
 

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 from dipengine import codes
 from dipengine.errors import DataError
 from dipengine.io import BATCH_SIZE, atomic_dir, iter_batches, sha256_file, source_files
+from dipengine.money import fen_to_yuan_text, yuan_float_to_fen
 from dipengine.rules import is_complete_proc
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -554,9 +555,7 @@ def _chapter_of(category: str) -> int:
 
 
 def _fen_to_yuan_str(fen: int) -> str:
-    sign = "-" if fen < 0 else ""
-    fen = abs(int(fen))
-    return f"{sign}{fen // 100}.{fen % 100:02d}"
+    return fen_to_yuan_text(int(fen))
 
 
 def _round_fen(x: float) -> int:
@@ -1161,7 +1160,7 @@ def write_pricing(out, res: CatalogResult, hosp: pa.Table) -> Path:
     region = sorted(set(regions), key=lambda r: (-regions.count(r), r))[0]
     year = res.years[-1] + 1
     sl = res.same_level_avg
-    rows = [(c, l, _fen_to_yuan_str(_round_fen(a * 100)))
+    rows = [(c, l, fen_to_yuan_text(yuan_float_to_fen(a)))
             for c, l, a in zip(sl["dip_code"].to_pylist(), sl["level"].to_pylist(), sl["avg_cost"].to_pylist())]
     out = Path(out)
     with atomic_dir(out) as tmp:

@@ -18,13 +18,248 @@ import pyarrow.compute as pc
 
 from dipengine.io import atomic_dir, sha256_file, write_table
 from dipengine.manifest import read_manifest, write_manifest
+from dipengine.money import format_yuan
 
 POOLS = ("employee", "resident")
+SURPLUS_RULES = ("partial_retention", "pay_due")
+OVERSPEND_RULES = ("share_overspend", "cap")
+
+
+@dataclass(frozen=True)
+class ClearingBreakdown:
+    """How one pool's annual clearing relates to its fund budget, from the hospital statements.
+
+    Every amount is int fen. The bands (dip-rules §7.4) decide each hospital's clearing from its
+    assessed fund due ``due'`` and what it recorded; summed over the pool::
+
+        fund_due − assessment − withheld_surplus + shared_overspend = clearing      (exact)
+
+    ``withheld_surplus``: Σ (due' − clearing) of hospitals under ``partial_retention`` (the
+    fund keeps that part of their surplus); ``shared_overspend``: Σ (clearing − due') of
+    hospitals under ``share_overspend``/``cap`` (the fund pays that part of their overspend).
+    ``retained_surplus``: Σ (clearing − recorded) of hospitals under ``partial_retention``/
+    ``pay_due`` (the surplus they keep); ``borne_overspend``: Σ (recorded − clearing) of hospitals
+    under ``share_overspend``/``cap`` (the overspend they bear). Hospitals under ``pay_due`` and
+    those without a band (nothing due, nothing recorded) are paid exactly ``due'``.
+
+    ``fund_budget`` (before the reserve) and ``fund_available`` (after it) come from the
+    settlement manifest and are None without one; Σ fund due equals ``fund_available`` to the
+    fen when the pool's point value floated (settlement method ``fund_plus_personal``).
+    """
+
+    pool: str
+    n_hospitals: int
+    fund_due_fen: int
+    due_assessed_fen: int
+    recorded_fen: int
+    clearing_fen: int
+    withheld_surplus_fen: int
+    retained_surplus_fen: int
+    shared_overspend_fen: int
+    borne_overspend_fen: int
+    hospitals_by_band: dict
+    fund_budget_fen: int | None = None
+    fund_available_fen: int | None = None
+    reserve_rate: float | None = None
+    clamped: bool = False
+    settlement_method: str | None = None
+    bands: tuple = ()
+
+    @property
+    def assessment_fen(self) -> int:
+        """Σ (fund due − assessed fund due): what the assessment coefficients took off."""
+        return self.fund_due_fen - self.due_assessed_fen
+
+    @property
+    def reserve_fen(self) -> int | None:
+        """Fund budget − fund available: the reserve held back from the pool."""
+        if self.fund_budget_fen is None or self.fund_available_fen is None:
+            return None
+        return self.fund_budget_fen - self.fund_available_fen
+
+    @property
+    def due_minus_available_fen(self) -> int | None:
+        """Σ fund due − fund available: 0 when the point value floated, else what the clamp (or
+        the ``fund_over_share`` method) moved."""
+        return None if self.fund_available_fen is None else self.fund_due_fen - self.fund_available_fen
+
+
+def clearing_breakdown(hospitals, manifest: dict | None = None) -> dict:
+    """Per pool, how the annual clearing relates to the fund budget (:class:`ClearingBreakdown`).
+
+    Parameters
+    ----------
+    hospitals : pa.Table or pandas.DataFrame
+        Hospital statements of an annual clearing (``SettlementResult.hospitals`` or
+        ``annual/hospitals.parquet``): ``pool``, ``band``, ``fund_due_fen``,
+        ``fund_due_assessed_fen``, ``recorded_fen``, ``clearing_fen``.
+    manifest : dict, optional
+        The settlement manifest (``SettlementResult.manifest`` or ``manifest.json``): adds the
+        fund budget, fund available, reserve rate, clamp and the band parameters.
+
+    Returns
+    -------
+    dict
+        Pool name -> :class:`ClearingBreakdown`, pools in manifest (else first-seen) order;
+        empty for a monthly statement (no clearing).
+    """
+    cols = ("pool", "band", "fund_due_fen", "fund_due_assessed_fen", "recorded_fen", "clearing_fen")
+    if not isinstance(hospitals, pa.Table):  # a pandas frame of the statements
+        hospitals = pa.Table.from_pandas(hospitals, preserve_index=False)
+    rows = hospitals.select(list(cols)).to_pylist()
+    pools_info = (manifest or {}).get("pools") or {}
+    policy = (manifest or {}).get("policy") or {}
+    order = list(pools_info) + [r["pool"] for r in rows if r["pool"] not in pools_info]
+    out = {}
+    for pool in dict.fromkeys(order):
+        mine = [r for r in rows if r["pool"] == pool and r["clearing_fen"] is not None]
+        if not mine:
+            continue
+        acc = dict(fund_due_fen=0, due_assessed_fen=0, recorded_fen=0, clearing_fen=0, withheld_surplus_fen=0,
+                   retained_surplus_fen=0, shared_overspend_fen=0, borne_overspend_fen=0)
+        by_band = {}
+        for r in mine:
+            due_a, rec, clr = int(r["fund_due_assessed_fen"]), int(r["recorded_fen"]), int(r["clearing_fen"])
+            acc["fund_due_fen"] += int(r["fund_due_fen"])
+            acc["due_assessed_fen"] += due_a
+            acc["recorded_fen"] += rec
+            acc["clearing_fen"] += clr
+            band = r["band"]
+            by_band[band] = by_band.get(band, 0) + 1
+            if band in SURPLUS_RULES:
+                acc["retained_surplus_fen"] += clr - rec
+                if band == "partial_retention":
+                    acc["withheld_surplus_fen"] += due_a - clr
+            elif band in OVERSPEND_RULES:
+                acc["shared_overspend_fen"] += clr - due_a
+                acc["borne_overspend_fen"] += rec - clr
+        info = pools_info.get(pool, {})
+        rules_order = [b.get("rule") for b in policy.get("bands", ())] + list(SURPLUS_RULES + OVERSPEND_RULES)
+        rank = {rule: i for i, rule in reversed(list(enumerate(rules_order)))}
+        by_band = dict(sorted(by_band.items(), key=lambda kv: (kv[0] is None, rank.get(kv[0], 99), str(kv[0]))))
+        out[pool] = ClearingBreakdown(
+            pool=pool, n_hospitals=len(mine), hospitals_by_band=by_band, **acc,
+            fund_budget_fen=info.get("fund_budget_fen"), fund_available_fen=info.get("fund_available_fen"),
+            reserve_rate=policy.get("reserve_rate"), clamped=bool(info.get("clamped")),
+            settlement_method=info.get("settlement_method"), bands=tuple(policy.get("bands", ())))
+    return out
+
+
+def yuan(fen) -> str:
+    """Int fen as yuan text with thousands separators, exact (``-1234567`` -> ``-12,345.67``);
+    ``—`` for None (:func:`dipengine.money.format_yuan`)."""
+    return "—" if fen is None else format_yuan(fen)
+
+
+def _pct(x) -> str:
+    return f"{float(x) * 100:.4g}%"
+
+
+def _versus(amount: int, ref: int, name: str) -> str:
+    d = amount - ref
+    if d == 0:
+        return f"equal to the {name} {yuan(ref)}"
+    return f"{yuan(abs(d))} {'above' if d > 0 else 'below'} the {name} {yuan(ref)}"
+
+
+def _band_words(rule: str, bands: tuple) -> str:
+    """What a band does, in words, with the policy's numbers when the manifest gave them."""
+    b = next((x for x in bands if x.get("rule") == rule), {})
+    if rule == "partial_retention":
+        share = _pct(b["share"]) if "share" in b else "part"
+        return f"keep {share} of their surplus, the fund the rest"
+    if rule == "share_overspend":
+        share = _pct(b["fund_share"]) if "fund_share" in b else "part"
+        return f"the fund pays {share} of their overspend"
+    if rule == "cap":
+        if "fund_share" in b and "cap_over" in b:
+            return (f"the fund pays {_pct(b['fund_share'])} × {_pct(b['cap_over'])} of their due, "
+                    f"they bear the rest")
+        return "the fund pays a capped part of their overspend"
+    return ""
+
+
+def _count(by_band: dict, rules) -> str:
+    parts = [f"{by_band[r]} under {r}" for r in rules if by_band.get(r)]
+    return ", ".join(parts) if parts else "no hospital"
+
+
+def _under(by_band: dict, rule: str, bands: tuple) -> str:
+    n = by_band.get(rule, 0)
+    return f"{n} hospital{'s' if n != 1 else ''} under {rule}: {_band_words(rule, bands)}"
+
+
+def clearing_summary(hospitals, manifest: dict | None = None) -> list[str]:
+    """Lines saying how an annual clearing relates to the fund budget, per pool and in total.
+
+    For the summaries of ``dipengine demo`` and ``dipengine settle`` (annual): the clearing
+    against the fund budget and the fund available after the reserve, then why, as an exact
+    chain in yuan (Σ fund due − assessment deductions − surplus withheld under
+    ``partial_retention`` + overspend shared under ``share_overspend``/``cap`` = clearing) and
+    what the hospitals kept of their surplus and bore of their overspend. See
+    :func:`clearing_breakdown`; lines carry no leading indentation. Empty for a monthly run.
+    """
+    parts = clearing_breakdown(hospitals, manifest)
+    lines = []
+    for pool, b in parts.items():
+        head = f"{pool}: clearing {yuan(b.clearing_fen)}"
+        if b.fund_budget_fen is not None:
+            head += f", {_versus(b.clearing_fen, b.fund_budget_fen, 'fund budget')}"
+            reserve = (f"{_pct(b.reserve_rate)} reserve" if b.reserve_rate is not None else "reserve")
+            head += (f" and {_versus(b.clearing_fen, b.fund_available_fen, 'fund available')}"
+                     f" (fund budget − {reserve} {yuan(b.reserve_fen)})")
+        lines.append(head + "; why:")
+        if b.fund_available_fen is not None:
+            gap = b.due_minus_available_fen
+            if gap == 0:
+                note = "= fund available, to the fen"
+            else:
+                why = ("the settlement point value was clamped by the policy band" if b.clamped else
+                       f"settlement method {b.settlement_method}" if b.settlement_method else "")
+                note = f"= fund available {'+' if gap > 0 else '−'} {yuan(abs(gap))}" + (f": {why}" if why else "")
+            lines.append(f"    Σ fund due {yuan(b.fund_due_fen)} ({note})")
+        else:
+            lines.append(f"    Σ fund due {yuan(b.fund_due_fen)}")
+        lines.append(f"  − assessment deductions {yuan(b.assessment_fen)} (fund due × each hospital's "
+                     f"assessment_coef) = Σ assessed due {yuan(b.due_assessed_fen)}")
+        lines.append(f"  − surplus withheld {yuan(b.withheld_surplus_fen)} "
+                     f"({_under(b.hospitals_by_band, 'partial_retention', b.bands)})")
+        lines.append(f"  + overspend shared {yuan(b.shared_overspend_fen)} "
+                     f"({_under(b.hospitals_by_band, 'share_overspend', b.bands)}; "
+                     f"{_under(b.hospitals_by_band, 'cap', b.bands)})")
+        lines.append(f"  = clearing {yuan(b.clearing_fen)} ({b.n_hospitals} statements; "
+                     f"{_count(b.hospitals_by_band, ('pay_due',))} paid exactly their assessed due)")
+        lines.append(f"    hospitals recorded {yuan(b.recorded_fen)}: "
+                     f"retained surplus {yuan(b.retained_surplus_fen)} "
+                     f"(kept by {_count(b.hospitals_by_band, SURPLUS_RULES)}), overspend borne "
+                     f"{yuan(b.borne_overspend_fen)} (by {_count(b.hospitals_by_band, OVERSPEND_RULES)})")
+    if len(parts) > 1:
+        total = sum(b.clearing_fen for b in parts.values())
+        line = f"all pools: clearing {yuan(total)}"
+        if all(b.fund_budget_fen is not None for b in parts.values()):
+            budget = sum(b.fund_budget_fen for b in parts.values())
+            avail = sum(b.fund_available_fen for b in parts.values())
+            line += (f", {_versus(total, budget, 'fund budget')} and "
+                     f"{_versus(total, avail, 'fund available')}")
+        withheld = sum(b.withheld_surplus_fen for b in parts.values())
+        shared = sum(b.shared_overspend_fen for b in parts.values())
+        assessed = sum(b.assessment_fen for b in parts.values())
+        line += (f"; assessment deductions {yuan(assessed)}, surplus withheld {yuan(withheld)}, "
+                 f"overspend shared {yuan(shared)}")
+        lines.append(line)
+    return lines
 
 
 @dataclass
 class DemoSummary:
-    """Headline figures of a demo run (money in fen, point values in yuan per point)."""
+    """Headline figures of a demo run (money in fen, point values in yuan per point).
+
+    ``budget_fen`` is the total-cost budget per pool and ``standard_fen`` Σ hospital standard;
+    ``fund_budget_fen`` the policy's fund budget (before the reserve), ``fund_available_fen``
+    the fund budget net of the reserve and ``fund_due_fen`` Σ fund due. ``clearing`` holds one
+    :class:`ClearingBreakdown` per pool (how the clearing relates to the fund budget) and
+    ``clearing_lines`` their words (:func:`clearing_summary`).
+    """
 
     out: Path
     year: int
@@ -48,6 +283,12 @@ class DemoSummary:
     fund_share: dict
     seconds: float
     stages: dict = field(default_factory=dict)
+    fund_budget_fen: dict = field(default_factory=dict)
+    fund_available_fen: dict = field(default_factory=dict)
+    reserve_rate: float = 0.0
+    settlement_value_raw: dict = field(default_factory=dict)
+    clearing: dict = field(default_factory=dict)
+    clearing_lines: list = field(default_factory=list)
 
 
 def _month_slices(discharge: pa.ChunkedArray, year: int):
@@ -246,4 +487,10 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         clearing_fen=int(pc.sum(st["clearing_fen"]).as_py() or 0),
         gainers=ranked[:5], losers=ranked[::-1][:5], fund_share=fund_share,
         seconds=time.perf_counter() - t0, stages=stages,
+        fund_budget_fen={p: pools[p].get("fund_budget_fen") for p in POOLS},
+        fund_available_fen={p: pools[p].get("fund_available_fen") for p in POOLS},
+        reserve_rate=annual.manifest["policy"]["reserve_rate"],
+        settlement_value_raw={p: pools[p].get("settlement_value_raw_yuan") for p in POOLS},
+        clearing=clearing_breakdown(st, annual.manifest),
+        clearing_lines=clearing_summary(st, annual.manifest),
     )

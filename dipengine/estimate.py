@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from dipengine.benefits import BenefitRules, benefit_case, load_benefits, locality_of
 from dipengine.errors import DataError
+from dipengine.money import yuan_float_to_fen
 from dipengine.case import normalise_case
 from dipengine.scoring import points_one
 
@@ -123,7 +124,7 @@ class Estimator:
                             for r in self.policy.same_level_avg.to_pylist()}
         self._group_avg = {}
         for r in self.rules.groups.to_pylist():
-            fen = math.floor(r["avg_cost"] * 100.0 + 0.5) if r["avg_cost"] is not None else 0
+            fen = yuan_float_to_fen(r["avg_cost"]) if r["avg_cost"] is not None else 0
             self._group_avg[r["dip_code"]] = max(fen, 0)
 
     # ------------------------------------------------------------------ steps

@@ -385,10 +385,6 @@ class GroupArrays:
     aux_coef: np.ndarray
 
 
-def _pad(a: np.ndarray) -> np.ndarray:
-    return a if len(a) else np.zeros(1, a.dtype)
-
-
 def encode(prep: pa.Table, rs: RuleSet) -> dict:
     """Integer arrays of the kernel's case inputs, from a :func:`prepare_cases` table."""
     n = prep.num_rows
@@ -417,11 +413,11 @@ def encode(prep: pa.Table, rs: RuleSet) -> dict:
 
     return {
         "pre_reason": pre, "excluded": excluded, "sub_id": sub_id, "cat": cat,
-        "p_off": p_off, "p_full": _pad(cols[0]), "p_base": _pad(cols[1]), "p_class": _pad(cols[2]),
-        "p_level": _pad(cols[3]), "has_main": has_main,
+        "p_off": p_off, "p_full": cols[0], "p_base": cols[1], "p_class": cols[2], "p_level": cols[3],
+        "has_main": has_main,
         "total_fen": _np(prep["total_cost_fen"], np.int64, 0), "dmode": _np(prep["discharge_mode"], np.int8, 1),
         "los": _np(prep["los"], np.int32, -1), "age_key": age_key,
-        "d_off": d_off, "d_cci_cat": _pad(d_cat), "d_cci_w": _pad(d_w), "d_sev": _pad(d_sev),
+        "d_off": d_off, "d_cci_cat": d_cat, "d_cci_w": d_w, "d_sev": d_sev,
     }
 
 
@@ -441,25 +437,35 @@ def effective_threads(n_threads, n_cases: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def kernel_rules(rs: RuleSet):
+    """The rule set's :class:`dipengine._libs.grouping.CompiledRules`: ``rs.compiled``'s flat
+    arrays, checked and copied once, then cached on ``rs.compiled`` (a new ``Compiled`` object, as
+    a fresh compile or a cache load makes, gets its own)."""
+    c = rs.compiled
+    k = c.__dict__.get("_kernel_rules")
+    if k is None:
+        from dipengine._libs.grouping import CompiledRules
+
+        k = CompiledRules(
+            sub_off=c.sub_off, sub_cand=c.sub_cand, sub_cons=c.sub_cons, g_type=c.g_type, g_rank=c.g_rank,
+            g_avg_fen=c.g_avg_fen, g_term_off=c.g_term_off, term_off=c.term_off, term_codes=c.term_codes,
+            comp_lookup=c.comp_lookup, blank=int(c.blank), aux_off=c.aux_off, aux_sub=c.aux_sub,
+            aux_coef=c.aux_coef, band_lo=c.band_lo, band_hi=c.band_hi, cci_cuts=c.cci_cuts,
+            match_all=int(c.match_all), sev_los=int(c.severity_min_los), death_mode=int(c.death_mode),
+            cons_max_class=int(c.cons_max_class), cons_max_level=int(c.cons_max_level))
+        c.__dict__["_kernel_rules"] = k  # not a dataclass field: never written to the rules cache
+    return k
+
+
 def run_kernel(enc: dict, rs: RuleSet, n_threads: int = 1) -> GroupArrays:
     """Run the Cython kernel on encoded cases (numpy arrays only; usable from benchmarks)."""
     from dipengine._libs.grouping import group_cases
 
-    c = rs.compiled
     n = len(enc["pre_reason"])
     out = GroupArrays(np.full(n, -1, np.int32), np.zeros(n, np.int8), np.zeros(n, np.int8),
                       np.full(n, -1, np.int8), np.full(n, -1, np.int8), np.ones(n, np.float64))
-    group_cases(
-        _pad(c.sub_off), _pad(c.sub_cand), _pad(c.sub_cons), _pad(c.g_type), _pad(c.g_rank), _pad(c.g_avg_fen),
-        _pad(c.g_term_off), _pad(c.term_off), _pad(c.term_codes), c.comp_lookup, int(c.blank),
-        _pad(c.aux_off), _pad(c.aux_sub), _pad(c.aux_coef), _pad(c.band_lo), _pad(c.band_hi), c.cci_cuts,
-        c.match_all, c.severity_min_los, c.death_mode, c.cons_max_class, c.cons_max_level,
-        enc["pre_reason"], enc["excluded"], enc["sub_id"], enc["cat"], enc["p_off"], enc["p_full"], enc["p_base"],
-        enc["p_class"], enc["p_level"], enc["has_main"], enc["total_fen"], enc["dmode"], enc["los"], enc["age_key"],
-        enc["d_off"], enc["d_cci_cat"], enc["d_cci_w"], enc["d_sev"],
-        out.group_index, out.match_path, out.reason, out.case_class, out.aux_index, out.aux_coef,
-        n_threads=int(n_threads),
-    )
+    group_cases(kernel_rules(rs), **enc, out_group=out.group_index, out_path=out.match_path, out_reason=out.reason,
+                out_class=out.case_class, out_aux=out.aux_index, out_coef=out.aux_coef, n_threads=int(n_threads))
     return out
 
 

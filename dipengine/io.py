@@ -3,19 +3,28 @@
 Readers return Arrow; CSV and workbook columns are read as text so that codes keep their leading
 zeros and money is converted exactly later (:mod:`dipengine.money`). CSV text may be UTF-8 (with
 or without BOM) or GBK/GB18030, detected; the file type comes from the name, else from the
-first bytes. Writers go through a temporary
-file and a rename, so a failed run never leaves half a result.
+first bytes. Writers go through a temporary sibling and an atomic rename (an exchange for
+directories), so the final path always holds the old complete result or the new one; they never write
+over a device node, a FIFO or a directory dipengine did not write (see "Writing outputs" below and
+docs/formats.md "Where outputs go").
 """
 from __future__ import annotations
 
 import codecs
 import contextlib
+import contextvars
 import datetime as _dt
+import errno
 import glob
 import itertools
+import json
 import os
+import re
 import shutil
+import stat
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -551,8 +560,63 @@ def source_files(source) -> list[str]:
     return _expand(source)
 
 
-def _csv_ready(table: pa.Table) -> pa.Table:
-    """List columns joined with ``|`` so the CSV writer can take them."""
+# --- Writing outputs -------------------------------------------------------------------------
+#
+# Every output goes through a temporary sibling named ``.<name>.<pid>-<host>.<random>.tmp`` and is
+# then moved in: a file with rename(2), a directory with an atomic exchange (renameat2
+# RENAME_EXCHANGE), so the final path always holds the old complete result or the new one. An
+# existing directory is replaced only when it is a dipengine output (OUTPUT_MARKER, written into
+# every output directory, lists the files written) or when forced. See docs/formats.md "Outputs".
+
+OUTPUT_MARKER = ".dipengine-output"
+"""Name of the marker file in every directory dipengine writes whole (JSON: the files written)."""
+
+STALE_SECONDS = 3600
+"""Age after which a temporary output of another machine (or of an older dipengine) is stale."""
+
+_FORCE = contextvars.ContextVar("dipengine_replace_any", default=False)
+
+
+@contextlib.contextmanager
+def replace_allowed(force: bool = True):
+    """While open, output directories are replaced even when they are not dipengine outputs
+    (what ``--force`` does); device nodes and FIFOs are still refused."""
+    token = _FORCE.set(bool(force))
+    try:
+        yield
+    finally:
+        _FORCE.reset(token)
+
+
+# CSV cells a spreadsheet would evaluate as a formula (OWASP "CSV injection"): text starting with
+# = + - @ TAB or CR. A text cell that is a plain decimal number (-12.50, +3) is left as it is:
+# a spreadsheet reads it as that number, which is harmless.
+_FORMULA_START = r"^[=+\-@\t\r]"
+_PLAIN_NUMBER = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+
+
+def escape_formula_text(arr: pa.Array) -> pa.Array:
+    """Text cells that a spreadsheet would run as a formula, prefixed with ``'`` (as exporters do)."""
+    risky = pc.match_substring_regex(arr, _FORMULA_START)
+    if not pc.any(risky).as_py():
+        return arr
+    risky = pc.fill_null(pc.and_(risky, pc.invert(pc.match_substring_regex(arr, _PLAIN_NUMBER))), False)
+    if not pc.any(risky).as_py():
+        return arr
+    return pc.if_else(risky, pc.binary_join_element_wise("'", arr, ""), arr)
+
+
+def _escape_name(name: str) -> str:
+    return escape_formula_text(pa.array([name], pa.string()))[0].as_py()
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _csv_ready(table: pa.Table, escape: bool = False) -> pa.Table:
+    """List columns joined with ``|`` so the CSV writer can take them; with ``escape`` (a CSV
+    output), formula-like text cells and column names get a leading ``'``."""
     cols = []
     for name, col in zip(table.column_names, table.columns):
         if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
@@ -560,53 +624,303 @@ def _csv_ready(table: pa.Table) -> pa.Table:
                 [pc.binary_join(c.cast(pa.list_(pa.string())), "|") for c in col.chunks],
                 type=pa.string(),
             ) if col.num_chunks else pa.chunked_array([], pa.string())
+            if escape:
+                col = pa.chunked_array([escape_formula_text(c) for c in col.chunks], type=col.type)
         elif pa.types.is_dictionary(col.type):
+            if escape and _is_text(col.type.value_type):  # each distinct value once
+                col = pa.chunked_array([pa.DictionaryArray.from_arrays(c.indices, escape_formula_text(c.dictionary))
+                                        for c in col.chunks], type=col.type)
             col = col.cast(col.type.value_type)
+        elif escape and _is_text(col.type):
+            col = pa.chunked_array([escape_formula_text(c) for c in col.chunks], type=col.type)
         cols.append(col)
-    return pa.Table.from_arrays(cols, names=table.column_names)
+    names = [_escape_name(n) for n in table.column_names] if escape else table.column_names
+    return pa.Table.from_arrays(cols, names=names)
 
 
-def write_table(table: pa.Table, path) -> None:
-    """Write Parquet (or CSV when the name ends in ``.csv``) atomically: temp file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+# --- where an output may go ------------------------------------------------------------------
+
+_HOST = None
+
+
+def _host_tag() -> str:
+    """Six hex digits naming this machine in temporary names (pids are only meaningful here)."""
+    global _HOST
+    if _HOST is None:
+        import hashlib
+        import socket
+
+        _HOST = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+    return _HOST
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-{_host_tag()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
     try:
-        if path.suffix.lower() == ".csv":
-            pcsv.write_csv(_csv_ready(table), tmp)
-        else:
-            pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def _remove(p: str) -> None:
+    if os.path.isdir(p) and not os.path.islink(p):
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
+def clean_stale(path) -> list[str]:
+    """Remove the temporary outputs of killed runs beside ``path`` (only this module's own names,
+    ``.<name>.<pid>-<host>.<random>.tmp``); returns what was removed.
+
+    A temporary output is stale when the process that made it is gone (same machine), or, when
+    it was made on another machine or by an older dipengine (``.<name>.<random>.tmp``), when it
+    has not changed for :data:`STALE_SECONDS`. An old result set aside (``.old``) while its final
+    path is missing is moved back instead.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:([0-9]+)-([0-9a-f]{{6}})\.)?[a-z0-9_]{{8}}\.(tmp|old)")
+    removed = []
+    try:
+        entries = [e.name for e in os.scandir(path.parent) if e.name.startswith(f".{path.name}.")]
+    except OSError:
+        return removed
+    now = time.time()
+    for name in sorted(entries):
+        m = pattern.fullmatch(name)
+        if m is None:
+            continue
+        entry = os.path.join(path.parent, name)
+        try:
+            if m.group(1) is not None and m.group(2) == _host_tag():
+                stale = not _pid_alive(int(m.group(1)))
+            else:
+                stale = now - os.lstat(entry).st_mtime > STALE_SECONDS
+            if not stale:
+                continue
+            if m.group(3) == "old" and not os.path.lexists(path):
+                os.rename(entry, path)  # the old result, set aside by a run killed before it moved the new one in
+                continue
+            _remove(entry)
+            removed.append(entry)
+        except OSError:
+            continue
+    return removed
+
+
+def _special(mode: int) -> str | None:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def _not_replaceable(d: Path) -> str | None:
+    """Why the existing directory ``d`` may not be replaced whole (None: it may)."""
+    names = os.listdir(d)
+    if not names:
+        return None
+    marker = d / OUTPUT_MARKER
+    try:
+        doc = json.loads(marker.read_text(encoding="utf-8"))
+        files = doc["files"]
+        if doc.get("written_by") != "dipengine" or not isinstance(files, dict):
+            raise ValueError
+        written = os.stat(marker).st_mtime_ns
+    except FileNotFoundError:
+        return f"it holds no {OUTPUT_MARKER} marker, so dipengine did not write it"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {OUTPUT_MARKER} marker is unreadable"
+    for root, dirs, fnames in os.walk(d):
+        for n in list(dirs):  # a nested output (rewritten on its own since, e.g. demo/rules): checked by its marker
+            sub = Path(root, n)
+            if not os.path.islink(sub) and (sub / OUTPUT_MARKER).is_file():
+                dirs.remove(n)
+                why = _not_replaceable(sub)
+                if why is not None:
+                    return why
+        for n in dirs + fnames:
+            p = os.path.join(root, n)
+            rel = os.path.relpath(p, d).replace(os.sep, "/")
+            st = os.lstat(p)
+            if stat.S_ISDIR(st.st_mode) or n == OUTPUT_MARKER:
+                continue
+            if rel not in files or not stat.S_ISREG(st.st_mode):
+                return f"it holds {rel}, which dipengine did not write there"
+            if st.st_size != files[rel] or st.st_mtime_ns > written + 2_000_000_000:
+                return f"{rel} was changed after dipengine wrote it"
+    return None
+
+
+def _resolve_output(path, *, directory: bool, force: bool = False) -> Path:
+    """The real path an output goes to, after checking what is there now (DataError if it may
+    not be written)."""
+    given = Path(path)
+    if str(path) == "":
+        raise DataError("empty output path")
+    try:
+        st = os.stat(given)  # follows links: /dev/stdout is a device or a FIFO
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError:
+        raise DataError("cannot write here: a parent of this path is a file, not a directory", file=given) from None
+    if st is not None:
+        kind = _special(st.st_mode)
+        if kind is not None:
+            raise DataError(f"is {kind}: outputs are written only as regular files and directories", file=given)
+        if directory and not stat.S_ISDIR(st.st_mode) and not force:
+            raise DataError("exists and is a file, not a directory; remove it, choose another path, or pass "
+                            "--force to replace it", file=given)
+        if not directory and stat.S_ISDIR(st.st_mode):
+            raise DataError("is a directory; give the output file's name", file=given)
+    real = Path(os.path.realpath(given))
+    if st is not None and directory and stat.S_ISDIR(st.st_mode) and not force:
+        why = _not_replaceable(real)
+        if why is not None:
+            raise DataError(f"exists and is not a dipengine output ({why}); it is replaced only with --force "
+                            "(which deletes everything in it), or choose another directory", file=given)
+    return real
+
+
+def _make_parent(path: Path) -> None:
+    """Create the directories above an output (missing parents are created, as ``mkdir -p``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"cannot create the directory {path.parent}: a part of it is a file", file=path) from None
+
+
+def _input_paths(source) -> list[str]:
+    if source is None or isinstance(source, (pa.Table, pa.RecordBatch)) or _is_frame(source):
+        return []
+    if isinstance(source, (list, tuple)):
+        return [p for s in source for p in _input_paths(s)]
+    if not isinstance(source, (str, os.PathLike)):
+        return []
+    s = os.fspath(source)
+    if any(ch in s for ch in "*?["):
+        return sorted(glob.glob(s, recursive=True))
+    return [s]
+
+
+def _inside(a: str, b: str) -> bool:
+    """``a`` is strictly inside the directory ``b``."""
+    return a != b and a.startswith(b.rstrip(os.sep) + os.sep)
+
+
+def check_output(out, inputs=(), *, directory: bool = False, force=None) -> Path:
+    """Check, before a run does its work, that ``out`` may be written; returns its real path.
+
+    Raises :class:`DataError` naming ``out`` when it is a device node, FIFO or socket; a
+    directory where a file is written (or a file where a directory is, unless ``force``); an
+    existing directory that is not a dipengine output (unless ``force``: see
+    :func:`replace_allowed`); equal to one of ``inputs`` (paths, directories, globs or lists of
+    them; ``None`` and in-memory tables are skipped) or inside an input directory; or, for a
+    directory output, when an input lies inside it (it would be deleted with the old output).
+    """
+    force = _FORCE.get() if force is None else bool(force)
+    real = _resolve_output(out, directory=directory, force=force)
+    r_out = str(real)
+    for f in _input_paths(list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]):
+        if not os.path.exists(f):  # not a path (a shipped name such as "demo"), or missing: read later
+            continue
+        r_in = os.path.realpath(f)
+        if r_in == r_out:
+            raise DataError(f"the output is also an input ({f}); write it elsewhere", file=out)
+        if _inside(r_out, r_in):
+            raise DataError(f"the output is inside the input directory {f}; write it elsewhere", file=out)
+        if directory and _inside(r_in, r_out):
+            raise DataError(f"the input {f} is inside this output directory, which is replaced whole; "
+                            "write it elsewhere", file=out)
+    return real
+
+
+# --- the writers -----------------------------------------------------------------------------
+
+def _os_error(e: OSError, path) -> OSError:
+    """``e`` as an OSError naming ``path`` and saying what failed in words (Arrow's messages
+    carry the errno only in their text)."""
+    if e.filename is not None and not os.path.basename(str(e.filename)).startswith("."):
+        return e
+    code, what = e.errno, e.strerror
+    m = re.search(r"\[errno (\d+)\]", str(e), re.IGNORECASE)  # Arrow: "Error writing bytes ... [errno 28] ..."
+    if m:
+        code, what = int(m.group(1)), None
+    if code is not None and not what:
+        what = os.strerror(code)
+    if not what:
+        what = (str(e).splitlines() or [type(e).__name__])[0]
+    return OSError(code, f"cannot write: {what}", str(path))
 
 
 @contextlib.contextmanager
-def atomic_dir(path):
-    """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
+def _atomic_file(path: Path):
+    """Yield a temporary file name beside ``path``; on success it is renamed to ``path``.
 
-    On failure the temporary directory is removed and ``path`` is left as it was.
+    An OSError of the writing (not one marked as the input's, see :func:`write_batches`) is
+    re-raised naming ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    _make_parent(path)
+    clean_stale(path)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _os_error(e, path) from e
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and not getattr(e, "_dipengine_input", False):
+            raise _os_error(e, path) from e
         raise
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-        os.replace(path, old / "x")
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+
+
+def _pulled(tables):
+    """The items of ``tables``; an OSError raised while producing one (reading the input) is
+    marked so that it is not reported as the output's."""
+    it = iter(tables)
+    while True:
+        try:
+            t = next(it)
+        except StopIteration:
+            return
+        except OSError as e:
+            e._dipengine_input = True
+            raise
+        yield t
+
+
+def write_table(table: pa.Table, path) -> None:
+    """Write Parquet (or CSV when the name ends in ``.csv``) atomically: temp file, then rename.
+
+    ``path`` may not be a directory, a device node or a FIFO (:class:`DataError`); missing parent
+    directories are created. CSV text cells that a spreadsheet would evaluate (``=``, ``+``,
+    ``-``, ``@``, tab, CR first) are written with a leading ``'``.
+    """
+    path = _resolve_output(path, directory=False)
+    with _atomic_file(path) as tmp:
+        if path.suffix.lower() == ".csv":
+            pcsv.write_csv(_csv_ready(table, escape=True), tmp)
+        else:
+            pq.write_table(table, tmp)
 
 
 def write_batches(tables, path, schema: pa.Schema, *, write_statistics=True) -> int:
@@ -618,29 +932,146 @@ def write_batches(tables, path, schema: pa.Schema, *, write_statistics=True) -> 
     items an empty file with ``schema`` is written. ``write_statistics`` (Parquet): True, False
     or the columns whose min/max statistics are written (as ``pyarrow.parquet.ParquetWriter``).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    path = _resolve_output(path, directory=False)
     rows = 0
-    try:
+    with _atomic_file(path) as tmp:
         if path.suffix.lower() == ".csv":
-            plain = _csv_ready(schema.empty_table()).schema
+            plain = _csv_ready(schema.empty_table(), escape=True).schema
             with pcsv.CSVWriter(tmp, plain) as w:
-                for t in tables:
+                for t in _pulled(tables):
                     t = t if isinstance(t, pa.Table) else pa.Table.from_batches([t])
-                    w.write_table(_csv_ready(t))
+                    w.write_table(_csv_ready(t, escape=True))
                     rows += t.num_rows
         else:
             with pq.ParquetWriter(tmp, schema, store_schema=False, write_statistics=write_statistics) as w:
-                for t in tables:
+                for t in _pulled(tables):
                     t = t if isinstance(t, pa.Table) else pa.Table.from_batches([t])
                     w.write_table(t)
                     rows += t.num_rows
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return rows
+
+
+# --- directories -----------------------------------------------------------------------------
+
+RENAME_EXCHANGE = 2
+_renameat2 = None  # the libc function, False when there is none
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                f = libc.renameat2
+                f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                f.restype = ctypes.c_int
+                _renameat2 = f
+            except (OSError, AttributeError):  # not glibc >= 2.28
+                pass
+    if not _renameat2:
+        return False
+    import ctypes
+
+    at_fdcwd = -100
+    if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # this file system cannot
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _swap_in(new: Path, path: Path) -> Path | None:
+    """Move ``new`` to ``path``; returns where the old content now is (to delete), or None.
+
+    At every instant ``path`` holds the old complete result or the new one: an atomic exchange
+    where the system has one; else the old is renamed aside (``.old``), the new renamed in, and
+    a failure between the two renames puts the old back (a kill there is undone by the next run:
+    :func:`clean_stale`).
+    """
+    if not os.path.lexists(path):
+        os.rename(new, path)
+        return None
+    if _exchange(new, path):
+        return new
+    aside = Path(str(new)[: -len(".tmp")] + ".old")
+    os.rename(path, aside)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(aside, path)
+        raise
+    return aside
+
+
+def _marker_text(d: Path) -> str:
+    from dipengine import __version__
+
+    files = {}
+    for root, dirs, fnames in os.walk(d):
+        dirs.sort()
+        for n in sorted(fnames):
+            if n == OUTPUT_MARKER:
+                continue
+            p = os.path.join(root, n)
+            files[os.path.relpath(p, d).replace(os.sep, "/")] = os.lstat(p).st_size
+    doc = {
+        "written_by": "dipengine",
+        "version": __version__,
+        "about": "dipengine wrote this directory whole. The next run writing here replaces it whole, but only "
+                 "while it holds just these files, unchanged (else it stops, unless --force).",
+        "files": files,
+    }
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def _write_markers(top: Path) -> None:
+    """Write :data:`OUTPUT_MARKER` in ``top`` and refresh it in every directory below that has one
+    (a nested output, e.g. the demo's ``rules/``), deepest first so that each is newest."""
+    nested = [Path(root) for root, _dirs, fnames in os.walk(top) if OUTPUT_MARKER in fnames and Path(root) != top]
+    for d in sorted(nested, key=lambda p: -len(p.parts)) + [top]:
+        (d / OUTPUT_MARKER).write_text(_marker_text(d), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_dir(path, *, force=None):
+    """Yield a temporary directory beside ``path``; on success it replaces ``path`` whole.
+
+    An existing ``path`` must be an empty directory or a dipengine output (it holds
+    :data:`OUTPUT_MARKER`, listing the files written, and nothing else), else
+    :class:`DataError` before anything is done; ``force`` (default: :func:`replace_allowed`)
+    replaces any directory or file, never a device node or FIFO. The new directory gets its
+    marker and is swapped in atomically (:func:`_swap_in`); the old is then deleted. On failure
+    the temporary directory is removed and ``path`` is left as it was. Temporary outputs of
+    killed runs beside ``path`` are removed first (:func:`clean_stale`).
+    """
+    force = _FORCE.get() if force is None else bool(force)
+    path = _resolve_output(path, directory=True, force=force)
+    _make_parent(path)
+    clean_stale(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as e:
+        raise _os_error(e, path) from e
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        _resolve_output(path, directory=True, force=force)  # again: the run may have taken long
+        _write_markers(tmp)
+        old = _swap_in(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _os_error(e, path) from e
+        raise
+    if old is not None:
+        _remove(str(old))

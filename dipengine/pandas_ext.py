@@ -4,10 +4,15 @@ Registered on import (``import dipengine.pandas_ext``; ``import dipengine`` regi
 pandas is already imported). Every method converts once to Arrow, calls the same batch function
 the CLI uses and converts back; no logic lives here.
 
+``rules`` and ``pricing`` are what the batch functions take: a directory, a loaded rule set or
+policy, or a shipped name (``"demo"``, ``"440200/2026"``).
+
 >>> import pandas as pd, dipengine.pandas_ext                              # doctest: +SKIP
->>> grouped = cases_df.dip.group("grouper_rules/demo", hospitals="hospitals.csv")  # doctest: +SKIP
+>>> grouped = cases_df.dip.group("demo", hospitals="hospitals.csv")        # doctest: +SKIP
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -62,8 +67,16 @@ class DipAccessor:
         return settle(self._cases(hospitals, period), rules, pricing, hospitals, period, monthly=monthly)
 
     def benefits(self, pricing, hospitals) -> pd.DataFrame:
-        """Patient-side benefits per case (contract §1 ``benefits`` columns)."""
-        from dipengine.benefits import compute_benefits, load_benefits
+        """Patient-side benefits per case (contract §1 ``benefits`` columns).
 
-        rules = load_benefits(pricing)
+        ``pricing``: pricing dir(s) holding ``benefits.csv`` (or shipped ``REGION/YEAR`` names,
+        or the CSV files), or loaded ``BenefitRules``."""
+        from dipengine.benefits import BenefitRules, compute_benefits, load_benefits
+        from dipengine.policy import resolve_pricing_dir
+
+        if isinstance(pricing, BenefitRules):
+            rules = pricing
+        else:
+            dirs = [pricing] if isinstance(pricing, (str, Path)) else list(pricing)
+            rules = load_benefits([resolve_pricing_dir(d) for d in dirs])
         return _to_pandas(compute_benefits(self._cases(hospitals), rules, hospitals))

@@ -167,29 +167,11 @@ def dictionary_columns(schema: pa.Schema, nested: bool = False) -> list[str]:
     return cols
 
 
-_AHEAD: dict = {}  # path -> ParquetPrefetch started by read_ahead, for prefetch to take over
-
-
-def read_ahead(path) -> bool:
-    """Start :func:`prefetch` of ``path`` now, for a later ``prefetch(path)`` to take over (the
-    program calls this before importing its command-line library). True if a read started."""
-    started = prefetch(path)
-    if isinstance(started, ParquetPrefetch):
-        _AHEAD[str(path)] = started
-        return True
-    return False
-
-
 def prefetch(source, batch_size: int = BATCH_SIZE):
     """``source`` with its decoding started now in a background thread, when it is a single
     Parquet file (a :class:`ParquetPrefetch` of a lean read, for ``stream.group_file``); else
-    ``source`` itself. A read :func:`read_ahead` started for the same path is taken over."""
+    ``source`` itself."""
     path = str(source)
-    ahead = _AHEAD.pop(path, None)
-    if ahead is not None:
-        if ahead.batch_size == batch_size:
-            return ahead
-        ahead.close()
     if os.path.isfile(path) and path.lower().endswith((".parquet", ".pq")):
         return ParquetPrefetch(path, batch_size, lean=True, depth=PREFETCH_DEPTH)
     return source

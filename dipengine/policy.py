@@ -13,9 +13,11 @@ the settlement manifest reports, so no value is ever invented silently.
 from __future__ import annotations
 
 import math
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,8 @@ import pyarrow.compute as pc
 
 from dipengine.errors import DataError, RuleSetError
 from dipengine.io import read_table, sha256_file
-from dipengine.manifest import read_manifest, verify_files
-from dipengine.money import yuan_to_fen
+from dipengine.manifest import read_manifest_text, verify_files
+from dipengine.money import yuan_to_fen, yuan_value_to_fen
 
 POOLS = ("employee", "resident")
 LEVELS = (1, 2, 3)
@@ -256,13 +258,11 @@ class _Reader:
 
 
 def _yuan_to_fen_exact(v) -> int | None:
+    """A budget in yuan (at most 2 decimals) -> int fen, exactly (:mod:`dipengine.money`)."""
     try:
-        d = Decimal(str(v)) * 100
-    except InvalidOperation:
+        return yuan_value_to_fen(v, max_decimals=2)
+    except ValueError:
         return None
-    if d != d.to_integral_value():
-        return None
-    return int(d)
 
 
 def _parse_bands(r: _Reader) -> tuple:
@@ -449,7 +449,9 @@ def read_same_level_avg(source, name="same_level_avg.csv") -> pa.Table:
 def load_policy(path) -> Policy:
     """Load ``policy.toml`` and ``same_level_avg.csv`` from a pricing directory (or the toml path).
 
-    When the directory holds ``manifest.toml``, every file it lists must match its sha256.
+    ``path`` may also be ``REGION/YEAR`` of shipped tables (``"440200/2026"``): an existing path
+    always wins (:func:`resolve_pricing_dir`, as ``--pricing`` on the command line). When the
+    directory holds ``manifest.toml``, it is checked by :func:`check_pricing_manifest`.
 
     Raises
     ------
@@ -457,27 +459,87 @@ def load_policy(path) -> Policy:
         A missing or malformed file, a sha256 mismatch or a bad parameter (one message naming
         each problem; :class:`~dipengine.errors.RuleSetError` carries the list).
     """
-    path = Path(path)
+    path = resolve_pricing_dir(path)
     directory = path.parent if path.suffix == ".toml" else path
     toml_path = path if path.suffix == ".toml" else directory / "policy.toml"
-    if not toml_path.exists():
-        raise DataError("policy file not found", file=toml_path)
-    if (directory / "manifest.toml").exists():
-        problems = verify_files(directory, read_manifest(directory))
-        if problems:
-            raise RuleSetError("; ".join(f"{f}: {m}" for f, m in problems),
-                               problems=problems, file=directory / "manifest.toml")
+    _regular_file(toml_path, "policy file not found")
+    check_pricing_manifest(directory)
     try:
         doc = tomllib.loads(toml_path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"malformed TOML ({e})", file=toml_path) from None
+    except OSError as e:
+        raise DataError(f"cannot read ({e.strerror or e})", file=toml_path) from None
     kwargs = parse_policy(doc, fname=str(toml_path))
     sla_path = directory / "same_level_avg.csv"
-    if not sla_path.exists():
-        raise DataError("same-level cost table not found (the deviation reference)", file=sla_path)
+    _regular_file(sla_path, "same-level cost table not found (the deviation reference)")
     sla = read_same_level_avg(sla_path, name=str(sla_path))
     sha = {"policy.toml": sha256_file(toml_path), "same_level_avg.csv": sha256_file(sla_path)}
     return Policy(path=directory, same_level_avg=sla, sha256=sha, **kwargs)
+
+
+#: The files of a pricing directory that :func:`load_policy` reads: a manifest must list them.
+SEALED_FILES = ("policy.toml", "same_level_avg.csv")
+
+
+def _regular_file(path: Path, missing: str) -> None:
+    """DataError naming ``path`` unless it is a regular file (checked before opening: a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(missing, file=path) from None
+    except OSError as e:
+        raise DataError(f"cannot read ({e.strerror or e})", file=path) from None
+    if not stat.S_ISREG(mode):
+        raise DataError("not a regular file", file=path)
+
+
+def check_pricing_manifest(directory) -> dict | None:
+    """Verify a pricing directory's ``manifest.toml`` when there is one; its document, else ``None``.
+
+    Every ``[files]`` entry must be a relative path inside the directory naming a regular file whose
+    sha256 matches (:func:`dipengine.manifest.check_files`), and ``policy.toml`` and
+    ``same_level_avg.csv``, when present, must be listed. An empty or malformed manifest is a
+    :class:`DataError` naming it.
+
+    Raises
+    ------
+    RuleSetError
+        Listing every problem as ``(file, message)``; a bad entry reads
+        ``("manifest.toml", "line N: [files] '../x': ...")``.
+    """
+    directory = Path(directory)
+    mpath = directory / "manifest.toml"
+    if not os.path.lexists(mpath):
+        return None
+    manifest, text = read_manifest_text(directory)
+    problems = verify_files(directory, manifest, text)
+    listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else None
+    if listed is not None:
+        for fname in SEALED_FILES:
+            if os.path.lexists(directory / fname) and fname not in listed:
+                problems.append((fname, "not listed in manifest.toml [files] (no sha256)"))
+    if problems:
+        text = "; ".join(m if f == "manifest.toml" else f"{f}: {m}" for f, m in problems)
+        raise RuleSetError(text, problems=problems, file=mpath)
+    return manifest
+
+
+def check_period(policy: Policy, period) -> str | None:
+    """Why ``policy`` does not apply to the settlement ``period`` (``YYYY`` or ``YYYY-MM``); ``None``
+    when the period lies in the policy's ``year``.
+
+    Raises
+    ------
+    ValueError
+        A malformed period.
+    """
+    from dipengine.rules import period_dates
+
+    first, _last = period_dates(period)
+    if first.year == policy.year:
+        return None
+    return f"pricing tables {policy.path} are for {policy.region} {policy.year}; period {str(period).strip()} is not in it"
 
 
 def policy_from_dict(doc: dict, same_level_avg: pa.Table, *, path=".") -> Policy:

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from dipengine import codes
 from dipengine.grouper import OUTPUT_COLUMNS, prepare_cases
+from dipengine.money import yuan_float_to_fen
 from dipengine.rules import parse_proc_expr
 
 CLASSES = ["conservative", "diagnostic", "therapeutic", "surgery"]  # ascending
@@ -221,7 +222,7 @@ def group_case(case: dict, rule_set) -> dict:
                 continue
             keyed_on_main = int(main_proc is not None and any(
                 c == main_proc or c == base_code(main_proc) for c in g["terms"][0]))
-        avg_fen = int(g["avg_cost"] * 100 + 0.5)
+        avg_fen = yuan_float_to_fen(g["avg_cost"])  # exact, half up, as the compiled rules
         distance = abs(avg_fen - case.get("total_cost_fen", 0))
         key = (PRIORITY_ORDER.index(kind), -keyed_on_main, -len(g["terms"]), -n_matched, distance, g["row"])
         trace.append(f"  candidate {g['dip_code']} ({g['group_type']} {g['treat_class']}, proc_expr "

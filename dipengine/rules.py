@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as _dt
 import hashlib
 import io as _io
 import json
 import math
 import os
 import re
+import stat
 import tempfile
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -33,9 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dipengine import codes as _codes
-from dipengine.errors import RuleSetError
+from dipengine import money as _money
+from dipengine.errors import DataError, RuleSetError
 from dipengine.io import atomic_dir
-from dipengine.manifest import read_manifest, verify_files, write_manifest
+from dipengine.manifest import check_files, key_line, listed_path, read_manifest_text, write_manifest
 
 GROUP_TYPES = ("core", "basic", "comprehensive", "blank")
 TREAT_CLASSES = _codes.TREAT_CLASSES  # conservative < diagnostic < therapeutic < surgery
@@ -214,6 +218,9 @@ def _read_csv_rows(path: Path, fname: str, problems: list[Problem]):
     except UnicodeDecodeError as e:
         problems.append(Problem(fname, 1, "", f"not UTF-8 text ({e.reason})"))
         return None, []
+    except OSError as e:
+        problems.append(Problem(fname, 0, "", f"cannot read ({e.strerror or e})"))
+        return None, []
     reader = csv.reader(_io.StringIO(text, newline=""), strict=True)
     rows = []
     header = None
@@ -238,10 +245,24 @@ def _table_rows(directory: Path, fname: str, problems: list[Problem]) -> list[tu
     """Rows of one table as ``(line, {column: text})``; ``None`` when the file is absent."""
     required, optional, must = TABLES[fname]
     path = directory / fname
-    if not path.exists():
+    if not os.path.lexists(path):
         if must:
             problems.append(Problem(fname, 0, "", "required file missing"))
         return None
+    # Never open anything but a regular file inside the rule set: a FIFO would block the read, a
+    # symbolic link out of the directory would quote a foreign file's lines in the problems.
+    inside, why = listed_path(directory, fname)
+    if inside is None:
+        problems.append(Problem(fname, 0, "", f"not read: {why}"))
+        return []
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        problems.append(Problem(fname, 0, "", f"cannot read ({e.strerror or e})"))
+        return []
+    if not stat.S_ISREG(mode):
+        problems.append(Problem(fname, 0, "", "not a regular file (not read)"))
+        return []
     header, rows = _read_csv_rows(path, fname, problems)
     if header is None:
         return []
@@ -273,6 +294,26 @@ def _float(v: str):
     except ValueError:
         return None
     return x if math.isfinite(x) else None
+
+
+def _avg_cost_problem(text: str) -> str | None:
+    """Why a ``groups.csv`` ``avg_cost`` cell is not a usable amount of yuan (None when it is).
+
+    The value is kept as float64 yuan (``RuleSet.groups``) and converted to fen through its
+    shortest text (:func:`dipengine.money.yuan_to_fen`), exactly and half up; so the text must
+    parse both as a number and as yuan, and must not carry more digits than a float64 holds
+    (else the fen of the float would differ from the fen of the text).
+    """
+    x = _float(text)
+    try:
+        fen = _money.yuan_text_to_fen(text)
+    except ValueError:
+        fen = None
+    if x is None or fen is None or x < 0 or fen < 0:
+        return f"avg_cost must be a non-negative number of yuan, got {text!r}"
+    if _money.yuan_float_to_fen(x) != fen:
+        return f"avg_cost {text!r} has more digits than a float64 holds (the fen would change)"
+    return None
 
 
 def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
@@ -346,28 +387,60 @@ def _check_head(directory: Path):
     mpath = directory / "manifest.toml"
     manifest: dict = {}
     mtext = ""
-    if not mpath.exists():
+    if not os.path.lexists(mpath):
         problems.append(Problem("manifest.toml", 0, "", "manifest.toml missing"))
     else:
-        from dipengine.errors import DataError
-
         try:
-            manifest = read_manifest(directory)
-            mtext = mpath.read_text(encoding="utf-8")
+            manifest, mtext = read_manifest_text(directory)
         except DataError as e:
             problems.append(Problem("manifest.toml", 0, "", e.message))
     if manifest:
         for key in ("name", "version"):
             if not isinstance(manifest.get(key), str) or not manifest.get(key):
-                problems.append(Problem("manifest.toml", 0, key, f"'{key}' missing (a non-empty string)"))
-        for fname, msg in verify_files(directory, manifest):
-            problems.append(Problem(fname, 0, "", msg))
+                problems.append(Problem("manifest.toml", key_line(mtext, key, None), key,
+                                        f"'{key}' missing (a non-empty string)"))
+        _check_effective(manifest, mtext, problems)
+        for fp in check_files(directory, manifest, mtext):
+            problems.append(Problem(fp.file, fp.line, "files" if fp.file == "manifest.toml" else "", fp.message))
         listed = manifest.get("files", {}) if isinstance(manifest.get("files"), dict) else {}
         for fname in TABLES:
-            if (directory / fname).exists() and fname not in listed:
+            if os.path.lexists(directory / fname) and fname not in listed:
                 problems.append(Problem(fname, 0, "", "not listed in manifest.toml [files] (no sha256)"))
     options = _check_options(manifest, mtext, problems) if manifest else dict(DEFAULT_OPTIONS)
     return problems, manifest, mtext, options
+
+
+def manifest_date(v) -> _dt.date | None:
+    """A manifest's ``effective_from``/``effective_to``: a TOML date, or ISO text ``"2027-01-01"``.
+
+    ``None`` when absent; raises ValueError when it is neither (a date-time is not a date).
+    """
+    if v is None:
+        return None
+    if isinstance(v, _dt.datetime):
+        raise ValueError(f"{v.isoformat()} is a date-time, not a date")
+    if isinstance(v, _dt.date):
+        return v
+    if isinstance(v, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", v):
+        try:
+            return _dt.date.fromisoformat(v)
+        except ValueError:
+            pass
+    raise ValueError(f"{v!r} is not a date YYYY-MM-DD")
+
+
+def _check_effective(manifest: dict, mtext: str, problems: list[Problem]) -> None:
+    """``effective_from`` / ``effective_to``: dates (when given), from <= to."""
+    got = {}
+    for key in ("effective_from", "effective_to"):
+        try:
+            got[key] = manifest_date(manifest.get(key))
+        except ValueError as e:
+            problems.append(Problem("manifest.toml", key_line(mtext, key, None), key, f"{key}: {e}"))
+    lo, hi = got.get("effective_from"), got.get("effective_to")
+    if lo is not None and hi is not None and hi < lo:
+        problems.append(Problem("manifest.toml", key_line(mtext, "effective_to", None), "effective_to",
+                                f"effective_to {hi} is before effective_from {lo}"))
 
 
 def _check(directory: Path, head=None):
@@ -421,9 +494,9 @@ def _check(directory: Path, head=None):
         score = _float(r["score"])
         if score is None or score <= 0:
             problems.append(Problem(f, line, "score", f"score must be a positive number, got {r['score']!r}"))
-        avg = _float(r["avg_cost"])
-        if avg is None or avg < 0:
-            problems.append(Problem(f, line, "avg_cost", f"avg_cost must be a non-negative number of yuan, got {r['avg_cost']!r}"))
+        avg_problem = _avg_cost_problem(r["avg_cost"])
+        if avg_problem:
+            problems.append(Problem(f, line, "avg_cost", avg_problem))
         n = r.get("n_cases", "")
         if n and not (n.isdigit() and n.isascii()):
             problems.append(Problem(f, line, "n_cases", f"n_cases must be a non-negative integer, got {n!r}"))
@@ -524,9 +597,10 @@ def _check(directory: Path, head=None):
 def check_rules(path) -> list[Problem]:
     """Every problem of the rule set in ``path`` (empty list when it loads).
 
-    Problems name file, line (1 = header, 0 = the file as a whole) and column.
+    Problems name file, line (1 = header, 0 = the file as a whole) and column. ``path`` may be
+    the name of a shipped rule set (``"demo"``, :func:`resolve_rules_dir`).
     """
-    return _check(Path(path))[0]
+    return _check(resolve_rules_dir(path))[0]
 
 
 # --------------------------------------------------------------------------- RuleSet
@@ -623,7 +697,8 @@ def load_rules(path, *, cache=None) -> RuleSet:
     Parameters
     ----------
     path : path
-        Rule-set directory.
+        Rule-set directory, or the name of a shipped rule set (``"demo"``): an existing path always
+        wins (:func:`resolve_rules_dir`, as ``--rules`` on the command line).
     cache : bool, optional
         ``False`` never reads or writes the cache; ``True`` uses it even when
         ``DIPENGINE_CACHE=0``; ``None`` (default) uses it unless ``DIPENGINE_CACHE=0``.
@@ -633,19 +708,21 @@ def load_rules(path, *, cache=None) -> RuleSet:
     RuleSetError
         Listing every problem (``.problems``) when :func:`check_rules` finds any.
     """
-    path = Path(path)
+    path = resolve_rules_dir(path)
     head = _check_head(path)
     problems, manifest, mtext, options = head
-    entry = None
+    entry = why = None
     if not problems and cache_enabled(cache):
         entry = _cache_file(_cache_key(mtext, manifest, options))
         if entry is not None:
-            rs = _cache_read(entry, path, manifest, options)
+            rs, why = _cache_read(entry, path, manifest, options, mtext)
             if rs is not None:
                 return rs
     rs = _load_checked(path, head)
     if entry is not None:
-        _cache_write(entry, rs)
+        wrote = _cache_write(entry, rs, mtext)
+        if why is not None and why != MISSING:
+            _warn_rejected(entry, why, wrote)
     return rs
 
 
@@ -762,7 +839,7 @@ def compile_rules(rs: RuleSet) -> Compiled:
     cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
     g_class = np.array([cls_rank.get(c, -1) for c in g["treat_class"]], np.int8)
     g_rank = np.array([PRIORITY[(t, None if t == "blank" else c)] for t, c in zip(gtype, g["treat_class"])], np.int8)
-    g_avg_fen = np.array([int(math.floor(a * 100 + 0.5)) for a in g["avg_cost"]], np.int64)
+    g_avg_fen = _avg_cost_fen(rs.groups["avg_cost"])
     g_term_off = np.zeros(n + 1, np.int64)
     g_term_off[1:] = np.cumsum([len(t) for t in parsed])
     terms = [t for ts in parsed for t in ts]
@@ -846,6 +923,17 @@ def compile_rules(rs: RuleSet) -> Compiled:
     )
 
 
+def _avg_cost_fen(avg_cost) -> np.ndarray:
+    """int64 fen of the ``avg_cost`` column (float64 yuan), exact and half up through the float's
+    shortest text (``1.005`` -> 101 fen; the float ``1.005 * 100`` would round to 100)."""
+    fen, status = _money.yuan_to_fen(avg_cost)
+    bad = (status != _money.OK)
+    if bad.any():  # only a rule set that did not go through check_rules (negative, NaN)
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"groups avg_cost row {i}: {avg_cost[i]} is not an amount of yuan")
+    return np.ascontiguousarray(fen, np.int64)
+
+
 def _proc_class(procedures: pa.Table) -> dict:
     """``procedures.csv`` code -> (treat_class rank, level) (``Compiled.proc_class``)."""
     cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
@@ -884,12 +972,22 @@ def longest_prefix(values: pa.Array, prefixes: list[str]) -> np.ndarray:
 # One file per rule set, ``rules-<key>.npz`` (uncompressed, loaded with allow_pickle=False):
 # the Compiled numpy arrays as members, each RuleSet table and vocabulary as Arrow IPC file
 # bytes (uint8 members ``table.<name>`` / ``vocab.<name>``) and the scalars, small lists and
-# the key as JSON bytes (``meta``). Zip CRC-32 catches a damaged file; any failure to read an
-# entry is a miss, any failure to write one is ignored.
+# the key as JSON bytes (``meta``). An entry is trusted only once verified: ``meta`` holds the
+# sha256 of everything else stored (every member's name, dtype, shape and bytes, and the rest of
+# ``meta``) and the digests of the manifest and tables it was compiled from; both are checked on
+# every read. Zip CRC-32 catches a damaged file. A missing entry is a plain miss; an entry that
+# exists but fails (damaged, foreign, tampered, compiled from other tables) is recompiled,
+# rewritten and reported once with a :class:`CacheWarning`. Any failure to write is ignored.
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 _ENGINE_SOURCES = ("rules.py", "codes.py")  # compiled content depends on these files
-_counters = {"hits": 0, "misses": 0, "writes": 0}
+_counters = {"hits": 0, "misses": 0, "writes": 0, "rejected": 0}
+_warned: set = set()
+_fingerprints: dict = {}  # entry path -> (inode, size, mtime) when last read
+
+
+class CacheWarning(UserWarning):
+    """A compiled-rules cache entry failed verification and was recompiled (results are unaffected)."""
 _source_digest = None
 
 
@@ -912,7 +1010,8 @@ def cache_enabled(cache=None) -> bool:
 
 
 def cache_stats() -> dict:
-    """Counts of cache ``hits``, ``misses`` and ``writes`` in this process (a copy)."""
+    """Counts of cache ``hits``, ``misses``, ``writes`` and ``rejected`` (entries that existed but failed
+    verification: each is also a miss) in this process (a copy)."""
     return dict(_counters)
 
 
@@ -970,25 +1069,57 @@ _VOCAB_FIELDS = ("sub_vocab", "proc_vocab")
 _DERIVED_FIELDS = ("proc_class",)  # rebuilt from the procedures table on read
 
 
-def _cache_write(entry: Path, rs: RuleSet) -> None:
-    """Write the entry atomically (temp file + rename); silently nothing when that fails."""
+def _sources(mtext: str, manifest: dict) -> dict:
+    """What an entry was compiled from: sha256 of the manifest bytes and of every listed table."""
+    files = manifest.get("files", {}) if isinstance(manifest.get("files"), dict) else {}
+    return {"manifest": hashlib.sha256(mtext.encode("utf-8")).hexdigest(),
+            "files": {str(k): str(v) for k, v in sorted(files.items())}}
+
+
+def _content_digest(members: dict, meta: dict) -> str:
+    """sha256 over every stored member (name, dtype, shape, bytes) and ``meta`` less its digest."""
+    h = hashlib.sha256(b"dipengine compiled rules\n")
+    for name in sorted(members):
+        if name == "meta":
+            continue
+        arr = np.ascontiguousarray(members[name])
+        h.update(json.dumps([name, arr.dtype.str, list(arr.shape)]).encode())
+        h.update(b"\0")
+        h.update(memoryview(arr).cast("B"))
+    rest = {k: v for k, v in meta.items() if k != "digest"}
+    h.update(json.dumps(rest, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _cache_members(entry: Path, rs: RuleSet, mtext: str) -> dict:
+    """The npz members of the entry of ``rs`` (``meta`` last, with its digest)."""
+    c = rs.compiled
+    members = {}
+    meta = {"format": CACHE_FORMAT, "key": entry.stem[len("rules-"):], "dtypes": {},
+            "sources": _sources(mtext, rs.manifest)}
+    for f in fields(Compiled):
+        v = getattr(c, f.name)
+        if f.name in _JSON_FIELDS:
+            meta[f.name] = v
+        elif f.name in _VOCAB_FIELDS:
+            members["vocab." + f.name] = _ipc_bytes(pa.table({"v": v}))
+        elif f.name not in _DERIVED_FIELDS:
+            members["array." + f.name] = np.ascontiguousarray(v)
+            meta["dtypes"][f.name] = np.dtype(v.dtype).str
+    for fname in _COLUMNS:
+        members["table." + fname[:-4]] = _ipc_bytes(getattr(rs, fname[:-4]))
+    if any(m.dtype.hasobject for m in members.values()):
+        raise TypeError("an object array would need pickle")
+    meta["digest"] = _content_digest(members, meta)
+    members["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    return members
+
+
+def _cache_write(entry: Path, rs: RuleSet, mtext: str) -> bool:
+    """Write the entry atomically (temp file + rename); ``False`` (and nothing written) when that fails."""
     tmp = None
     try:
-        c = rs.compiled
-        members = {}
-        meta = {"format": CACHE_FORMAT, "key": entry.stem[len("rules-"):], "dtypes": {}}
-        for f in fields(Compiled):
-            v = getattr(c, f.name)
-            if f.name in _JSON_FIELDS:
-                meta[f.name] = v
-            elif f.name in _VOCAB_FIELDS:
-                members["vocab." + f.name] = _ipc_bytes(pa.table({"v": v}))
-            elif f.name not in _DERIVED_FIELDS:
-                members["array." + f.name] = np.ascontiguousarray(v)
-                meta["dtypes"][f.name] = np.dtype(v.dtype).str
-        for fname in _COLUMNS:
-            members["table." + fname[:-4]] = _ipc_bytes(getattr(rs, fname[:-4]))
-        members["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+        members = _cache_members(entry, rs, mtext)
         entry.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-rules-", suffix=".npz", dir=entry.parent)
         with os.fdopen(fd, "wb") as fh:
@@ -996,30 +1127,45 @@ def _cache_write(entry: Path, rs: RuleSet) -> None:
         os.replace(tmp, entry)
         tmp = None
         _counters["writes"] += 1
+        return True
     except Exception:  # never fail a run because of the cache
-        pass
+        return False
     finally:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
 
-def _cache_read(entry: Path, path: Path, manifest: dict, options: dict):
-    """The RuleSet stored in ``entry``, or ``None`` (missing, damaged or not this key)."""
+MISSING = "missing"
+
+
+class _Untrusted(ValueError):
+    """An entry that reads but fails verification (the message says which check)."""
+
+
+def _cache_read(entry: Path, path: Path, manifest: dict, options: dict, mtext: str):
+    """``(RuleSet, None)`` from a verified entry, else ``(None, why)``; ``why`` is :data:`MISSING`
+    when there is no entry, else what failed (damaged, foreign, digest, sources)."""
     try:
         if not entry.is_file():
             _counters["misses"] += 1
-            return None
+            return None, MISSING
+        st = os.stat(entry)
+        _fingerprints[str(entry)] = (st.st_ino, st.st_size, st.st_mtime_ns)
         with np.load(entry, allow_pickle=False) as z:
             data = {name: z[name] for name in z.files}
         meta = json.loads(data["meta"].tobytes().decode())
         if meta.get("format") != CACHE_FORMAT or meta.get("key") != entry.stem[len("rules-"):]:
-            raise ValueError("not this entry")
+            raise _Untrusted("not the entry of this key")
+        if meta.get("digest") != _content_digest(data, meta):
+            raise _Untrusted("its content does not match the sha256 it stores")
+        if meta.get("sources") != _sources(mtext, manifest):
+            raise _Untrusted("compiled from other tables than the rule set's")
         tables = {}
         for fname in _COLUMNS:
             t = _ipc_table(data["table." + fname[:-4]])
             if not t.schema.equals(_schema(fname)):
-                raise ValueError(f"schema of {fname}")
+                raise _Untrusted(f"schema of {fname}")
             tables[fname[:-4]] = t
         comp = {}
         for f in fields(Compiled):
@@ -1028,22 +1174,168 @@ def _cache_read(entry: Path, path: Path, manifest: dict, options: dict):
             elif f.name in _VOCAB_FIELDS:
                 col = _ipc_table(data["vocab." + f.name]).column("v")
                 if col.type != pa.string():
-                    raise ValueError(f"type of {f.name}")
+                    raise _Untrusted(f"type of {f.name}")
                 comp[f.name] = col.combine_chunks()
             elif f.name not in _DERIVED_FIELDS:
                 a = data["array." + f.name]
                 if a.ndim != 1 or a.dtype.str != meta["dtypes"][f.name]:
-                    raise ValueError(f"dtype of {f.name}")
+                    raise _Untrusted(f"dtype of {f.name}")
                 comp[f.name] = a
         comp["proc_class"] = _proc_class(tables["procedures"])
         rs = RuleSet(path=path, manifest=manifest, name=manifest["name"], version=manifest["version"],
                      options=options, sha256=dict(manifest.get("files", {})), **tables)
         rs.compiled = Compiled(**comp)
-    except Exception:  # damaged, partial or foreign entry: rebuild it
+    except Exception as e:  # damaged, partial, foreign or tampered entry: rebuild it
         _counters["misses"] += 1
-        return None
+        _counters["rejected"] += 1
+        return None, _why(e)
     _counters["hits"] += 1
-    return rs
+    return rs, None
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, _Untrusted):
+        return str(e)
+    text = " ".join(str(e).split())
+    if "pickle" in text:  # np.load(allow_pickle=False) met an object array or a pickle
+        return "unreadable: it holds pickled objects (never loaded)"
+    return f"unreadable: {type(e).__name__}: {text}" if text else f"unreadable: {type(e).__name__}"
+
+
+def _warn_rejected(entry: Path, why: str, rewritten: bool) -> None:
+    """Say once per bad entry (its path, file identity and cause) that it was not trusted."""
+    key = (str(entry), _fingerprints.get(str(entry)), why)
+    if key in _warned:
+        return
+    _warned.add(key)
+    then = "recompiled the rule set and rewrote the entry" if rewritten else \
+        "recompiled the rule set (the entry could not be rewritten)"
+    warnings.warn(f"dipengine: compiled-rules cache entry {entry} not trusted ({why}); {then}",
+                  CacheWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class CacheCheck:
+    """What :func:`check_cache` found: ``status`` is ``"ok"``, ``"absent"``, ``"off"`` (no location),
+    ``"repaired"`` (the entry differed from a fresh compile or failed verification, and was
+    rewritten) or ``"unrepaired"`` (the same, but rewriting failed); ``detail`` says what differed."""
+
+    status: str
+    entry: Path | None
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.status == "ok":
+            return f"cache: {self.entry} matches a fresh compile"
+        if self.status == "absent":
+            return f"cache: no entry ({self.entry})"
+        if self.status == "off":
+            return "cache: no cache location"
+        done = "rewritten" if self.status == "repaired" else "could not be rewritten"
+        return f"cache: {self.entry} was stale or tampered with ({self.detail}); {done}"
+
+
+def _differences(a: RuleSet, b: RuleSet) -> list[str]:
+    """Names of the tables and compiled fields in which two loads of a rule set differ."""
+    out = []
+    for fname in _COLUMNS:
+        ta, tb = getattr(a, fname[:-4]), getattr(b, fname[:-4])
+        if not (ta.schema.equals(tb.schema) and ta.equals(tb)):
+            out.append(fname[:-4])
+    for f in fields(Compiled):
+        x, y = getattr(a.compiled, f.name), getattr(b.compiled, f.name)
+        if isinstance(x, np.ndarray):
+            same = isinstance(y, np.ndarray) and x.dtype == y.dtype and np.array_equal(x, y)
+        elif isinstance(x, pa.Array):
+            same = isinstance(y, pa.Array) and x.type == y.type and x.equals(y)
+        else:
+            same = type(x) is type(y) and x == y
+        if not same:
+            out.append(f.name)
+    return out
+
+
+def check_cache(path) -> CacheCheck | None:
+    """Compare the cache entry of the rule set in ``path`` with a fresh compile, and repair it.
+
+    ``None`` when the rule set does not check (see :func:`check_rules`). Otherwise the rule set is
+    compiled afresh (never from the cache) and its entry, if there is one, is read and compared
+    field by field, whether or not its stored sha256 agrees (a digest inside the entry can be
+    recomputed by whoever edits it; the fresh compile cannot be fooled). A differing or unreadable
+    entry is rewritten from the fresh compile. Used by ``dipengine rules check``.
+    """
+    path = resolve_rules_dir(path)
+    head = _check_head(path)
+    problems, manifest, mtext, options = head
+    if problems:
+        return None
+    try:
+        fresh = _load_checked(path, head)
+    except RuleSetError:
+        return None
+    entry = _cache_file(_cache_key(mtext, manifest, options))
+    if entry is None:
+        return CacheCheck("off", None)
+    if not entry.is_file():
+        return CacheCheck("absent", entry)
+    cached, why = _cache_read(entry, path, manifest, options, mtext)
+    if cached is not None:
+        diff = _differences(fresh, cached)
+        if not diff:
+            return CacheCheck("ok", entry)
+        why = "differs from a fresh compile in " + ", ".join(diff)
+    ok = _cache_write(entry, fresh, mtext)
+    return CacheCheck("repaired" if ok else "unrepaired", entry, why)
+
+
+# --------------------------------------------------------------------------- effective dates
+
+
+def period_dates(period) -> tuple[_dt.date, _dt.date]:
+    """First and last day of a settlement period: ``"2026"`` (a year) or ``"2026-03"`` (a month).
+
+    Raises
+    ------
+    ValueError
+        When ``period`` is neither.
+    """
+    m = re.fullmatch(r"([0-9]{4})(?:-([0-9]{2}))?", str(period).strip())
+    if not m or (m.group(2) and not 1 <= int(m.group(2)) <= 12):
+        raise ValueError(f"period {period!r} is not YYYY or YYYY-MM")
+    year = int(m.group(1))
+    if not m.group(2):
+        return _dt.date(year, 1, 1), _dt.date(year, 12, 31)
+    month = int(m.group(2))
+    nxt = _dt.date(year + (month == 12), month % 12 + 1, 1)
+    return _dt.date(year, month, 1), nxt - _dt.timedelta(days=1)
+
+
+def check_period(rule_set, period) -> str | None:
+    """Why ``rule_set`` does not cover the settlement ``period``; ``None`` when it does.
+
+    ``rule_set`` is a :class:`RuleSet` (or its manifest as a dict); ``period`` is ``YYYY`` or
+    ``YYYY-MM``. The period is covered when every day of it lies within the manifest's
+    ``effective_from`` .. ``effective_to`` (inclusive; an absent end is open). A rule set without
+    either date covers every period. The message names the rule set, its dates and the period;
+    ``settle`` makes it an error, or a warning with ``--allow-out-of-period``.
+
+    Raises
+    ------
+    ValueError
+        A malformed period, or effective dates that are not dates (``check_rules`` reports those).
+    """
+    manifest = rule_set if isinstance(rule_set, dict) else rule_set.manifest
+    lo = manifest_date(manifest.get("effective_from"))
+    hi = manifest_date(manifest.get("effective_to"))
+    first, last = period_dates(period)
+    if (lo is None or lo <= first) and (hi is None or last <= hi):
+        return None
+    name = f"{manifest.get('name', '?')} {manifest.get('version', '?')}"
+    span = f"{lo or '(open)'} to {hi or '(open)'}"
+    outside = (hi is not None and first > hi) or (lo is not None and last < lo)
+    how = "outside" if outside else "only partly inside"
+    return (f"rule set {name} is effective {span}; period {str(period).strip()} ({first} to {last}) "
+            f"lies {how} it")
 
 
 # --------------------------------------------------------------------------- shipped rule sets

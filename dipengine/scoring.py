@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dipengine._libs.scoring import score_cases
+from dipengine.money import yuan_float_to_fen, yuan_to_fen
 from dipengine.policy import POOLS, Policy
 
 LOCALITIES = ("local", "in_province", "cross_province")
@@ -87,8 +88,7 @@ def reference_costs(dip_code, level, policy: Policy, same_level_avg=None, groups
     table[g, _np(sla["level"], np.int64, 0)] = _np(sla["avg_cost_fen"], np.int64, 0)
     fallback = np.zeros(n_g + 1, dtype=np.int64)
     if groups is not None:
-        avg = _np(groups["avg_cost"].cast(pa.float64()), np.float64, 0.0)
-        fb = np.floor(avg * 100.0 + 0.5).astype(np.int64)  # yuan -> fen, half up
+        fb, _ = yuan_to_fen(groups["avg_cost"])  # yuan -> fen, exact, half up (as the compiled rules)
         fallback[_codes(groups["dip_code"], vocab)] = np.where(fb > 0, fb, 0)
     case_g = _codes(dip_code, vocab)
     case_g = np.where(case_g < 0, n_g, case_g)
@@ -288,7 +288,7 @@ def case_points_reference(cases, grouped, hospitals, policy: Policy, same_level_
     group_avg = {}
     if groups is not None:
         for r in groups.to_pylist():
-            fen = math.floor(r["avg_cost"] * 100.0 + 0.5) if r["avg_cost"] is not None else 0
+            fen = yuan_float_to_fen(r["avg_cost"]) if r["avg_cost"] is not None else 0
             group_avg[r["dip_code"]] = fen if fen > 0 else 0
     allowed = {"none": {"local"}, "in_province": {"local", "in_province"},
                "all": {"local", "in_province", "cross_province"}}[policy.include_remote]

@@ -526,7 +526,8 @@ def _input_files(cases, schema) -> list:
 
 
 def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=None,
-           n_threads=None, benefits=None, schema=None, encoding=None, sheet=None) -> SettlementResult:
+           n_threads=None, benefits=None, schema=None, encoding=None, sheet=None,
+           allow_out_of_period: bool = False) -> SettlementResult:
     """Read, group, score and settle a period (contract §1 ``settle``).
 
     Parameters
@@ -560,6 +561,9 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         Text encoding of CSV inputs (``utf-8``, ``gbk``, ``gb18030``); default: detected.
     sheet : str or int, optional
         Sheet of an .xlsx input: name or 0-based index; default: the first.
+    allow_out_of_period : bool
+        Settle even when the rule set's effective dates do not cover the period (the reason is
+        then in the manifest's ``warnings``); by default that is a :class:`DataError`.
     """
     from dipengine.hospitals import read_hospitals
 
@@ -572,6 +576,15 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
     if not hasattr(rules, "groups"):
         from dipengine.rules import load_rules
         rules = load_rules(rules)
+    from dipengine.rules import check_period
+
+    warnings = []
+    out_of_period = check_period(rules, period)
+    if out_of_period is not None:
+        if not allow_out_of_period:
+            raise DataError(out_of_period + " (--allow-out-of-period settles anyway)",
+                            file=Path(getattr(rules, "path", ".")) / "manifest.toml")
+        warnings.append(out_of_period)
     hosp_files = source_files(hospitals) if not isinstance(hospitals, pa.Table) else []
     hosp_table = hospitals if isinstance(hospitals, pa.Table) else read_hospitals(hospitals)
     if monthly and kind != "annual":
@@ -607,6 +620,8 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         "encoding": encoding,
         "sheet": sheet,
     }
+    if warnings:
+        m["warnings"] = warnings
     m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
     m["sha256"]["hospitals"] = {str(f): sha256_file(f) for f in hosp_files}
     m["sha256"]["monthly"] = {str(Path(d) / "hospitals.parquet"): sha256_file(Path(d) / "hospitals.parquet")

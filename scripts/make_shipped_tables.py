@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a source checkout
 
 from dipengine.catalog import build_catalog  # noqa: E402
-from dipengine.io import atomic_dir, write_table  # noqa: E402
+from dipengine.io import OUTPUT_MARKER, atomic_dir, replace_allowed, write_table  # noqa: E402
 from dipengine.manifest import read_manifest, write_manifest  # noqa: E402
 from dipengine.synth import synth_hospitals, synth_region  # noqa: E402
 
@@ -148,14 +148,18 @@ def generate(out: Path, *, cases: int = CASES_PER_YEAR, seed: int = SEED, region
         (tmp / "rules" / "README.md").write_text(RULES_README.format(**fmt), encoding="utf-8")
         (tmp / "pricing" / "README.md").write_text(PRICING_README.format(**fmt), encoding="utf-8")
         for src, dst in ((tmp / "rules", rules_dir), (tmp / "pricing", pricing_dir)):
-            with atomic_dir(dst) as d:
+            # the shipped folders are the repository's own, not run outputs: replaced deliberately,
+            # and without the output marker (io.atomic_dir writes one)
+            with replace_allowed(), atomic_dir(dst) as d:
                 for f in sorted(src.iterdir()):
-                    shutil.copyfile(f, d / f.name)
+                    if f.name != OUTPUT_MARKER:
+                        shutil.copyfile(f, d / f.name)
+            (dst / OUTPUT_MARKER).unlink(missing_ok=True)
     return rules_dir, pricing_dir
 
 
 def _differences(a: Path, b: Path) -> list[str]:
-    names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
+    names = sorted(({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()}) - {OUTPUT_MARKER})
     return [n for n in names if not ((a / n).exists() and (b / n).exists() and filecmp.cmp(a / n, b / n, False))]
 
 

@@ -489,10 +489,11 @@ def test_cli_benefits_writes_one_row_per_case(tmp_path, capsys):
 def test_cli_benefits_bad_table_exits_1_and_writes_nothing(tmp_path, capsys):
     from dipengine.cli import main
 
-    write(tmp_path, "440200,employee,*,3,local,*,1000,500,,1.5,500000,0.1\n")
+    (tmp_path / "pricing").mkdir()
+    write(tmp_path / "pricing", "440200,employee,*,3,local,*,1000,500,,1.5,500000,0.1\n")
     (tmp_path / "cases.csv").write_text(CASES_CSV, encoding="utf-8")
     out = tmp_path / "out.parquet"
-    rc = main(["benefits", "--pricing", str(tmp_path), "--hospitals", str(tmp_path / "none.csv"),
+    rc = main(["benefits", "--pricing", str(tmp_path / "pricing"), "--hospitals", str(tmp_path / "none.csv"),
                "--input", str(tmp_path / "cases.csv"), "--out", str(out)])
     assert rc == 1 and not out.exists()
     err = capsys.readouterr().err

@@ -327,7 +327,7 @@ def test_writes_a_rule_set_that_checks_and_loads(tmp_path):
     assert rs.groups.num_rows == res.groups.num_rows
     assert {f.name for f in (tmp_path / "rules").iterdir()} == {
         "groups.csv", "procedures.csv", "excluded_dx.csv", "excluded_proc.csv", "aux_coefficients.csv",
-        "cci_weights.csv", "severity_dx.csv", "manifest.toml"}
+        "cci_weights.csv", "severity_dx.csv", "manifest.toml", ".dipengine-output"}
     man = tomllib.loads((tmp_path / "rules" / "manifest.toml").read_text())
     assert man["name"] == "demo" and man["version"] == "2027.1"
     assert man["effective_from"] == dt.date(2027, 1, 1)

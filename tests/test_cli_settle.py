@@ -267,3 +267,35 @@ def test_input_layout_options_in_help(command):
     for opt in ("--schema", "--encoding", "--sheet"):
         assert opt in res.output
     assert "nhsa" in res.output
+
+
+def test_rule_set_dates_must_cover_the_period(tmp_path, capsys):
+    """A 2026 rule set does not settle 2027 silently: an error, or a warning with --allow-out-of-period."""
+    import shutil
+
+    from dipengine.rules import resolve_rules_dir
+    from dipengine.synth import synth_region, write_region
+
+    cases, hospitals = synth_region(2027, 400, seed=2)
+    write_region(cases, hospitals, tmp_path / "region")
+    pricing = tmp_path / "pricing"
+    from dipengine.policy import resolve_pricing_dir
+
+    shutil.copytree(resolve_pricing_dir("440200/2026"), pricing)
+    policy = (pricing / "policy.toml").read_text(encoding="utf-8").replace("year = 2026", "year = 2027")
+    (pricing / "policy.toml").write_text(policy, encoding="utf-8")
+    from dipengine.manifest import read_manifest, write_manifest
+
+    meta = {k: v for k, v in read_manifest(pricing).items() if k != "files"}
+    write_manifest(pricing, meta, sorted(read_manifest(pricing)["files"]))
+    args = ["settle", "--rules", str(resolve_rules_dir("demo")), "--pricing", str(pricing), "--hospitals",
+            str(tmp_path / "region" / "hospitals.csv"), "--input", str(tmp_path / "region" / "cases.parquet"),
+            "--period", "2027"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "effective 2026-01-01 to 2026-12-31; period 2027" in err and "lies outside it" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "a").exists()
+    assert main(args + ["--out", str(tmp_path / "b"), "--allow-out-of-period"]) == 0
+    assert "warning: rule set demo" in capsys.readouterr().err
+    assert (tmp_path / "b" / "hospitals.csv").exists()

@@ -713,8 +713,8 @@ def test_demo_writes_the_contract_layout_and_provenance(demo):
     from dipengine.io import sha256_file
 
     for d in folders:
-        assert sorted(p.name for p in d.iterdir()) == ["cases.parquet", "hospitals.csv", "hospitals.parquet",
-                                                       "manifest.json"]
+        assert sorted(p.name for p in d.iterdir()) == [".dipengine-output", "cases.parquet", "hospitals.csv",
+                                                       "hospitals.parquet", "manifest.json"]
         m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
         # like `settle --out`: the sha256 of every input file, rule table and policy file
         assert m["sha256"]["inputs"] == {"cases.parquet": sha256_file(demo / "cases.parquet")}

@@ -54,3 +54,74 @@ def test_largest_remainder_adds_up(shares, total):
     assert (parts >= 0).all()
     exact = np.array(shares) / sum(shares) * total
     assert np.all(np.abs(parts - exact) < 1.0 + 1e-6 * total)
+
+
+# --------------------------------------------------------------------------- one value (issue 15, deliver 8)
+
+from dipengine import money  # noqa: E402
+
+
+@pytest.mark.parametrize("text, fen", [
+    ("1.005", 101), ("2.675", 268), ("0.005", 1), ("0.0049", 0), ("-0.005", -1), ("-1.005", -101),
+    (" 1,234.5 ", 123450), ("1e3", 100000), ("1.5E+2", 15000), (".5", 50), ("5.", 500), ("+7", 700),
+    ("12345678.905", 1234567891), ("0", 0), ("100000000000", 10**13)])
+def test_yuan_text_to_fen_exact_half_up(text, fen):
+    assert money.yuan_text_to_fen(text) == fen
+
+
+@pytest.mark.parametrize("text", ["", "  ", "abc", "1.2.3", "1e", "nan", "inf", "-", ".", "e5", "1_000", ",5",
+                                  "1e99", "100000000000000"])
+def test_yuan_text_to_fen_rejects(text):
+    with pytest.raises(ValueError):
+        money.yuan_text_to_fen(text)
+
+
+def test_max_decimals():
+    assert money.yuan_text_to_fen("12.30", max_decimals=2) == 1230
+    with pytest.raises(ValueError, match="more than 2 decimals"):
+        money.yuan_text_to_fen("1.005", max_decimals=2)
+    assert money.yuan_value_to_fen(630000000, max_decimals=2) == 63_000_000_000
+    assert money.yuan_value_to_fen(0.1, max_decimals=2) == 10
+    with pytest.raises(ValueError):
+        money.yuan_value_to_fen(0.125, max_decimals=2)
+
+
+def test_float_and_value_conversions():
+    # Before (rules.py, scoring.py, estimate.py, reference.py): floor(1.005 * 100 + 0.5) == 100.
+    assert money.yuan_float_to_fen(1.005) == 101 and money.yuan_float_to_fen(2.675) == 268
+    assert money.yuan_value_to_fen(Decimal("1.005")) == 101
+    assert money.yuan_value_to_fen("1.005") == 101
+    for bad in (True, None, float("nan"), float("inf"), Decimal("NaN"), [1]):
+        with pytest.raises(ValueError):
+            money.yuan_value_to_fen(bad)
+
+
+@given(st.decimals(min_value=-10**9, max_value=10**9, places=4, allow_nan=False))
+def test_text_parser_matches_column_parser_and_decimal(d):
+    text = str(d)
+    expected = int((d * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    assert money.yuan_text_to_fen(text) == expected
+    col, status = yuan_to_fen(pa.array([text]))
+    assert col[0] == expected and status[0] in (0, 3)
+
+
+@given(st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_float_path_matches_column_path(x):
+    assert money.yuan_float_to_fen(x) == yuan_to_fen(pa.array([x], pa.float64()))[0][0]
+
+
+@given(st.integers(min_value=-10**15, max_value=10**15))
+def test_fen_to_yuan_text_round_trips(f):
+    assert money.yuan_text_to_fen(money.fen_to_yuan_text(f)) == f
+    assert money.yuan_text_to_fen(money.fen_to_yuan_text(f, trim=True)) == f
+    assert money.yuan_text_to_fen(money.format_yuan(f)) == f
+
+
+def test_fen_to_yuan_text_forms():
+    assert money.fen_to_yuan_text(101) == "1.01"
+    assert money.fen_to_yuan_text(-5) == "-0.05"
+    assert money.fen_to_yuan_text(1230, trim=True) == "12.3" and money.fen_to_yuan_text(1200, trim=True) == "12"
+    assert money.fen_to_yuan_text(np.int64(7)) == "0.07"
+    assert money.format_yuan(-123456789) == "-1,234,567.89"
+    with pytest.raises(TypeError):
+        money.fen_to_yuan_text(1.5)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dipengine.errors import DataError, RuleSetError
+from dipengine.io import sha256_file
 from dipengine.manifest import write_manifest
 from dipengine.policy import load_policy, parse_policy
 
@@ -163,3 +164,128 @@ def test_malformed_toml_names_the_file(tmp_path):
     with pytest.raises(DataError) as e:
         load_policy(d)
     assert "policy.toml" in str(e.value) and "malformed TOML" in str(e.value)
+
+
+# --------------------------------------------------------------------------- issue 15: manifests, money, periods
+
+
+def sealed_pricing(tmp_path, extra: str = "") -> Path:
+    d = write_pricing(tmp_path)
+    write_manifest(d, {"region": "440200", "year": 2027}, ["policy.toml", "same_level_avg.csv"])
+    if extra:
+        with open(d / "manifest.toml", "a", encoding="utf-8") as fh:
+            fh.write(extra)
+    return d
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("../../etc/shadow", "the name must stay inside the directory"),
+    ("/etc/passwd", "an absolute path is not allowed"),
+])
+def test_pricing_manifest_entry_outside_the_directory_names_the_line(tmp_path, entry, why):
+    # Before: ../../etc/shadow was opened and hashed (and its digest printed in the mismatch).
+    d = sealed_pricing(tmp_path, f'"{entry}" = "{"0" * 64}"\n')
+    line = len((d / "manifest.toml").read_text(encoding="utf-8").splitlines())
+    with pytest.raises(RuleSetError) as e:
+        load_policy(d)
+    ((f, msg),) = e.value.problems
+    assert f == "manifest.toml" and msg.startswith(f"line {line}: [files] {entry!r}: {why}")
+    assert str(e.value).startswith(f"{d / 'manifest.toml'}: line {line}: [files] {entry!r}: ")
+
+
+def test_pricing_manifest_symlink_out_and_fifo(tmp_path):
+    import os
+    import threading
+
+    (tmp_path / "outside.csv").write_text("x\n", encoding="utf-8")
+    d = write_pricing(tmp_path)
+    (d / "benefits.csv").symlink_to(tmp_path / "outside.csv")
+    os.mkfifo(d / "pipe.csv")
+    text = (f'region = "440200"\n[files]\n"benefits.csv" = "{"0" * 64}"\n"pipe.csv" = "{"0" * 64}"\n'
+            f'"policy.toml" = "{sha256_file(d / "policy.toml")}"\n'
+            f'"same_level_avg.csv" = "{sha256_file(d / "same_level_avg.csv")}"\n')
+    (d / "manifest.toml").write_text(text, encoding="utf-8")
+    got = []
+
+    def run():
+        try:
+            load_policy(d)
+        except RuleSetError as e:
+            got.append(e.problems)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "load_policy blocked on a FIFO"
+    assert [f for f, _ in got[0]] == ["manifest.toml", "manifest.toml"]
+    assert got[0][0][1].startswith("line 3: [files] 'benefits.csv': the path leads outside the directory")
+    assert got[0][1][1] == "line 4: [files] 'pipe.csv': not a regular file (a FIFO)"
+
+
+def test_empty_pricing_manifest_is_an_error_naming_it(tmp_path):
+    # Before: an empty manifest.toml sealed nothing and loaded silently.
+    d = write_pricing(tmp_path)
+    (d / "manifest.toml").write_text("", encoding="utf-8")
+    with pytest.raises(DataError) as e:
+        load_policy(d)
+    assert str(e.value) == f"{d / 'manifest.toml'}: empty manifest (no keys and no [files] table)"
+
+
+def test_pricing_manifest_must_list_the_policy_files(tmp_path):
+    d = write_pricing(tmp_path)
+    write_manifest(d, {"region": "440200"}, ["same_level_avg.csv"])
+    with pytest.raises(RuleSetError) as e:
+        load_policy(d)
+    assert e.value.problems == [("policy.toml", "not listed in manifest.toml [files] (no sha256)")]
+
+
+def test_policy_file_that_is_a_fifo_is_refused(tmp_path):
+    import os
+
+    d = tmp_path / "pricing"
+    d.mkdir()
+    os.mkfifo(d / "policy.toml")
+    with pytest.raises(DataError, match="not a regular file"):
+        load_policy(d)
+
+
+@pytest.mark.parametrize("value, fen", [("630000000", 63_000_000_000), ("1234567.89", 123_456_789),
+                                        ("0.07", 7), ("1e9", 100_000_000_000)])
+def test_budgets_are_exact_fen(tmp_path, value, fen):
+    text = POLICY_TOML.replace("employee = 630000000", f"employee = {value}")
+    assert f"employee = {value}\n" in text
+    d = write_pricing(tmp_path)
+    (d / "policy.toml").write_text(text, encoding="utf-8")
+    assert load_policy(d).budget_fen["employee"] == fen
+
+
+def test_budget_with_more_than_two_decimals_is_refused(tmp_path):
+    d = write_pricing(tmp_path)
+    (d / "policy.toml").write_text(POLICY_TOML.replace("employee = 630000000", "employee = 1.005"),
+                                   encoding="utf-8")
+    with pytest.raises(RuleSetError, match=r"invalid \[budget\] employee: must be yuan with at most 2 decimals"):
+        load_policy(d)
+
+
+def test_same_level_avg_is_exact_half_up(tmp_path):
+    p = load_policy(write_pricing(tmp_path, same_level="dip_code,level,avg_cost\nG1,2,1.005\nG1,3,2.675\n"))
+    assert p.same_level_avg["avg_cost_fen"].to_pylist() == [101, 268]
+
+
+def test_policy_check_period(tmp_path):
+    from dipengine.policy import check_period
+
+    p = load_policy(write_pricing(tmp_path))
+    assert check_period(p, "2027") is None and check_period(p, "2027-12") is None
+    msg = check_period(p, "2026-12")
+    assert msg.endswith("are for 440200 2027; period 2026-12 is not in it")
+    with pytest.raises(ValueError):
+        check_period(p, "2027-00")
+
+
+def test_load_policy_accepts_shipped_region_year(tmp_path, monkeypatch):
+    from dipengine.policy import packaged_pricing_root
+
+    monkeypatch.chdir(tmp_path)
+    p = load_policy("440200/2026")  # before: "policy file not found" (the CLI accepted it)
+    assert p.path == packaged_pricing_root() / "440200" / "2026" and p.year == 2026

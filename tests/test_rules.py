@@ -188,3 +188,118 @@ def test_age_bands():
     assert parse_age_band("80p:80:")[2] == 2**31 - 1
     with pytest.raises(ValueError):
         parse_age_band("x:5:1")
+
+
+# --------------------------------------------------------------------------- issue 15: money, manifests, periods
+
+
+@pytest.mark.parametrize("avg, fen", [("1.005", 101), ("2.675", 268), ("0.125", 13), ("10400", 1_040_000),
+                                      ("1e3", 100_000), ("12345678.905", 1_234_567_891), ("0", 0)])
+def test_avg_cost_is_converted_to_fen_exactly_half_up(tmp_path, avg, fen):
+    # Before: floor(float * 100 + 0.5) gave 100 fen for 1.005 yuan (1.005 * 100 = 100.49999999999999).
+    rs = load_rules(make(tmp_path, [g("A1", avg=avg), g("B", gtype="blank", dx="", expr="", cls="")]), cache=False)
+    assert rs.compiled.g_avg_fen.tolist()[0] == fen
+    assert rs.compiled.g_avg_fen.dtype == np.int64
+
+
+@pytest.mark.parametrize("avg", ["1.00499999999999999", "-1", "abc", "1_000", "nan", "1,000"])
+def test_avg_cost_that_cannot_be_converted_exactly_is_a_problem(tmp_path, avg):
+    p = only(check_rules(make(tmp_path, [g("A1", avg=avg)])))
+    assert (p.file, p.line, p.column) == ("groups.csv", 2, "avg_cost")
+
+
+def test_empty_manifest_is_a_problem_not_a_crash(tmp_path):
+    # Before: load_rules raised KeyError('name') (a traceback through `rules check`).
+    d = make(tmp_path)
+    (d / "manifest.toml").write_text("", encoding="utf-8")
+    assert [str(p) for p in check_rules(d)] == ["manifest.toml:0:: empty manifest (no keys and no [files] table)"]
+    with pytest.raises(RuleSetError, match="empty manifest"):
+        load_rules(d, cache=False)
+
+
+def test_manifest_entry_outside_the_rule_set_is_a_problem_naming_the_line(tmp_path):
+    from dipengine.io import sha256_file
+
+    d = make(tmp_path)
+    (tmp_path / "shadow").write_text("root:x:0\n", encoding="utf-8")
+    text = (d / "manifest.toml").read_text(encoding="utf-8")
+    text += f'"../shadow" = "{sha256_file(tmp_path / "shadow")}"\n'
+    (d / "manifest.toml").write_text(text, encoding="utf-8")
+    p = only(check_rules(d))
+    assert (p.file, p.line, p.column) == ("manifest.toml", len(text.splitlines()), "files")
+    assert p.message.startswith("[files] '../shadow': the name must stay inside the directory")
+
+
+def test_table_that_is_a_symlink_out_or_a_fifo_is_not_read(tmp_path):
+    import os
+    import threading
+
+    d = make(tmp_path)
+    (tmp_path / "elsewhere.csv").write_text("code,class\nroot:x:0:0,secret\n", encoding="utf-8")
+    (d / "procedures.csv").symlink_to(tmp_path / "elsewhere.csv")
+    os.mkfifo(d / "excluded_dx.csv")
+    got = []
+    t = threading.Thread(target=lambda: got.append(check_rules(d)), daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "check_rules blocked on a FIFO table"
+    text = "\n".join(str(p) for p in got[0])
+    assert "root:x" not in text and "secret" not in text
+    assert "procedures.csv:0:: not read: the path leads outside the directory" in text
+    assert "excluded_dx.csv:0:: not a regular file (not read)" in text
+
+
+@pytest.mark.parametrize("frm, to, problem", [
+    ("2027-01-01", "2026-12-31", "effective_to 2026-12-31 is before effective_from 2027-01-01"),
+    ("2027-13-01", "2027-12-31", "effective_from: '2027-13-01' is not a date YYYY-MM-DD"),
+    ("2027", None, "effective_from: '2027' is not a date YYYY-MM-DD"),
+])
+def test_effective_dates_are_checked(tmp_path, frm, to, problem):
+    meta = {"name": "t", "version": "1", "effective_from": frm, "effective_to": to}
+    p = only(check_rules(write_rule_set(tmp_path / "rs", {"groups.csv": GOOD}, meta)))
+    assert p.file == "manifest.toml" and p.line > 0 and p.message == problem
+
+
+def test_check_period_against_effective_dates(tmp_path):
+    import datetime as dt
+
+    from dipengine.rules import check_period, period_dates
+
+    rs = load_rules(write_rule_set(tmp_path / "rs", {"groups.csv": GOOD}, {
+        "name": "t", "version": "2026.1", "effective_from": dt.date(2026, 1, 1), "effective_to": dt.date(2026, 12, 31)}),
+        cache=False)
+    for period in ("2026", "2026-01", "2026-12", " 2026-06 "):
+        assert check_period(rs, period) is None, period
+    assert check_period(rs, "2027") == ("rule set t 2026.1 is effective 2026-01-01 to 2026-12-31; period 2027 "
+                                        "(2027-01-01 to 2027-12-31) lies outside it")
+    assert "period 2025-12 (2025-12-01 to 2025-12-31) lies outside it" in check_period(rs, "2025-12")
+    # A rule set that starts mid-year covers its months, not the whole year.
+    mid = {"name": "m", "version": "1", "effective_from": "2026-07-01"}
+    assert check_period(mid, "2026-07") is None and check_period(mid, "2030") is None
+    assert "lies only partly inside it" in check_period(mid, "2026")
+    assert "outside" in check_period(mid, "2026-06")
+    assert check_period({"name": "open", "version": "1"}, "1999") is None
+    assert period_dates("2024-02") == (dt.date(2024, 2, 1), dt.date(2024, 2, 29))
+    for bad in ("2026-13", "26", "2026-1", "x"):
+        with pytest.raises(ValueError):
+            check_period(rs, bad)
+
+
+def test_shipped_demo_rule_set_covers_its_year():
+    from dipengine.rules import check_period, resolve_rules_dir
+
+    rs = load_rules(resolve_rules_dir("demo"))
+    assert check_period(rs, "2026") is None and check_period(rs, "2026-03") is None
+    assert "outside" in check_period(rs, "2027")
+
+
+def test_load_rules_accepts_a_shipped_name_and_a_local_path_wins(tmp_path, monkeypatch):
+    from dipengine.rules import packaged_rules_root
+
+    monkeypatch.chdir(tmp_path)
+    rs = load_rules("demo")  # before: "demo:0:: rule-set directory not found" (the CLI accepted it)
+    assert rs.path == packaged_rules_root() / "demo" and rs.name == "demo"
+    assert check_rules("demo") == []
+    make(tmp_path)  # ./rs
+    (tmp_path / "rs").rename(tmp_path / "demo")
+    assert load_rules("demo").name == "t"

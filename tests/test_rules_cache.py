@@ -172,18 +172,18 @@ def test_valid_change_makes_a_new_entry_with_the_new_behaviour(cache, rules_dir)
         ["II" if v == 2 else "III" for v in old.severity_dx["level"].to_pylist()])})
     tables["groups.csv"] = old.groups.set_column(
         old.groups.schema.get_field_index("score"), "score", pc.multiply(old.groups["score"], 2.0))
-    write_rule_set(rules_dir, tables, meta)
-    new = load_rules(rules_dir)
+    # (into a new directory: write_rule_set replaces only a directory dipengine wrote)
+    changed = write_rule_set(rules_dir.parent / "changed", tables, meta)
+    new = load_rules(changed)
     assert len(entries(cache)) == 2
     np.testing.assert_array_equal(new.groups["score"].to_numpy(), 2.0 * old.groups["score"].to_numpy())
-    assert_same_rule_set(new, load_rules(rules_dir, cache=False))
-    assert load_rules(rules_dir).groups.equals(new.groups)
+    assert_same_rule_set(new, load_rules(changed, cache=False))
+    assert load_rules(changed).groups.equals(new.groups)
 
     # An option is part of the key too: same tables, other match mode -> another entry.
     meta["options"]["match_mode"] = "all_listed"
     tables["groups.csv"] = new.groups
-    write_rule_set(rules_dir, tables, meta)
-    jn = load_rules(rules_dir)
+    jn = load_rules(write_rule_set(rules_dir.parent / "jn", tables, meta))
     assert len(entries(cache)) == 3 and jn.compiled.match_all == 1 and new.compiled.match_all == 0
 
 
@@ -218,7 +218,8 @@ def test_damaged_entry_is_ignored_and_rebuilt(cache, rules_dir, damage):
         data = bytearray()
     entry.write_bytes(bytes(data))
     before = hits()
-    rs = load_rules(rules_dir)
+    with pytest.warns(R.CacheWarning, match="not trusted"):
+        rs = load_rules(rules_dir)
     assert hits() == before
     assert_same_rule_set(fresh, rs)
     assert entry.read_bytes() != bytes(data)  # rewritten
@@ -279,3 +280,144 @@ def test_entry_holds_no_pickled_objects(cache, rules_dir):
     with np.load(entry, allow_pickle=False) as z:
         for name in z.files:
             assert z[name].dtype != object, name
+
+
+# --------------------------------------------------------------------------- verified entries (issue 15, deliver 3)
+
+
+def rewrite_entry(entry: Path, edit, *, redigest: bool = False) -> None:
+    """Re-save ``entry`` under its own name after ``edit(members, meta)``; the stored digest is kept
+    (what a careless tamperer does) unless ``redigest`` (what a careful one does)."""
+    import json
+
+    with np.load(entry, allow_pickle=False) as z:
+        members = {name: z[name] for name in z.files}
+    meta = json.loads(members["meta"].tobytes().decode())
+    edit(members, meta)
+    if redigest:
+        meta["digest"] = R._content_digest(members, meta)
+    members["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    with open(entry, "wb") as fh:
+        np.savez(fh, **members)
+
+
+def scores_times_10(members, meta):
+    groups = R._ipc_table(members["table.groups"])
+    i = groups.schema.get_field_index("score")
+    members["table.groups"] = R._ipc_bytes(groups.set_column(i, "score", pc.multiply(groups["score"], 10.0)))
+
+
+def test_tampered_entry_is_not_trusted_results_unchanged_and_said_once(cache, rules_dir):
+    # Before: an entry whose scores were multiplied by 10 (same key) was read as is: every score x10.
+    fresh = load_rules(rules_dir, cache=False)
+    batch = cases(fresh, 2000, 5)
+    expected = group(batch, fresh)
+    load_rules(rules_dir)
+    (entry,) = entries(cache)
+    rewrite_entry(entry, scores_times_10)
+    tampered = entry.read_bytes()
+    rejected = R.cache_stats()["rejected"]
+    with pytest.warns(R.CacheWarning) as caught:
+        rs = load_rules(rules_dir)
+    assert len(caught) == 1
+    msg = str(caught[0].message)
+    assert str(entry) in msg and "does not match the sha256 it stores" in msg and "rewrote" in msg
+    assert R.cache_stats()["rejected"] == rejected + 1
+    assert_same_rule_set(fresh, rs)
+    assert group(batch, rs).equals(expected)
+    # Rewritten: the next load is a verified hit, without a word.
+    assert entry.read_bytes() != tampered
+    before = hits()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = load_rules(rules_dir)
+    assert hits() == before + 1
+    assert group(batch, again).equals(expected)
+
+
+def test_every_stored_field_is_covered_by_the_digest(cache, rules_dir):
+    fresh = load_rules(rules_dir, cache=False)
+    load_rules(rules_dir)
+    (entry,) = entries(cache)
+
+    def bump_array(members, meta):
+        a = members["array.g_avg_fen"].copy()
+        a[0] += 1
+        members["array.g_avg_fen"] = a
+
+    def bump_meta(members, meta):
+        meta["blank"] = 0
+
+    for edit in (bump_array, bump_meta):
+        load_rules(rules_dir)
+        rewrite_entry(entry, edit)
+        with pytest.warns(R.CacheWarning, match="sha256"):
+            assert_same_rule_set(fresh, load_rules(rules_dir))
+
+
+def test_entry_compiled_from_other_tables_is_not_trusted(cache, rules_dir):
+    fresh = load_rules(rules_dir, cache=False)
+    load_rules(rules_dir)
+    (entry,) = entries(cache)
+
+    def other_sources(members, meta):
+        meta["sources"]["files"]["groups.csv"] = "0" * 64
+
+    rewrite_entry(entry, other_sources, redigest=True)
+    with pytest.warns(R.CacheWarning, match="compiled from other tables"):
+        assert_same_rule_set(fresh, load_rules(rules_dir))
+
+
+def test_entry_with_an_object_array_is_never_unpickled(cache, rules_dir):
+    fresh = load_rules(rules_dir, cache=False)
+    load_rules(rules_dir)
+    (entry,) = entries(cache)
+
+    def pickled(members, meta):
+        members["array.g_type"] = np.array([object()] * 3, dtype=object)
+
+    import json
+
+    with np.load(entry, allow_pickle=False) as z:
+        members = {name: z[name] for name in z.files}
+    pickled(members, json.loads(members["meta"].tobytes().decode()))
+    with open(entry, "wb") as fh:
+        np.savez(fh, **members)  # allow_pickle defaults to True on write
+    with pytest.warns(R.CacheWarning, match="pickled objects"):
+        assert_same_rule_set(fresh, load_rules(rules_dir))
+
+
+def test_rules_check_compares_the_entry_with_a_fresh_compile_and_repairs_it(cache, rules_dir):
+    # A careful tamperer recomputes the stored digest: a load trusts the entry's own sha256, but
+    # `rules check` compiles afresh and compares field by field.
+    from click.testing import CliRunner
+
+    from dipengine.cli import cli
+
+    fresh = load_rules(rules_dir, cache=False)
+    res = CliRunner().invoke(cli, ["rules", "check", str(rules_dir)])
+    assert res.exit_code == 0 and res.output.startswith("OK features")
+    assert R.check_cache(rules_dir).status == "ok"
+    (entry,) = entries(cache)
+    rewrite_entry(entry, scores_times_10, redigest=True)
+    res = CliRunner().invoke(cli, ["rules", "check", str(rules_dir)])
+    assert res.exit_code == 0, res.output
+    warning = [ln for ln in res.output.splitlines() if ln.startswith("warning: ")]
+    assert warning == [f"warning: cache: {entry} was stale or tampered with (differs from a fresh compile in "
+                       "groups); rewritten"]
+    assert R.check_cache(rules_dir) == R.CacheCheck("ok", entry)
+    assert_same_rule_set(fresh, load_rules(rules_dir))
+
+
+def test_check_cache_statuses(cache, rules_dir, tmp_path):
+    assert R.check_cache(rules_dir).status == "absent"
+    load_rules(rules_dir)
+    (entry,) = entries(cache)
+    entry.write_bytes(b"garbage")
+    got = R.check_cache(rules_dir)
+    assert got.status == "repaired" and "unreadable" in got.detail and "rewritten" in str(got)
+    assert R.check_cache(rules_dir).status == "ok"
+    (rules_dir / "manifest.toml").write_text("", encoding="utf-8")
+    assert R.check_cache(rules_dir) is None

@@ -1,6 +1,6 @@
 """``stream.group_file`` (what ``dipengine group`` runs): same rows as ``group(read_cases(...))``
-whatever the batch size, thread count or prefetching; honest summaries; clean failures; and the
-command runs without importing pandas."""
+whatever the batch size, thread count or prefetching; honest summaries; clean failures; the same bytes
+from the program and the library."""
 from __future__ import annotations
 
 import subprocess
@@ -90,23 +90,22 @@ def test_prefetch_only_wraps_a_single_parquet_file(region, tmp_path):
     assert prefetch(str(tmp_path)) == str(tmp_path)
 
 
-def test_group_command_runs_without_pandas_and_writes_the_same(region, rules_features, tmp_path):
-    # pyarrow would import pandas (0.2-0.4 s) on its first numpy conversion; the command keeps it
-    # out of a fresh process, and the output is the same as in a process that has pandas loaded
-    import pandas  # noqa: F401  (loaded here: the in-process run below takes the usual path)
+def test_group_command_in_a_fresh_process_writes_the_same_bytes(region, rules_features, tmp_path):
+    # a fresh process (pandas not loaded) and this one (pandas loaded) write the same file
+    import pandas  # noqa: F401
 
     fresh, here = tmp_path / "fresh.parquet", tmp_path / "here.parquet"
     code = ("import sys; from dipengine.cli import main; "
             f"rc = main(['group', '--rules', {str(rules_features)!r}, '--input', {str(region)!r}, "
-            f"'--out', {str(fresh)!r}]); print(rc, 'pandas' in sys.modules)")
+            f"'--out', {str(fresh)!r}]); print(rc)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert res.stdout.split()[-2:] == ["0", "False"]
+    assert res.stdout.split()[-1] == "0"
     assert main(["group", "--rules", str(rules_features), "--input", str(region), "--out", str(here)]) == 0
-    assert pq.read_table(fresh).equals(pq.read_table(here))
+    assert fresh.read_bytes() == here.read_bytes()
 
 
 def test_the_program_flushes_its_report_and_output_before_it_exits(region, rules_features, tmp_path):
-    # `python -m dipengine` runs cli.run: its own pool and BLAS settings, then exit_now (no teardown)
+    # `python -m dipengine` runs cli.run: main, then a normal exit
     prog, here = tmp_path / "prog.parquet", tmp_path / "here.parquet"
     res = subprocess.run([sys.executable, "-m", "dipengine", "group", "--rules", str(rules_features), "--input",
                           str(region), "--out", str(prog)], capture_output=True, text=True)
@@ -118,137 +117,58 @@ def test_the_program_flushes_its_report_and_output_before_it_exits(region, rules
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_exit_now_keeps_the_usual_exit_under_a_trace_function():
-    code = ("import sys; from dipengine.cli import exit_now; import atexit; "
-            "atexit.register(lambda: print('hooks ran')); sys.settrace(lambda *a: None); print('x'); exit_now(3)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 3 and res.stdout.split() == ["x", "hooks", "ran"]
-    fast = subprocess.run([sys.executable, "-c", code.replace("sys.settrace(lambda *a: None); ", "")],
-                          capture_output=True, text=True)
-    assert fast.returncode == 3 and fast.stdout.split() == ["x"]  # flushed, no teardown
-
-
-def test_without_pandas_hides_pandas_only_while_open():
-    code = """
-import sys
-from dipengine.cli._common import without_pandas
-with without_pandas():
-    try:
-        import pandas
-        print("imported")
-    except ModuleNotFoundError:
-        print("hidden")
-import pandas
-print("back" if "pandas" in sys.modules else "missing")
-with without_pandas():
-    import pandas.api
-    print("loaded stays usable")
-"""
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert res.stdout.split("\n")[:3] == ["hidden", "back", "loaded stays usable"]
-
-
-def test_retaining_memory_pool_is_jemalloc_while_open_and_restored_after():
-    import pyarrow as pa
-
-    from dipengine.cli._common import retaining_memory_pool
-
-    before = pa.default_memory_pool().backend_name
-    try:
-        pa.jemalloc_memory_pool()
-        expected = "jemalloc"
-    except NotImplementedError:  # a pyarrow built without it: nothing changes
-        expected = before
-    with retaining_memory_pool():
-        assert pa.default_memory_pool().backend_name == expected
-        assert pa.array(["x"] * 10).to_pylist() == ["x"] * 10
-    assert pa.default_memory_pool().backend_name == before
-
-
-def test_row_groups_keep_order_and_write_the_last_batch_on_its_own():
+def test_row_groups_are_cut_at_fixed_rows_whatever_the_batches():
     from dipengine.stream import _row_groups
 
     tables = [pa.table({"x": list(range(10 * k, 10 * k + 10))}) for k in range(10)]
-    left = [100]
-
-    def stream():
-        for t in tables:
-            left[0] -= t.num_rows
-            yield t
-
-    groups = list(_row_groups(stream(), 40, 10, lambda: left[0]))
-    assert [g.num_rows for g in groups] == [40, 40, 10, 10]
+    groups = list(_row_groups(iter(tables), 40, 10, lambda: 100))
+    assert [g.num_rows for g in groups] == [40, 40, 10, 10]  # the last 10 rows on their own
     assert pa.concat_tables(groups)["x"].to_pylist() == list(range(100))
-    # rows still to come unknown: groups of 40, then the rest
+    # other batches, same cuts
+    odd = [pa.table({"x": list(range(a, min(a + 7, 100)))}) for a in range(0, 100, 7)]
+    assert [g.num_rows for g in _row_groups(iter(odd), 40, 10, lambda: 100)] == [40, 40, 10, 10]
+    odd95 = [pa.table({"x": list(range(a, min(a + 7, 95)))}) for a in range(0, 95, 7)]
+    assert [g.num_rows for g in _row_groups(iter(odd95), 40, 10, lambda: 95)] == [40, 40, 10, 5]
+    # total unknown: groups of 40, then the rest
     assert [g.num_rows for g in _row_groups(iter(tables), 40)] == [40, 40, 20]
+    assert [g.num_rows for g in _row_groups(iter(odd), 40, 10, lambda: None)] == [40, 40, 20]
+
+
+def test_row_groups_write_unique_dictionaries():
+    from dipengine.stream import _row_groups
+
+    values = pa.array(["core", "basic", "core", "blank", "basic"])  # as the rule set's group_type
+    batches = [pa.table({"g": pa.DictionaryArray.from_arrays(pa.array([0, 2, None, 4, 3], pa.int32()), values)})
+               for _ in range(3)]
+    (t,) = _row_groups(iter(batches), 100)
+    col = t["g"]
+    assert all(c.dictionary.to_pylist() == ["core", "basic", "blank"] for c in col.chunks)
+    assert col.to_pylist() == ["core", "core", None, "basic", "blank"] * 3
+    # chunks with different dictionaries: one dictionary, in order of first appearance
+    other = pa.table({"g": pa.DictionaryArray.from_arrays(pa.array([1, 0], pa.int32()), pa.array(["x", "core"]))})
+    (t,) = _row_groups(iter([batches[0], other]), 100)
+    assert t["g"].num_chunks == 1 and t["g"].chunk(0).dictionary.to_pylist() == ["core", "basic", "blank", "x"]
+    assert t["g"].to_pylist() == ["core", "core", None, "basic", "blank", "core", "x"]
 
 
 def test_group_file_output_row_groups(region, rules_features, tmp_path):
-    out = tmp_path / "o.parquet"
-    group_file(region, rules_features, out, batch_size=256, threads=2)
-    md = pq.ParquetFile(out).metadata
-    sizes = [md.row_group(k).num_rows for k in range(md.num_row_groups)]
-    assert sum(sizes) == 2500
-    assert sizes[-1] <= 256  # the last batch on its own: little left to write after grouping
-    assert all(s >= 4 * 256 or k >= len(sizes) - 2 for k, s in enumerate(sizes))
+    sizes = {}
+    for batch_size in (256, 1000):
+        out = tmp_path / f"o{batch_size}.parquet"
+        group_file(region, rules_features, out, batch_size=batch_size, threads=2)
+        md = pq.ParquetFile(out).metadata
+        sizes[batch_size] = [md.row_group(k).num_rows for k in range(md.num_row_groups)]
+    assert sizes[256] == sizes[1000] == [2500]  # cut at fixed rows (524,288), not per batch
+    assert (tmp_path / "o256.parquet").read_bytes() == (tmp_path / "o1000.parquet").read_bytes()
 
 
-def test_the_program_asks_openblas_for_one_thread_unless_told():
-    from dipengine.cli import single_threaded_blas
-
-    env = {}
-    if "numpy" in sys.modules:  # too late to matter: left alone
-        single_threaded_blas(env)
-        assert env == {}
-    code = ("import os, sys; from dipengine.cli import single_threaded_blas; e = {}; single_threaded_blas(e); "
-            "f = {'OPENBLAS_NUM_THREADS': '4'}; single_threaded_blas(f); print(e, f)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert res.stdout.strip() == "{'OPENBLAS_NUM_THREADS': '1'} {'OPENBLAS_NUM_THREADS': '4'}"
-
-
-def test_the_program_streams_with_jemalloc_unless_told():
-    from dipengine.cli import allocators_for_streaming
-
-    code = ("import sys; from dipengine.cli import allocators_for_streaming as j; "
-            "a, b, c, d = {}, {}, {}, {'ARROW_DEFAULT_MEMORY_POOL': 'system'}; "
-            "j(['group', '--rules', 'x'], a); j(['settle', '--cases', 'x'], b); j(['--help'], c); "
-            "j(['group'], d); print(a, b, c, d)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    want = "{'ARROW_DEFAULT_MEMORY_POOL': 'jemalloc'}" if sys.platform.startswith("linux") else "{}"
-    assert res.stdout.strip() == f"{want} {{}} {{}} {{'ARROW_DEFAULT_MEMORY_POOL': 'system'}}"
-    if "pyarrow" in sys.modules:  # too late to matter: left alone
-        env = {}
-        allocators_for_streaming(["group"], env)
-        assert env == {}
-
-
-def test_one_malloc_arena_takes_on_glibc():
-    code = "from dipengine.cli import one_malloc_arena; print(one_malloc_arena())"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    import platform
-
-    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-    assert res.stdout.strip() == str(glibc)
-
-
-def test_read_ahead_starts_before_click_and_the_command_takes_it_over(region, tmp_path):
-    # the program (cli.run) starts decoding `group --input F.parquet` before importing click
-    code = ("import sys; from dipengine.cli import read_ahead; from dipengine import parquet_source as ps; "
-            f"ok = read_ahead(['group', '--rules', 'r', '--input', {str(region)!r}, '--out', 'o.parquet']); "
-            "print(ok, 'click' in sys.modules, sorted(ps._AHEAD) == [sys.argv[1]], "
-            "read_ahead(['validate', '--input', sys.argv[1]]), read_ahead(['group', '--input=missing.parquet'])); "
-            "p = ps.prefetch(sys.argv[1]); print(type(p).__name__, ps._AHEAD == {})")
-    res = subprocess.run([sys.executable, "-c", code, str(region)], capture_output=True, text=True, check=True)
-    assert res.stdout.split("\n")[:2] == ["True False True False False", "ParquetPrefetch True"]
-
-
-def test_the_program_reads_ahead_and_writes_the_same_as_the_library(region, rules_features, tmp_path):
+def test_the_program_writes_the_same_as_the_library(region, rules_features, tmp_path):
     prog, lib = tmp_path / "prog.parquet", tmp_path / "lib.parquet"
     res = subprocess.run([sys.executable, "-m", "dipengine", "group", f"--input={region}", "--rules",
                           str(rules_features), "--out", str(prog)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     group_file(region, rules_features, lib)
-    assert pq.read_table(prog).equals(pq.read_table(lib))
+    assert prog.read_bytes() == lib.read_bytes()
 
 
 def test_parquet_source_imports_pyarrow_alone():

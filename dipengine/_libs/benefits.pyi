@@ -1,3 +1,6 @@
+"""Stubs of the compiled kernels. Every function raises ``ValueError`` (naming the argument) when
+array lengths disagree or an index, label or offset is out of range; see ``cext/benefits.pyx``."""
+
 import numpy as np
 import numpy.typing as npt
 

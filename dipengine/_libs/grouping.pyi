@@ -1,14 +1,41 @@
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
+class CompiledRules:
+    """A rule set's flat arrays, checked once and held read-only (``grouping.pxd``).
+
+    Raises ``ValueError`` naming the first array whose length, offsets or indices do not fit.
+    """
+
+    n_groups: int
+    n_sub: int
+    n_cat: int
+    n_bands: int
+    blank: int
+    cci1: int
+    cci2: int
+    cci3: int
+    match_all: int
+    sev_los: int
+    death_mode: int
+    cons_max_class: int
+    cons_max_level: int
+    def __init__(
+        self, *,
+        sub_off: npt.NDArray[np.int64], sub_cand: npt.NDArray[np.int32], sub_cons: npt.NDArray[np.int32],
+        g_type: npt.NDArray[np.int8], g_rank: npt.NDArray[np.int8], g_avg_fen: npt.NDArray[np.int64],
+        g_term_off: npt.NDArray[np.int64], term_off: npt.NDArray[np.int64], term_codes: npt.NDArray[np.int32],
+        comp_lookup: npt.NDArray[np.int32], blank: int,
+        aux_off: npt.NDArray[np.int64], aux_sub: npt.NDArray[np.int8], aux_coef: npt.NDArray[np.float64],
+        band_lo: npt.NDArray[np.int32], band_hi: npt.NDArray[np.int32], cci_cuts: npt.NDArray[np.int32],
+        match_all: int, sev_los: int, death_mode: int, cons_max_class: int, cons_max_level: int,
+    ) -> None: ...
+    def as_dict(self) -> dict[str, Any]: ...
+
 def group_cases(
-    sub_off: npt.NDArray[np.int64], sub_cand: npt.NDArray[np.int32], sub_cons: npt.NDArray[np.int32],
-    g_type: npt.NDArray[np.int8], g_rank: npt.NDArray[np.int8], g_avg_fen: npt.NDArray[np.int64],
-    g_term_off: npt.NDArray[np.int64], term_off: npt.NDArray[np.int64], term_codes: npt.NDArray[np.int32],
-    comp_lookup: npt.NDArray[np.int32], blank: int,
-    aux_off: npt.NDArray[np.int64], aux_sub: npt.NDArray[np.int8], aux_coef: npt.NDArray[np.float64],
-    band_lo: npt.NDArray[np.int32], band_hi: npt.NDArray[np.int32], cci_cuts: npt.NDArray[np.int32],
-    match_all: int, sev_los: int, death_mode: int, cons_max_class: int, cons_max_level: int,
+    rules: CompiledRules,
     pre_reason: npt.NDArray[np.int8], excluded: npt.NDArray[np.int8], sub_id: npt.NDArray[np.int32],
     cat: npt.NDArray[np.int32], p_off: npt.NDArray[np.int64], p_full: npt.NDArray[np.int32],
     p_base: npt.NDArray[np.int32], p_class: npt.NDArray[np.int8], p_level: npt.NDArray[np.int8],

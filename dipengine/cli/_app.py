@@ -42,8 +42,55 @@ def cli():
     """dipengine: DIP (按病种分值付费) grouping, scoring and settlement."""
 
 
+def os_error_line(e: OSError) -> str:
+    """An operating-system error as the contract's one line: ``<file>: <what failed>``."""
+    what = e.strerror or (str(e).splitlines() or [type(e).__name__])[0]
+    if e.filename is not None and e.filename2 is not None:
+        return f"{e.filename} -> {e.filename2}: {what}"
+    if e.filename is not None:
+        return f"{e.filename}: {what}"
+    return what
+
+
+def _parse_error_types() -> tuple:
+    """Parse errors of the file formats read (TOML, CSV, Arrow/Parquet), as exception types;
+    only those modules already loaded (a command that read no TOML has imported no tomllib)."""
+    import sys
+
+    types = []
+    if "tomllib" in sys.modules:
+        types.append(sys.modules["tomllib"].TOMLDecodeError)
+    if "csv" in sys.modules:
+        types.append(sys.modules["csv"].Error)
+    if "pyarrow" in sys.modules:
+        types.append(sys.modules["pyarrow"].ArrowException)
+    types.append(UnicodeDecodeError)
+    return tuple(types)
+
+
 def main(argv=None) -> int:
-    """Console entry point; turns :class:`DataError` into one line on stderr and exit 1."""
+    """Console entry point: a :class:`DataError`, an operating-system error (``OSError``) or a
+    file-format parse error (TOML, CSV, Arrow/Parquet) becomes one line ``error: ...`` on stderr
+    and exit 1, without a traceback (``DIPENGINE_DEBUG=1`` shows it, for a bug report)."""
+    import os
+
+    debug = os.environ.get("DIPENGINE_DEBUG", "") not in ("", "0")
+    try:
+        return _main(argv)
+    except OSError as e:
+        if debug:
+            raise
+        click.echo(f"error: {os_error_line(e)}", err=True)
+        return 1
+    except Exception as e:
+        if debug or not isinstance(e, _parse_error_types()):
+            raise
+        text = " ".join(str(e).split()) or type(e).__name__
+        click.echo(f"error: {text}", err=True)
+        return 1
+
+
+def _main(argv=None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="dipengine", standalone_mode=False)
     except DataError as e:

@@ -1,7 +1,6 @@
-"""Helpers shared by the command modules: progress bars, summaries, start-up."""
+"""Helpers shared by the command modules: progress bars, summaries, options."""
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import click
@@ -77,61 +76,6 @@ class MultiValueCommand(click.Command):
 
     def parse_args(self, ctx, args):
         return super().parse_args(ctx, spread_multi_values(list(args), self.multi_value))
-
-
-class _NoPandas:
-    """A meta-path finder for which pandas is not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError(f"No module named {name!r} (not loaded by this command)", name=name)
-        return None
-
-
-@contextlib.contextmanager
-def without_pandas():
-    """Run a command that makes no DataFrame without importing pandas.
-
-    pyarrow imports pandas, when it is installed, on its first conversion to or from numpy, only
-    to recognise pandas objects: 0.2-0.4 s of one core, holding the GIL, in front of all the work
-    of a command like ``dipengine group`` (pyarrow works the same without pandas). While this
-    context is open, in a process that has not imported pandas, pandas is not found; on exit it
-    is importable again (pyarrow retries when it needs it). No effect if pandas is loaded.
-    """
-    if "pandas" in sys.modules:
-        yield
-        return
-    finder = _NoPandas()
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
-
-
-@contextlib.contextmanager
-def retaining_memory_pool():
-    """While open, pyarrow allocates from jemalloc (the previous default pool comes back after).
-
-    A streaming command frees each batch's memory and allocates the same amount for the next.
-    The default mimalloc pool hands freed pages back to the OS after 10 ms, so the next batch
-    faults them in again; in a VM that costs 0.5-1 s of system time on 2M cases. jemalloc keeps
-    them for reuse (measured on ``dipengine group``, 2M cases: system time 0.70 -> 0.43 s, peak
-    RSS 770 -> 691 MiB, wall 1.64 -> 1.46 s median). Where pyarrow is built without jemalloc,
-    nothing changes.
-    """
-    import pyarrow as pa
-
-    old = pa.default_memory_pool()
-    try:
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
-    except NotImplementedError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(old)
 
 
 def _sheet(ctx, param, value):

@@ -27,11 +27,13 @@ def command(pricing, hospitals, input_, out, period, schema, encoding, sheet):
     """
     from dipengine.benefits import compute_benefits, load_benefits
     from dipengine.hospitals import read_hospitals
-    from dipengine.io import write_table
+    from dipengine.io import check_output, write_table
     from dipengine.policy import resolve_pricing_dir
     from dipengine.reader import read_cases
 
-    rules = load_benefits([resolve_pricing_dir(p) for p in pricing])
+    pricing_dirs = [resolve_pricing_dir(p) for p in pricing]
+    check_output(out, [input_, hospitals, *pricing_dirs])  # before any work: never over an input
+    rules = load_benefits(pricing_dirs)
     registry = read_hospitals(hospitals)
     callback, close = progress_bar(None, "reading")
     try:

@@ -30,7 +30,8 @@ def command():
 @click.option("--hospitals", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Hospital registry (hospitals.csv, contract §3).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Rule-set directory to write (contract §4); replaced atomically.")
+              help="Rule-set directory to write (contract §4); an existing one is replaced atomically "
+                   "if it is a dipengine output (see --force).")
 @click.option("--pricing-out", type=click.Path(file_okay=False), default=None,
               help="Also write a pricing skeleton here: same_level_avg.csv, policy.toml (with the "
                    "budget point value), manifest.toml.")
@@ -63,10 +64,13 @@ def command():
                    "then the ICD-9-CM-3 chapter heuristic.")
 @click.option("--name", default="local", show_default=True, help="Rule-set name (manifest).")
 @click.option("--rules-version", default=None, help="Rule-set version (default '<next year>.1').")
+@click.option("--force", is_flag=True,
+              help="Replace --out / --pricing-out even when they are not dipengine outputs "
+                   "(everything in them is deleted).")
 @input_layout_options
 def build(history, more_history, hospitals, out, pricing_out, weights, threshold, scale, trim,
           min_trim_group, related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff,
-          diagnostic_as_conservative, procedures, name, rules_version, schema, encoding, sheet):
+          diagnostic_as_conservative, procedures, name, rules_version, force, schema, encoding, sheet):
     """Build a rule set from history years; with --pricing-out also the pricing skeleton.
 
     FILE... are further history files: everything after --history up to the next option.
@@ -86,15 +90,29 @@ def build(history, more_history, hospitals, out, pricing_out, weights, threshold
                      min_trim_group=min_trim_group, basic_share=basic_share, basic_cv=basic_cv)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    import os
+
+    from dipengine.errors import DataError
+    from dipengine.io import check_output, replace_allowed
+
+    inputs = files + [hospitals, procedures]
+    real_out = check_output(out, inputs, directory=True, force=force)
+    if pricing_out:
+        real_pricing = check_output(pricing_out, inputs, directory=True, force=force)
+        a, b = str(real_out), str(real_pricing)
+        if a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep):
+            raise DataError(f"--out {out} and --pricing-out {pricing_out} must be two separate directories",
+                            file=pricing_out)
     callback, close = progress_bar(None, "history")
     try:
-        res = build_catalog(
-            files, hospitals, out, pricing_out, weights=w, threshold=threshold, scale=scale, trim=trim_q,
-            min_trim_group=min_trim_group, related_min_gain=related_min_gain, basic_share=basic_share,
-            basic_cv=basic_cv, aux_min_cases=aux_min_cases, aux_min_diff=aux_min_diff,
-            diagnostic_as_conservative=diagnostic_as_conservative, name=name, version=rules_version,
-            procedures=procedures, progress=callback, schema=schema, encoding=encoding, sheet=sheet,
-        )
+        with replace_allowed(force):
+            res = build_catalog(
+                files, hospitals, out, pricing_out, weights=w, threshold=threshold, scale=scale, trim=trim_q,
+                min_trim_group=min_trim_group, related_min_gain=related_min_gain, basic_share=basic_share,
+                basic_cv=basic_cv, aux_min_cases=aux_min_cases, aux_min_diff=aux_min_diff,
+                diagnostic_as_conservative=diagnostic_as_conservative, name=name, version=rules_version,
+                procedures=procedures, progress=callback, schema=schema, encoding=encoding, sheet=sheet,
+            )
     finally:
         close()
     echo_counts("groups by type", res.counts)

@@ -22,24 +22,25 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads, schema, enco
     """
     import sys
 
-    from dipengine.cli._common import progress_bar, retaining_memory_pool, without_pandas
+    from dipengine.cli._common import progress_bar
+    from dipengine.io import check_output
 
-    with without_pandas(), retaining_memory_pool():
-        from dipengine.parquet_source import prefetch
+    check_output(out, [input_, rules_dir, hospitals])  # before anything is read
+    from dipengine.parquet_source import prefetch
 
-        plain = schema in (None, "contract") and encoding is None and sheet is None
-        # decoding starts now, on the other core, while the rest imports
-        source = prefetch(input_) if plain else input_
-        from dipengine.stream import group_file
+    plain = schema in (None, "contract") and encoding is None and sheet is None
+    # decoding starts now, on the other core, while the rest of dipengine imports
+    source = prefetch(input_) if plain else input_
+    from dipengine.stream import group_file
 
-        # a bar on a terminal only (not even tqdm's import otherwise)
-        callback, close = progress_bar(None, "group") if sys.stderr.isatty() else (None, lambda: None)
-        try:
-            run = group_file(source, rules_dir, out, hospitals=hospitals, threads=threads, explain_id=explain_id,
-                             progress=callback, schema=schema, encoding=encoding, sheet=sheet)
-        finally:
-            close()
-        rs = run.rules
+    # a bar on a terminal only (not even tqdm's import otherwise)
+    callback, close = progress_bar(None, "group") if sys.stderr.isatty() else (None, lambda: None)
+    try:
+        run = group_file(source, rules_dir, out, hospitals=hospitals, threads=threads, explain_id=explain_id,
+                         progress=callback, schema=schema, encoding=encoding, sheet=sheet)
+    finally:
+        close()
+    rs = run.rules
     click.echo(f"grouped {run.rows:,} cases with rules {rs.name} {rs.version} -> {out}")
     click.echo("by match_path: " + ", ".join(f"{k} {v:,}" for k, v in run.by_match_path.items()))
     if run.by_reason:

@@ -17,16 +17,24 @@ def command():
 @command.command("check")
 @click.argument("rules_dir", type=click.Path(file_okay=False))
 def check(rules_dir):
-    """List every problem of the rule set in RULES_DIR as file:line:column: message; exit 1 if any."""
-    from dipengine.rules import resolve_rules_dir
+    """List every problem of the rule set in RULES_DIR as file:line:column: message; exit 1 if any.
 
-    _check_and_report(resolve_rules_dir(rules_dir))
+    A rule set that checks is also compiled afresh and compared with its entry in the
+    compiled-rules cache, if there is one: a stale or tampered entry is reported and rewritten.
+    """
+    from dipengine.rules import check_cache, resolve_rules_dir
+
+    path = resolve_rules_dir(rules_dir)
+    _check_and_report(path, cache_check=check_cache)
 
 
-def _check_and_report(rules_dir, where=None):
+def _check_and_report(rules_dir, where=None, cache_check=None):
     """Print every problem and raise DataError (exit 1), else print the OK line with counts.
 
     ``where(problem)`` may add text to a problem's line (the catalogue line of an imported group).
+    ``cache_check(rules_dir)`` (``rules check``: :func:`dipengine.rules.check_cache`) compares the
+    cache entry with a fresh compile before the rule set is loaded; a repaired entry is a
+    ``warning:`` line on stderr, the exit status stays 0 (the rule set itself is sound).
     """
     from dipengine.rules import check_rules, load_rules
 
@@ -37,6 +45,9 @@ def _check_and_report(rules_dir, where=None):
         # A DataError, not click's Exit(1): the console entry point runs click with
         # standalone_mode=False, where an Exit code would be lost and the status would be 0.
         raise DataError(f"{len(problems)} problem(s) in the rule set", file=rules_dir)
+    found = cache_check(rules_dir) if cache_check is not None else None
+    if found is not None and found.status in ("repaired", "unrepaired"):
+        click.echo(f"warning: {found}", err=True)
     rs = load_rules(rules_dir)
     by_type = Counter(rs.groups["group_type"].to_pylist())
     counts = ", ".join(f"{by_type[t]} {t}" for t in ("core", "basic", "comprehensive", "blank") if by_type[t])
@@ -70,7 +81,8 @@ def show(rules_dir):
               help="Which header feeds which rule-set column: a shipped mapping by name, or a CSV "
                    "'column,header' (values words in <stem>_values.csv beside it).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), metavar="RULES_DIR",
-              help="Rule-set directory to write (groups.csv + manifest.toml); replaced atomically.")
+              help="Rule-set directory to write (groups.csv + manifest.toml); an existing one is replaced "
+                   "atomically if it is a dipengine output (see --force).")
 @click.option("--name", default=None, help="Rule-set name  [default: the directory's name].")
 @click.option("--version", "version", default=None,
               help="Rule-set version  [default: <effective-from year>.1, else 1].")
@@ -85,8 +97,10 @@ def show(rules_dir):
                    "list of the codes of --codes-icd9 that start with it.")
 @click.option("--codes-icd9", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="Procedure code list (TSV code<TAB>name, e.g. ICD-9-CM-3 医保版 2.0) for --proc-prefix expand.")
+@click.option("--force", is_flag=True,
+              help="Replace RULES_DIR even when it is not a dipengine output (everything in it is deleted).")
 def import_(source, mapping, out, name, version, effective_from, effective_to, source_text, sheet, encoding,
-            proc_prefix, codes_icd9):
+            proc_prefix, codes_icd9, force):
     """Turn a region's published catalogue (FILE.xlsx or FILE.csv) into the rule set RULES_DIR, then check it.
 
     Rows that cannot be converted stop the import (error naming file, row, column and value; nothing
@@ -99,12 +113,17 @@ def import_(source, mapping, out, name, version, effective_from, effective_to, s
 
     if effective_from and effective_to and effective_to < effective_from:
         raise click.BadParameter("--effective-to is before --effective-from")
+    from dipengine.io import check_output, replace_allowed
+
+    mapping_files = [mapping] if Path(mapping).suffix.lower() == ".csv" else []
+    check_output(out, [source, codes_icd9] + mapping_files, directory=True, force=force)
     cat = read_catalog(source, mapping, sheet=sheet, encoding=encoding, proc_prefix=proc_prefix,
                        codes_icd9=codes_icd9)
     try:
-        write_catalog(cat, out, name=name, version=version,
-                      effective_from=effective_from.date() if effective_from else None,
-                      effective_to=effective_to.date() if effective_to else None, source_text=source_text)
+        with replace_allowed(force):
+            write_catalog(cat, out, name=name, version=version,
+                          effective_from=effective_from.date() if effective_from else None,
+                          effective_to=effective_to.date() if effective_to else None, source_text=source_text)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     click.echo(f"read {cat.groups.num_rows} groups from {source} (mapping {cat.mapping.name}; "

@@ -27,18 +27,23 @@ def _yuan(fen) -> str:
 @click.option("--period", required=True,
               help="YYYY-MM for a monthly pre-settlement, YYYY for the annual clearing.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output directory (cases.parquet, hospitals.parquet/.csv, manifest.json); replaced whole.")
+              help="Output directory (cases.parquet, hospitals.parquet/.csv, manifest.json); replaced whole if it "
+                   "is a dipengine output (see --force).")
 @click.option("--monthly", "monthly_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
               help="Annual only: output directories of the monthly runs, whose payments are netted off.")
 @click.option("--threads", "n_threads", type=int, default=None, help="Grouping threads (default: all).")
 @click.option("--benefits", "benefit_dirs", multiple=True, type=click.Path(exists=True),
               help="Estimate mode: pricing dirs (or benefits.csv files) of other insured regions, used with the "
                    "pricing dir's own benefits.csv; repeatable.")
+@click.option("--allow-out-of-period", is_flag=True,
+              help="Settle even when the rule set's effective dates do not cover PERIOD (a warning then).")
+@click.option("--force", is_flag=True,
+              help="Replace --out even when it is not a dipengine output (everything in it is deleted).")
 @click.option("--no-benefits", is_flag=True,
               help="Do not estimate missing fund_paid/patient_paid from benefits.csv (they count as 0).")
 @input_layout_options
 def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, monthly_dirs, n_threads,
-            benefit_dirs, no_benefits, schema, encoding, sheet):
+            benefit_dirs, allow_out_of_period, force, no_benefits, schema, encoding, sheet):
     """Group, score and settle the cases of PERIOD; write case results and hospital statements.
 
     Estimate mode: when the pricing dir has a benefits.csv (or --benefits is given), cases
@@ -52,6 +57,10 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
     if no_benefits and benefit_dirs:
         raise click.UsageError("--benefits and --no-benefits exclude each other")
     rules_dir, pricing_dir = resolve_rules_dir(rules_dir), resolve_pricing_dir(pricing_dir)
+    from dipengine.io import check_output, replace_allowed
+
+    check_output(out_dir, [*inputs, rules_dir, pricing_dir, hospitals_path, *monthly_dirs, *benefit_dirs],
+                 directory=True, force=force)
 
     kind, _, _ = parse_period(period)
     callback, close = progress_bar(None, "reading")
@@ -59,10 +68,13 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
         result = settle(list(inputs), rules_dir, pricing_dir, hospitals_path, period,
                         monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads,
                         benefits=False if no_benefits else (list(benefit_dirs) or None),
-                        schema=schema, encoding=encoding, sheet=sheet)
+                        schema=schema, encoding=encoding, sheet=sheet, allow_out_of_period=allow_out_of_period)
     finally:
         close()
-    result.write(out_dir)
+    for warning in result.manifest.get("warnings", ()):
+        click.echo(f"warning: {warning}", err=True)
+    with replace_allowed(force):
+        result.write(out_dir)
     m = result.manifest
     title = "monthly pre-settlement" if kind == "monthly" else "annual clearing"
     click.echo(f"{title} {period}: {m['counts']['cases']:,} cases, {m['counts']['in_pool']:,} in the pools, "
@@ -92,6 +104,11 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
     if kind == "annual":
         click.echo(f"clearing {_yuan(sums['clearing_fen'])}, paid monthly {_yuan(sums['monthly_paid_fen'])}, "
                    f"final transfers {_yuan(sums['final_fen'])} yuan")
+        from dipengine.demo import clearing_summary
+
+        click.echo("clearing vs fund budget (yuan):")
+        for line in clearing_summary(result.hospitals, m):
+            click.echo("  " + line)
     else:
         click.echo(f"paid now {_yuan(sums['monthly_paid_fen'])}, deposit withheld {_yuan(sums['deposit_fen'])} yuan")
     click.echo(f"wrote {out_dir}")

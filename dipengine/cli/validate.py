@@ -62,8 +62,11 @@ def command(input_, hospitals, period, out, codes_icd10, codes_icd9, schema, enc
     Rejected rows are a report, not an error: the exit status is 0 unless a file itself is
     unusable (1, with a one-line message naming file and column).
     """
-    from dipengine.io import write_table
+    from dipengine.io import check_output, write_table
     from dipengine.reader import read_cases
+
+    if out:
+        check_output(out, [input_, hospitals, codes_icd10, codes_icd9])
 
     code_lists = {"dx": codes_icd10, "proc": codes_icd9}
     callback, close = progress_bar(None, "validate")
