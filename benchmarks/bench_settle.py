@@ -103,8 +103,10 @@ def make_region(directory: Path, n: int, seed: int = 42) -> dict:
 def run_settle(directory: Path, out: Path | None = None, n_threads: int | None = None):
     from dipengine.settlement import settle
 
+    # the shipped demo rule set is effective in 2026; these 2027 cases are settled with it anyway
+    # (the work is the same), so the effective-dates check is waived
     res = settle(directory / "cases.parquet", RULES, directory / "pricing", directory / "hospitals.csv", "2027",
-                 n_threads=n_threads)
+                 n_threads=n_threads, allow_out_of_period=True)
     if out is not None:
         res.write(out)
     return res
