@@ -10,8 +10,8 @@ thread count. ``-1`` means none everywhere.
 Arrays are typed memoryviews throughout (the bounds-checked build, ``DIPENGINE_CYTHON_DEBUG=1``,
 checks every access). Rule arrays are checked once when the :class:`CompiledRules` is built;
 per-case lengths once per call; per-case indices (offsets, subcategory and category ids,
-procedure classes) inside the loop, each case reporting an error bit that is raised as a
-``ValueError`` after the loop, before any out-of-range element is touched.
+procedure classes) inside the loop where they are read, a case returning an error bit (before
+it touches anything out of range) that is raised as a ``ValueError`` after the loop.
 """
 import numpy as np
 
@@ -179,15 +179,20 @@ cdef class CompiledRules:
         scalars = {"blank": blank, "match_all": match_all, "sev_los": sev_los, "death_mode": death_mode,
                    "cons_max_class": cons_max_class, "cons_max_level": cons_max_level}
         self._arrays = {**arrays, **scalars}
+        self._ready = True
 
     def as_dict(self) -> dict:
         """The constructor's keyword arguments (read-only copies of the arrays)."""
+        if not self._ready:
+            raise ValueError("CompiledRules was not initialised")
         return dict(self._arrays)
 
     def __reduce__(self):
         return _rebuild_compiled_rules, (self.as_dict(),)
 
     def __repr__(self):
+        if not self._ready:
+            return "CompiledRules(<not initialised>)"
         return (f"CompiledRules(n_groups={self.n_groups}, n_sub={self.n_sub}, n_cat={self.n_cat}, "
                 f"n_bands={self.n_bands}, blank={self.blank})")
 
@@ -260,7 +265,7 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
     cdef int best_main = 0, best_nterms = 0, best_nmatch = 0
     cdef int m_main, nterms, nmatch, hit, all_hit, counted = 0
     cdef int64_t diff, best_diff = 0, cci = 0
-    cdef bint cons_eq, has_main, ok, q, dup, bad_class = False
+    cdef bint cons_eq, has_main, ok, q, dup
     cdef double best_coef
     cdef int32_t best_sub, key
 
@@ -273,10 +278,6 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
     j1 = C.p_off[i + 1]
     if j0 < 0 or j1 < j0 or j1 > C.n_p:
         return E_P_OFF
-    d0 = C.d_off[i]
-    d1 = C.d_off[i + 1]
-    if d0 < 0 or d1 < d0 or d1 > C.n_d:
-        return E_D_OFF
     sub = C.sub_id[i]
     if sub < -1 or sub >= R.n_sub:
         return E_SUB_ID
@@ -295,14 +296,13 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
     # treatment class: the highest class among counted procedures (dip-rules §2.6)
     for j in range(j0, j1):
         pc = C.p_class[j]
-        bad_class |= (pc < -1) | (pc >= N_CLASSES)
         if pc > cls:
             cls = pc
         if pc >= 0:
             counted += 1
             if C.p_level[j] > lvl:
                 lvl = C.p_level[j]
-    if bad_class:
+    if cls >= N_CLASSES:  # negative classes are "not counted"; above 3 would index past comp_lookup
         return E_P_CLASS
     C.reason[i] = 0
     C.case_class[i] = cls
@@ -383,6 +383,10 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
     # auxiliary subtype (dip-rules §3.1): highest coefficient among those the case qualifies for
     if R.aux_off[best + 1] == R.aux_off[best]:
         return 0
+    d0 = C.d_off[i]
+    d1 = C.d_off[i + 1]
+    if d0 < 0 or d1 < d0 or d1 > C.n_d:
+        return E_D_OFF
     for d in range(d0, d1):
         if C.d_sev[d] > sev:
             sev = C.d_sev[d]
@@ -459,8 +463,8 @@ def group_cases(
         main diagnosis; -1 none.
     p_off : int64[n + 1]
         CSR offsets, from 0 to ``len(p_full)``, of each case's procedure entries ``p_full``,
-        ``p_base`` (int32 ids, -1 unknown), ``p_class`` (int8 treatment-class rank 0-3, -1 not
-        counted) and ``p_level`` (int8); the main procedure first when ``has_main`` (int8[n]).
+        ``p_base`` (int32 ids, -1 unknown), ``p_class`` (int8 treatment-class rank 0-3; -1, or
+        any negative, not counted) and ``p_level`` (int8); the main procedure first when ``has_main`` (int8[n]).
     total_fen, dmode, los, age_key : int64, int8, int32, int32 [n]
         Total cost (fen), discharge mode, length of stay, age key (-1 unknown).
     d_off : int64[n + 1]
@@ -478,13 +482,18 @@ def group_cases(
     Raises
     ------
     ValueError
-        An array's length disagrees with the others, or an offset, ``sub_id``, ``cat`` or
-        ``p_class`` is out of range (the message names the first one); the outputs are then
+        An array's length disagrees with the others, ``p_off``/``d_off`` do not run from 0 to
+        their arrays' lengths, or an offset, ``sub_id``, ``cat`` or ``p_class`` read by the
+        loop is out of range (every case's ``p_off``, ``sub_id``, ``cat``; ``p_class`` of the
+        cases grouped; ``d_off`` of the cases whose group has auxiliary subtypes, the only ones
+        that read it). The message names the first offending element; the outputs are then
         unspecified.
     """
     cdef Py_ssize_t i, n = pre_reason.shape[0]
     cdef int err = 0
     cdef _Cases C = _Cases.__new__(_Cases)
+    if not rules._ready:
+        raise ValueError("rules: CompiledRules was not initialised (build it with CompiledRules(...))")
     for name, m in (("excluded", excluded), ("sub_id", sub_id), ("cat", cat), ("has_main", has_main),
                     ("total_fen", total_fen), ("dmode", dmode), ("los", los), ("age_key", age_key),
                     ("out_group", out_group), ("out_path", out_path), ("out_reason", out_reason),
@@ -542,7 +551,7 @@ def group_cases(
     if err & E_CAT:
         raise range_error("cat", cat, -1, rules.n_cat - 1)
     if err & E_P_CLASS:
-        raise range_error("p_class", p_class, -1, N_CLASSES - 1)
+        raise range_error("p_class", p_class, -128, N_CLASSES - 1)
 
 
 def proc_csr(const int32_t[::1] m_idx not None, const int32_t[::1] m_full not None,

@@ -1043,7 +1043,7 @@ def _rules_meta(history, hospitals, res, name, version, cci_path, sev_path) -> d
 
     build = {
         "engine_version": __version__,
-        "built_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "history_years": res.years,
         "history_files": list(hist_names),
         "history_sha256": list(hist_sha),

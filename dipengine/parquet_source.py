@@ -1,9 +1,10 @@
 """Decoding a single Parquet case file ahead of use, with pyarrow alone.
 
-``dipengine group`` starts a :class:`ParquetPrefetch` as soon as pyarrow is imported, before the
-rest of dipengine (``pyarrow.compute``, numpy work, the rule set): the first batches decode on the
-other core meanwhile. This module therefore imports nothing but pyarrow; :mod:`dipengine.reader`
-builds on it (same columns, dictionaries and batch size as its own reads).
+A caller may start a :class:`ParquetPrefetch` (or :func:`prefetch`) before the rest of its work
+(``pyarrow.compute``, numpy work, the rule set), so that the first batches decode meanwhile in a
+thread. This module imports nothing but pyarrow; :mod:`dipengine.reader` builds on it (same
+columns, dictionaries and batch size as its own reads). ``dipengine group`` no longer uses it:
+on 2M and 20M cases it was not measurably faster, and it held six batches ahead (docs/grouping.md).
 """
 from __future__ import annotations
 
@@ -71,9 +72,8 @@ def parquet_batches(path, batch_size, pick, rename=None):
 class ParquetPrefetch:
     """Decode the batches of one Parquet file in a background thread, from the moment it is made.
 
-    ``dipengine group`` makes one right after importing pyarrow, before the rest of dipengine
-    (about 0.1 s of one core), so the first batches are decoded meanwhile on the other core; then
-    reading (decoding) and the ordered duplicate pass run in different threads. Pass it as the
+    Made early (before the rest of a caller's imports), the first batches are decoded meanwhile;
+    then reading (decoding) and the ordered duplicate pass run in different threads. Pass it as the
     ``source`` of :func:`dipengine.reader.map_cases`: the batches are exactly those it would read
     itself (same columns, dictionaries and batch size; it reads the
     file itself when this one could not open it, so errors are reported the usual way).

@@ -41,7 +41,7 @@ CODE = {name: i for i, name in enumerate(NAMES) if name}
 
 
 @functools.cache
-def _names() -> pa.Array:  # not at import: pa.array would import pandas (see cli._common.without_pandas)
+def _names() -> pa.Array:  # not at import: pa.array would import pandas
     return pa.array(NAMES, type=pa.string())
 
 

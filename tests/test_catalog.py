@@ -332,7 +332,7 @@ def test_writes_a_rule_set_that_checks_and_loads(tmp_path):
     assert man["name"] == "demo" and man["version"] == "2027.1"
     assert man["effective_from"] == dt.date(2027, 1, 1)
     assert man["build"]["weights"] == [1.0, 2.0, 7.0] and man["build"]["threshold"] == 15.0
-    assert man["build"]["history_years"] == [2024, 2025, 2026] and "built_at" in man["build"]
+    assert man["build"]["history_years"] == [2024, 2025, 2026] and "created" in man["build"]
     assert len(man["files"]) == 7
     assert res.aux.num_rows > 0  # death and severity subtypes of J18.9-C
 

@@ -179,11 +179,22 @@ def _groupable_entry(enc) -> int:
     return int(enc["p_off"][np.flatnonzero(ok)[0]])
 
 
+def _aux_case(enc, kr) -> int:
+    """A case whose group has auxiliary subtypes, so that the kernel reads its d_off."""
+    n = len(enc["pre_reason"])
+    out = _group(kr, {**enc, **_outputs(n)})
+    aux_off = kr.as_dict()["aux_off"]
+    g = out["out_group"]
+    has = (g >= 0) & (aux_off[np.maximum(g, 0) + 1] > aux_off[np.maximum(g, 0)])
+    return int(np.flatnonzero(has)[len(np.flatnonzero(has)) // 2])
+
+
 def _case_changes(enc, kr) -> list:
     n = len(enc["pre_reason"])
     n_p, n_d = len(enc["p_full"]), len(enc["d_cci_cat"])
     mid = n // 2
     pe = _groupable_entry(enc)
+    ax = _aux_case(enc, kr)
     return [
         ("sub_id", {"sub_id": _set(enc["sub_id"], mid, kr.n_sub)}),
         ("sub_id", {"sub_id": _set(enc["sub_id"], mid, -2)}),
@@ -194,16 +205,17 @@ def _case_changes(enc, kr) -> list:
         ("cat", {"cat": _set(enc["cat"], 0, I32.max)}),
         ("p_class", {"p_class": _set(enc["p_class"], pe, 4)}),
         ("p_class", {"p_class": _set(enc["p_class"], pe, 127)}),
-        ("p_class", {"p_class": _set(enc["p_class"], pe, -2)}),
         ("p_off", {"p_off": _set(enc["p_off"], mid, n_p + 1)}),
         ("p_off", {"p_off": _set(enc["p_off"], mid, -1)}),
         ("p_off", {"p_off": _set(enc["p_off"], mid, I64.max)}),
         ("p_off", {"p_off": _set(enc["p_off"], mid, I64.min)}),
         ("p_off", {"p_off": _set(enc["p_off"], n, n_p + 1)}),
         ("p_off", {"p_off": _set(enc["p_off"], 0, 1)}),
-        ("d_off", {"d_off": _set(enc["d_off"], mid, n_d + 1)}),
-        ("d_off", {"d_off": _set(enc["d_off"], mid, -5)}),
+        ("d_off", {"d_off": _set(enc["d_off"], ax + 1, n_d + 1)}),
+        ("d_off", {"d_off": _set(enc["d_off"], ax, -5)}),
+        ("d_off", {"d_off": _set(enc["d_off"], ax, I64.max)}),
         ("d_off", {"d_off": _set(enc["d_off"], n, n_d - 1)}),
+        ("d_off", {"d_off": _set(enc["d_off"], 0, -1)}),
     ]
 
 
@@ -217,11 +229,12 @@ def test_group_cases_out_of_range_indices(rs, enc):
 
 
 def test_group_cases_none_allowed_where_documented(rs, enc):
-    """-1 means none in sub_id, cat and p_class: such cases group (or not) without an error."""
+    """-1 means none in sub_id and cat, a negative p_class "not counted": such cases group (or
+    not) without an error."""
     kr = kernel_rules(rs)
     n = len(enc["pre_reason"])
     args = _with({**enc, **_outputs(n)}, sub_id=np.full(n, -1, np.int32), cat=np.full(n, -1, np.int32),
-                 p_class=np.full(len(enc["p_class"]), -1, np.int8))
+                 p_class=np.tile(np.array([-1, -2, -128], np.int8), len(enc["p_class"]))[:len(enc["p_class"])])
     group_cases(kr, **args)
     assert set(args["out_group"].tolist()) <= {-1, kr.blank}
 
@@ -230,6 +243,8 @@ def test_group_cases_refuses_none_arguments(rs, enc):
     args = {**enc, **_outputs(len(enc["pre_reason"]))}
     with pytest.raises(TypeError):
         group_cases(None, **args)
+    with pytest.raises(ValueError, match="rules"):
+        group_cases(CompiledRules.__new__(CompiledRules), **args)  # never initialised
     with pytest.raises(TypeError):
         group_cases(kernel_rules(rs), **{**args, "sub_id": None})
 

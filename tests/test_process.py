@@ -113,3 +113,28 @@ def test_no_read_ahead_and_no_process_tuning_helpers_remain():
         assert not hasattr(dipengine.cli, name), name
     assert not hasattr(parquet_source, "read_ahead") and not hasattr(parquet_source, "_AHEAD")
     assert not hasattr(_common, "without_pandas") and not hasattr(_common, "retaining_memory_pool")
+
+
+def test_the_program_sets_no_allocator_or_thread_environment(cases, tmp_path):
+    code = ("import atexit, os, sys, dipengine.cli; names = ('ARROW_DEFAULT_MEMORY_POOL', 'OPENBLAS_NUM_THREADS', "
+            "'MALLOC_ARENA_MAX'); before = {k: os.environ.get(k) for k in names}; "
+            "atexit.register(lambda: print('same' if before == {k: os.environ.get(k) for k in names} else 'changed', "
+            "sys.getswitchinterval())); sys.argv = ['dipengine'] + sys.argv[1:]; dipengine.cli.run()")
+    env = {k: v for k, v in _env().items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "OPENBLAS_NUM_THREADS")}
+    res = subprocess.run([sys.executable, "-c", code, *_group_args(cases, tmp_path / "o.parquet")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[-2] == "same 0.005"  # the interpreter's default switch interval
+
+
+def test_the_program_prints_a_warning_as_one_line(tmp_path):
+    """A warning reaching the program (not the Python API) is one 'warning: ...' line, no source line."""
+    import subprocess
+    import sys
+
+    code = ("import sys, warnings, dipengine.cli as c, dipengine.cli._app as a\n"
+            "a.main = lambda: (warnings.warn('cache entry not trusted'), 0)[1]\n"
+            "c.run()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0
+    assert res.stderr == "warning: cache entry not trusted\n"

@@ -56,7 +56,7 @@ def test_shipped_rule_set_checks_and_loads():
     build = rs.manifest["build"]
     assert build["history_years"] == [2023, 2024, 2025]
     assert build["cases_used"] == [200_000] * 3
-    assert build["built_at"] == "2026-01-01T00:00:00+00:00"  # fixed: regenerating is byte-stable
+    assert build["created"] == "2026-01-01T00:00:00+00:00"  # fixed: regenerating is byte-stable
     assert "illustrative" in rs.manifest["source"]
     assert "illustrative" in (RULES / "README.md").read_text(encoding="utf-8").lower()
 

@@ -172,7 +172,7 @@ def test_the_program_writes_the_same_as_the_library(region, rules_features, tmp_
 
 
 def test_parquet_source_imports_pyarrow_alone():
-    # `dipengine group` starts decoding right after this import, before the rest of dipengine
+    # a caller can start decoding right after this import, before the rest of dipengine
     code = ("import sys, dipengine.parquet_source; "
             "print([m for m in ('pyarrow.compute', 'pyarrow.dataset', 'pandas', 'dipengine.reader') if m in sys.modules])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -23,7 +23,20 @@ def __getattr__(name):
 
 def run() -> None:
     """The ``dipengine`` program (the console entry point): :func:`main`, then a normal exit with
-    its code (atexit hooks, logging and profilers' output run as in any Python program)."""
+    its code (atexit hooks, logging and profilers' output run as in any Python program).
+
+    It tunes nothing in its process (interpreter, allocators, environment): none of the settings
+    it used to make was worth 5% on a 20M-case ``group`` (docs/grouping.md, "Process settings").
+    """
+    import warnings
+
     from dipengine.cli._app import main
 
+    # the program's own process: a warning (e.g. a rules-cache entry not trusted) is one line,
+    # "warning: ...", like the errors; the Python API keeps Python's default display
+    warnings.showwarning = _one_line_warning
     sys.exit(main())
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    (file or sys.stderr).write(f"warning: {message}\n")

@@ -1,7 +1,7 @@
 """The click application of the ``dipengine`` command line: the command group and :func:`main`.
 
-Kept apart from :mod:`dipengine.cli` so that the program can start reading its input before
-click and the commands load (see :func:`dipengine.cli.read_ahead`).
+Kept apart from :mod:`dipengine.cli` so that importing the package's command line does not
+import click (the program is :func:`dipengine.cli.run`).
 """
 from __future__ import annotations
 

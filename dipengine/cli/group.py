@@ -26,17 +26,12 @@ def command(rules_dir, input_, out, hospitals, explain_id, threads, schema, enco
     from dipengine.io import check_output
 
     check_output(out, [input_, rules_dir, hospitals])  # before anything is read
-    from dipengine.parquet_source import prefetch
-
-    plain = schema in (None, "contract") and encoding is None and sheet is None
-    # decoding starts now, on the other core, while the rest of dipengine imports
-    source = prefetch(input_) if plain else input_
     from dipengine.stream import group_file
 
     # a bar on a terminal only (not even tqdm's import otherwise)
     callback, close = progress_bar(None, "group") if sys.stderr.isatty() else (None, lambda: None)
     try:
-        run = group_file(source, rules_dir, out, hospitals=hospitals, threads=threads, explain_id=explain_id,
+        run = group_file(input_, rules_dir, out, hospitals=hospitals, threads=threads, explain_id=explain_id,
                          progress=callback, schema=schema, encoding=encoding, sheet=sheet)
     finally:
         close()

@@ -30,3 +30,4 @@ cdef class CompiledRules:
     cdef readonly int32_t cci1, cci2, cci3
     cdef readonly int32_t match_all, sev_los, death_mode, cons_max_class, cons_max_level
     cdef object _arrays                  # the constructor's arguments (for pickling and as_dict)
+    cdef bint _ready                     # set when __init__ has checked everything
