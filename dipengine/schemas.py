@@ -325,8 +325,16 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _allowed_values() -> dict:
+    from dipengine.reader import INSURANCE_TYPES, PERSON_TYPES, REMOTE_FILINGS, SEXES
+
+    return {"insurance_type": INSURANCE_TYPES, "person_type": PERSON_TYPES, "remote_filing": REMOTE_FILINGS,
+            "sex": SEXES, "fund_pay_type": _FUND_CLASSES}
+
+
 def _load_values(path: Path) -> dict:
     rows = _read_csv_rows(path, ("column", "code", "value"))
+    allowed = _allowed_values()
     by_column: dict = {}
     for line, r in rows:
         column = r["column"]
@@ -335,6 +343,9 @@ def _load_values(path: Path) -> dict:
                             file=path, column="column", value=column)
         if not r["code"]:
             raise DataError(f"line {line}: empty code", file=path, column="code")
+        if r["value"] and r["value"] not in allowed[column]:
+            raise DataError(f"line {line}: not a value of {column} ({', '.join(allowed[column])})", file=path,
+                            column="value", value=r["value"])
         codes = by_column.setdefault(column, {})
         if r["code"] in codes:
             raise DataError(f"line {line}: code listed twice", file=path, column="code", value=r["code"])
@@ -396,7 +407,7 @@ def load_schema(schema=None) -> InputSchema:
     if isinstance(schema, InputSchema):
         return schema
     key = "contract" if schema is None else str(schema)
-    hit = _CACHE.get(key)
+    hit = _CACHE.get(key)  # only the shipped schemas are kept (package data); a folder is read anew
     if hit is not None:
         return hit
     shipped = _shipped_dir()
@@ -428,7 +439,8 @@ def load_schema(schema=None) -> InputSchema:
         nested=_load_nested(nested_file) if nested_file is not None else {},
         files=tuple((str(f), _sha(f)) for f in files),
     )
-    _CACHE[key] = result
+    if key in SHIPPED:
+        _CACHE[key] = result
     return result
 
 

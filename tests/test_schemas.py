@@ -200,6 +200,10 @@ def test_bad_schema_tables_name_file_line_column_and_value(tmp_path):
     (folder / "code_values.csv").write_text("column,code,value\nsex,1,M\nsex,1,F\n", encoding="utf-8")
     with pytest.raises(DataError, match="line 3: code listed twice"):
         load_schema(folder)
+    (folder / "code_values.csv").write_text("column,code,value\ninsurance_type,310,employe\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2: not a value of insurance_type") as e:
+        load_schema(folder)
+    assert "'employe'" in str(e.value)
     with pytest.raises(DataError, match="no such schema"):
         load_schema(tmp_path / "missing")
 
@@ -223,3 +227,12 @@ def test_fen_to_decimal_is_exact():
     arr = fen_to_decimal(fen, np.array([True, True, True, True, False]))
     assert arr.cast(pa.string()).to_pylist() == ["0.00", "0.01", "-0.01", "1234567890.12", None]
     assert pc.sum(arr).as_py() is not None
+
+
+def test_a_schema_folder_is_read_anew_after_an_edit(tmp_path):
+    folder = tmp_path / "city"
+    folder.mkdir()
+    (folder / "fields.csv").write_text("column,source\ncase_id,单据号\n", encoding="utf-8")
+    assert load_schema(folder).plan(["单据号"]) == {"case_id": "单据号"}
+    (folder / "fields.csv").write_text("column,source\ncase_id,流水号\n", encoding="utf-8")
+    assert load_schema(folder).plan(["流水号"]) == {"case_id": "流水号"}  # no stale copy
