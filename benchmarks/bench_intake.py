@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +29,8 @@ except ImportError:  # run as a script: this directory is on sys.path
 def make_pair(n: int, seed: int = 42) -> tuple[pa.Table, pa.Table]:
     """(contract-format cases, their national-format twin): a tenth of the fund money moved to 大病."""
     from dipengine.money import yuan_to_fen
-    from dipengine.schemas import fen_to_decimal, load_schema
+    from dipengine.money import fen_to_decimal
+    from dipengine.schemas import load_schema
 
     t = bench_reader.make_cases(n, seed)
     fund, status = yuan_to_fen(t["fund_paid"])

@@ -124,6 +124,31 @@ def yuan_value_to_fen(v, *, max_decimals: int | None = None) -> int:
     raise ValueError(f"{v!r} is not an amount in yuan")
 
 
+def fen_to_decimal(fen, valid=None) -> pa.Array:
+    """int64 fen as exact ``decimal128(18, 2)`` yuan (the decimal's unscaled value *is* the fen).
+
+    ``fen``: a numpy integer array, or an Arrow integer array whose nulls stay null; ``valid``: a
+    bool mask (False -> null) for a numpy input.
+    """
+    if isinstance(fen, (pa.Array, pa.ChunkedArray)):
+        if isinstance(fen, pa.ChunkedArray):
+            fen = fen.combine_chunks()
+        if fen.null_count:
+            valid = np.asarray(pc.is_valid(fen), bool)
+            fen = pc.fill_null(fen, 0)
+        fen = fen.to_numpy(zero_copy_only=False)
+    fen = np.ascontiguousarray(fen, np.int64)
+    n = len(fen)
+    words = np.empty((n, 2), np.int64)
+    words[:, 0] = fen
+    words[:, 1] = fen >> 63  # two's-complement sign extension to 128 bits
+    bitmap, nulls = None, 0
+    if valid is not None and not np.all(valid):
+        bitmap = pa.py_buffer(np.packbits(np.asarray(valid, bool), bitorder="little"))
+        nulls = int(n - np.count_nonzero(valid))
+    return pa.Array.from_buffers(pa.decimal128(18, 2), n, [bitmap, pa.py_buffer(words)], null_count=nulls)
+
+
 def fen_to_yuan_text(fen: int, *, trim: bool = False) -> str:
     """Int fen -> yuan text: ``1230`` -> ``"12.30"`` (``trim``: ``"12.3"``; ``1200`` -> ``"12"``).
 

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dipengine.errors import DataError
+from dipengine.money import fen_to_decimal, fen_to_yuan_text
 
 SHIPPED = ("contract", "nhsa")
 """Schema names shipped with the package (``--schema NAME``)."""
@@ -236,7 +237,7 @@ class InputSchema:
             if bad is not None:
                 out[column] = bad
             elif any_value:
-                out[column] = f"{'-' if total < 0 else ''}{abs(total) // 100}.{abs(total) % 100:02d}"
+                out[column] = fen_to_yuan_text(total)
             else:
                 out[column] = None
         return out
@@ -280,26 +281,6 @@ def _money_sum(parts: list, names: tuple) -> pa.Array:
     if bad_text is None:
         return result
     return pc.if_else(pc.is_valid(bad_text), bad_text, result.cast(pa.string()))
-
-
-def fen_to_decimal(fen: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """int64 fen as exact ``decimal128(18, 2)`` yuan (null where ``valid`` is False)."""
-    fen = np.ascontiguousarray(fen, np.int64)
-    n = len(fen)
-    words = np.empty((n, 2), np.int64)
-    words[:, 0] = fen
-    words[:, 1] = np.where(fen < 0, -1, 0)  # two's-complement high word
-    bitmap = None
-    nulls = 0
-    if valid is not None and not valid.all():
-        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
-        nulls = int(n - valid.sum())
-    return pa.Array.from_buffers(pa.decimal128(18, 2), n, [bitmap, pa.py_buffer(words.tobytes())],
-                                 null_count=nulls)
-
-
-def _yuan_text(fen: np.ndarray) -> pa.Array:
-    return fen_to_decimal(fen).cast(pa.string())
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,11 +462,6 @@ def _text(col) -> pa.Array:
     return pc.if_else(pc.equal(col, ""), pa.nulls(len(col), pa.string()), col)
 
 
-def _positions(case_keys: pa.Array, child_keys: pa.Array) -> pa.Array:
-    """For each child row, the index of its key among the distinct case keys (null if absent)."""
-    return pc.index_in(child_keys, value_set=case_keys)
-
-
 def _first_rows(n_keys: int, pos: np.ndarray) -> np.ndarray:
     """Per case key, the first child row (input order) with that key; -1 where none."""
     first = np.full(n_keys, -1, np.int64)
@@ -540,10 +516,7 @@ def read_nested(files: dict, schema: InputSchema, *, encoding=None, sheet=None) 
     from dipengine.io import read_table
 
     def read(table):
-        try:
-            return read_table(files[table], encoding=encoding, sheet=sheet)
-        except TypeError:  # an io.read_table without the format keywords
-            return read_table(files[table])
+        return read_table(files[table], encoding=encoding, sheet=sheet)
 
     setl = read("setlinfo")
     have = set(setl.column_names)
@@ -562,7 +535,7 @@ def read_nested(files: dict, schema: InputSchema, *, encoding=None, sheet=None) 
         distinct = pc.unique(case_keys)
         n_keys = len(distinct)
         case_pos = pc.fill_null(pc.index_in(case_keys, value_set=distinct), -1).to_numpy(zero_copy_only=False)
-        pos = pc.fill_null(_positions(distinct, _text(child[key_name])), -1).to_numpy(zero_copy_only=False)
+        pos = pc.fill_null(pc.index_in(_text(child[key_name]), value_set=distinct), -1).to_numpy(zero_copy_only=False)
         pos = np.asarray(pos, np.int64)
 
         def role(name, required=True):

@@ -37,6 +37,7 @@ from dipengine import codes as _codes
 from dipengine.errors import DataError
 from dipengine.hospitals import SCHEMA as _REGISTRY_SCHEMA
 from dipengine.io import read_table, write_table
+from dipengine.money import fen_to_decimal
 
 DEFECT_KINDS = (
     "MISSING_FIELD",
@@ -443,15 +444,6 @@ def _as_registry(hospitals) -> pa.Table:
 
 # --------------------------------------------------------------------------------------------
 # Helpers on arrays
-
-
-def _fen_to_decimal(fen: np.ndarray) -> pa.Array:
-    """int64 fen -> decimal128(18, 2) yuan, exactly (the unscaled decimal value *is* the fen)."""
-    fen = np.ascontiguousarray(fen, dtype=np.int64)
-    words = np.empty((len(fen), 2), dtype=np.int64)
-    words[:, 0] = fen
-    words[:, 1] = fen >> 63  # sign extension to 128 bits
-    return pa.Array.from_buffers(pa.decimal128(18, 2), len(fen), [None, pa.py_buffer(words)])
 
 
 def _take(values: list, idx: np.ndarray) -> pa.Array:
@@ -999,11 +991,11 @@ def _to_table(c: dict, v: Vocabulary, reg: pa.Table, year: int) -> pa.Table:
         other_dx,
         main_proc,
         other_procs,
-        _fen_to_decimal(total),
-        _fen_to_decimal(fund),
-        _fen_to_decimal(patient_paid),
-        _fen_to_decimal(c["oc_fen"]),
-        _fen_to_decimal(c["b_fen"]),
+        fen_to_decimal(total),
+        fen_to_decimal(fund),
+        fen_to_decimal(patient_paid),
+        fen_to_decimal(c["oc_fen"]),
+        fen_to_decimal(c["b_fen"]),
         planted,
     ]
     return pa.Table.from_arrays(arrays, schema=CASE_SCHEMA)

@@ -71,7 +71,7 @@ def test_out_csv_joins_lists_with_bars(files, tmp_path):
 
 
 def test_negative_fen_become_negative_yuan():
-    from dipengine.cli.validate import fen_to_decimal
+    from dipengine.money import fen_to_decimal
 
     d = fen_to_decimal(pa.array([-1, -12345, 0, None, 9_000_000_000_000_000], pa.int64()))
     assert d.to_pylist() == [Decimal("-0.01"), Decimal("-123.45"), Decimal("0.00"), None,

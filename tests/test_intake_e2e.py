@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from dipengine.cli import cli
 from dipengine.io import _csv_ready
-from dipengine.money import yuan_to_fen
-from dipengine.schemas import fen_to_decimal, load_schema
+from dipengine.money import fen_to_decimal, yuan_to_fen
+from dipengine.schemas import load_schema
 from dipengine.synth import synth_region
 
 N = 2500

@@ -2,6 +2,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, strategies as st
 
@@ -125,3 +126,12 @@ def test_fen_to_yuan_text_forms():
     assert money.format_yuan(-123456789) == "-1,234,567.89"
     with pytest.raises(TypeError):
         money.fen_to_yuan_text(1.5)
+
+
+def test_fen_to_decimal_is_exact():
+    fen = np.array([0, 1, -1, 123456789012, -100], np.int64)
+    from dipengine.money import fen_to_decimal
+
+    arr = fen_to_decimal(fen, np.array([True, True, True, True, False]))
+    assert arr.cast(pa.string()).to_pylist() == ["0.00", "0.01", "-0.01", "1234567890.12", None]
+    assert str(pc.sum(arr).as_py()) == "1234567890.12"  # nulls skipped, exact

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from dipengine.case import read_cases_reference
 from dipengine.errors import DataError
 from dipengine.reader import read_cases
-from dipengine.schemas import fen_to_decimal, load_schema
+from dipengine.schemas import load_schema
 
 HOSPITALS = pa.table({"hospital_id": ["H1", "H2"], "name": ["a", "b"], "level": [3, 2],
                       "region": ["440200", "440200"]})
@@ -218,15 +217,6 @@ def test_a_region_schema_folder(tmp_path):
     row.update({"单据号": "X1", "性别代码": "B"})
     out = read_cases(pa.Table.from_pylist([row]), schema=folder)
     assert (out["case_id"][0].as_py(), out["sex"][0].as_py(), out["reason"][0].as_py()) == ("X1", "F", None)
-
-
-def test_fen_to_decimal_is_exact():
-    import numpy as np
-
-    fen = np.array([0, 1, -1, 123456789012, -100], np.int64)
-    arr = fen_to_decimal(fen, np.array([True, True, True, True, False]))
-    assert arr.cast(pa.string()).to_pylist() == ["0.00", "0.01", "-0.01", "1234567890.12", None]
-    assert pc.sum(arr).as_py() is not None
 
 
 def test_a_schema_folder_is_read_anew_after_an_edit(tmp_path):

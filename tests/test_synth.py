@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from dipengine import codes
 from dipengine import synth
 from dipengine.cli import main
+from dipengine.money import fen_to_decimal
 from dipengine.hospitals import read_hospitals
 from dipengine.money import yuan_to_fen
 from dipengine.synth import DEFECT_KINDS, synth_region
@@ -358,7 +359,7 @@ def test_reader_reports_every_planted_defect(defective):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(-(10**15), 10**15), max_size=20))
 def test_fen_to_decimal_matches_decimal(values):
-    arr = synth._fen_to_decimal(np.array(values, dtype=np.int64))
+    arr = fen_to_decimal(np.array(values, dtype=np.int64))
     assert arr.to_pylist() == [decimal.Decimal(v).scaleb(-2) for v in values]
 
 

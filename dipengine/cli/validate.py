@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import click
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -21,23 +20,9 @@ def _period(ctx, param, value):
     return value
 
 
-def fen_to_decimal(fen: pa.Array) -> pa.Array:
-    """int64 fen -> decimal128(18, 2) yuan, exactly (the fen are the decimal's unscaled value)."""
-    fen = fen.combine_chunks() if isinstance(fen, pa.ChunkedArray) else fen
-    n = len(fen)
-    values = np.asarray(pc.fill_null(fen, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-    words = np.empty((n, 2), dtype=np.int64)
-    words[:, 0] = values
-    words[:, 1] = np.where(values < 0, -1, 0)  # two's complement sign extension to 128 bits
-    validity = fen.buffers()[0] if fen.null_count else None
-    if validity is not None and fen.offset:
-        validity = pa.array(pc.is_valid(fen)).buffers()[1]
-    return pa.Array.from_buffers(pa.decimal128(18, 2), n, [validity, pa.py_buffer(words.tobytes())],
-                                 null_count=fen.null_count)
-
-
 def with_yuan_columns(table: pa.Table) -> pa.Table:
     """Add the contract's yuan columns (decimal128, 2 places) just before their ``*_fen`` twins."""
+    from dipengine.money import fen_to_decimal
     from dipengine.reader import MONEY
 
     for name in MONEY:
