@@ -320,7 +320,7 @@ def test_estimate_of_a_national_case_matches_its_contract_twin(setup):
     assert plain.normalise({**CASE, "insurance_type": "310", "sex": "1"})["sex"] == "M"
 
 
-def test_cli_estimate_schema_encoding_and_table_case(setup, tmp_path):
+def test_cli_estimate_schema_and_encoding(setup, tmp_path):
     from click.testing import CliRunner
 
     from dipengine.cli import cli
@@ -335,16 +335,6 @@ def test_cli_estimate_schema_encoding_and_table_case(setup, tmp_path):
     assert json.loads(res.output)["fund_due_fen"] == 552_194
     res = CliRunner().invoke(cli, base + ["--case", str(case), "--schema", "nhsa"])  # not UTF-8
     assert res.exit_code != 0
-    # a CSV table of cases: one answer per row
-    table = tmp_path / "cases.csv"
-    table.write_text("case_id,hospital_id,insurance_type,insured_region,age,admit_date,discharge_date,main_dx,"
-                     "main_proc,total_cost\n"
-                     "a,H2,employee,440200,34,2027-04-01,2027-04-06,K35.800,47.0100,11000\n"
-                     "b,H2,employee,440200,34,2027-04-01,2027-04-06,K35.800,47.0100,25000\n", encoding="utf-8")
-    res = CliRunner().invoke(cli, base + ["--case", str(table)])
-    assert res.exit_code == 0, res.output
-    answers = json.loads(res.output)
-    assert [a["case_id"] for a in answers] == ["a", "b"] and answers[0]["fund_due_fen"] == 552_194
-    assert answers[1]["deviation"] == "high"
+    # estimate is the one-case path (a Python call per case): no table of cases, no sheet
     res = CliRunner().invoke(cli, base + ["--case", str(case), "--sheet", "1"])
     assert res.exit_code == 2 and "--sheet" in res.output

@@ -6,11 +6,7 @@ from pathlib import Path
 
 import click
 
-from dipengine.cli._common import input_layout_options
 from dipengine.errors import DataError
-
-TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".xlsx", ".xlsm")
-"""A ``--case`` file with one of these names is a table of cases (one estimate per row)."""
 
 
 def _read_json(case_path: str, encoding: str | None):
@@ -44,13 +40,16 @@ def _read_json(case_path: str, encoding: str | None):
                    "patient/fund split is omitted).")
 @click.option("--hospitals", required=True, type=click.Path(), help="Hospital registry (hospitals.csv).")
 @click.option("--case", "case_path", required=True, type=click.Path(),
-              help="A JSON object with the contract §2 fields ('-' reads stdin), or a CSV/.xlsx table of "
-                   "cases (one estimate per row; a JSON list when there are several).")
+              help="A JSON object with the contract §2 fields ('-' reads stdin). Many cases: settle or "
+                   "benefits, which run on whole batches.")
 @click.option("--benefits", multiple=True, type=click.Path(),
               help="Extra pricing dirs with benefits.csv of remote insured regions (repeatable).")
 @click.option("--point-value", type=float, default=None, help="Yuan per point (default: the policy's budget value).")
-@input_layout_options
-def command(rules, pricing, hospitals, case_path, benefits, point_value, schema, encoding, sheet):
+@click.option("--schema", metavar="NAME|DIR",
+              help="Layout of the case's keys: contract (default), nhsa (national settlement-list fields), "
+                   "or a schema folder of your own.")
+@click.option("--encoding", metavar="CODEC", help="Text encoding of the JSON file (default: UTF-8).")
+def command(rules, pricing, hospitals, case_path, benefits, point_value, schema, encoding):
     """Estimate one case for a hospital at discharge time; prints JSON on stdout.
 
     A bad case still answers (with its reason, exit 0); a bad rule set, policy, registry or
@@ -64,22 +63,11 @@ def command(rules, pricing, hospitals, case_path, benefits, point_value, schema,
     rules, pricing = resolve_rules_dir(rules), resolve_pricing_dir(pricing)
     benefits = [resolve_pricing_dir(b) for b in benefits]
 
-    is_table = case_path != "-" and Path(case_path).suffix.lower() in TABLE_SUFFIXES
-    if sheet is not None and not (is_table and Path(case_path).suffix.lower() in (".xlsx", ".xlsm")):
-        raise click.UsageError("--sheet applies to an .xlsx case file")
-    if is_table:
-        from dipengine.io import read_table
-
-        cases = read_table(case_path, encoding=encoding, sheet=sheet).to_pylist()
-        if not cases:
-            raise DataError("the case table has no rows", file=case_path)
-    else:
-        cases = [_read_json(case_path, encoding)]
+    case = _read_json(case_path, encoding)
     if benefits:
         own = Path(pricing) / "benefits.csv"
         bdirs = ([pricing] if own.exists() else []) + benefits
     else:
         bdirs = None  # the pricing dir's benefits.csv when it has one, else no split
     est = Estimator(rules, pricing, hospitals, point_value=point_value, benefits=bdirs, schema=schema)
-    answers = [est.estimate(c) for c in cases]
-    click.echo(json.dumps(answers[0] if len(answers) == 1 else answers, ensure_ascii=False, indent=2))
+    click.echo(json.dumps(est.estimate(case), ensure_ascii=False, indent=2))
