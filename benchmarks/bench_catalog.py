@@ -2,70 +2,104 @@
 
 asv-style class (sizes from ``benchmarks/common.py`` profiles); also runnable as a script::
 
-    python benchmarks/bench_catalog.py [--cases 3000000] [--years 3] [--dir /tmp/dipbench]
+    python benchmarks/bench_catalog.py [--total 1000000,5000000] [--cases N] [--years 3]
+                                       [--dir /tmp/dipbench_catalog] [--pythonpath DIR] [--json]
 
-which writes ``--years`` synthetic history years of ``--cases`` cases each as Parquet (raw
-contract §2 input, made by :func:`dipengine.synth.synth_region`; reused when present), then
-builds the catalogue from the files — reading and validating included — in a fresh process and
-prints the wall time and the peak resident memory. The goal: 3 years x 3M cases in under 60 s
-with peak memory under 4 GiB.
+which writes synthetic history years with ``dipengine synth`` (raw contract §2 Parquet, one
+shared hospital registry; reused when present), then runs ``dipengine catalog build --history
+... --hospitals ... --out ... --pricing-out ...`` — reading and validating included — as a
+child process and prints its wall time and its peak resident memory (``ru_maxrss`` of the
+child, from ``os.wait4``). ``--total`` gives whole-history sizes, split as evenly as possible
+over ``--years`` files; ``--cases`` gives cases per year instead. ``--pythonpath`` puts another
+copy of the package first on the child's path (to measure a tree before a change against one
+after). The goal: 3 years x 3M cases in under 60 s with peak memory under 4 GiB; peak memory
+should not grow with the number of history cases (it grows with batch size, groups and years).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import pyarrow.csv as pcsv
-import pyarrow.parquet as pq
 
 try:
     from benchmarks import common
 except ImportError:  # run as a script (python benchmarks/bench_catalog.py): this directory is on sys.path
     import common
 
-YEARS = (2024, 2025, 2026)
+LAST_YEAR = 2026
+SEED = 42
 
 
-def make_history(directory, n_cases: int, n_years: int = 3, seed: int = 42) -> tuple[list[str], str]:
-    """Write history Parquet files and hospitals.csv (skipped when already there)."""
-    from dipengine.synth import synth_hospitals, synth_region
+def _synth(out: Path, year: int, n: int, hospitals: Path | None, env: dict) -> None:
+    """``dipengine synth`` into ``out`` (written to a temporary name, then renamed)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    cmd = [sys.executable, "-m", "dipengine", "synth", "--year", str(year), "--cases", str(n),
+           "--seed", str(SEED), "--out", str(tmp)]
+    if hospitals is not None:
+        cmd += ["--hospitals", str(hospitals)]
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    os.replace(tmp, out)
 
+
+def make_history(directory, sizes: list[int], env: dict | None = None) -> tuple[list[str], str]:
+    """History files (oldest first, one per entry of ``sizes``) and hospitals.csv, via ``dipengine synth``.
+
+    Parameters
+    ----------
+    directory : path
+        Cache folder; a year already there (same size, year and seed) is reused.
+    sizes : list of int
+        Cases per history year, oldest first; the last year is 2026.
+    env : dict, optional
+        Environment of the ``dipengine synth`` processes.
+
+    Returns
+    -------
+    (list of str, str)
+        The ``cases.parquet`` paths and the ``hospitals.csv`` path.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    hosp_path = directory / "hospitals.csv"
-    if not hosp_path.exists():
-        pcsv.write_csv(synth_hospitals(seed=seed), hosp_path)
-    from dipengine.hospitals import read_hospitals
-
-    hosp = read_hospitals(hosp_path)
+    env = dict(os.environ) if env is None else env
+    hosp_dir = directory / f"hospitals_s{SEED}"
+    if not hosp_dir.exists():
+        _synth(hosp_dir, LAST_YEAR, 0, None, env)
+    hosp = hosp_dir / "hospitals.csv"
     paths = []
-    for year in range(YEARS[-1] - n_years + 1, YEARS[-1] + 1):
-        p = directory / f"history_{year}_{n_cases}.parquet"
-        if not p.exists():
-            cases, _ = synth_region(year, n_cases, seed=seed, hospitals=hosp)
-            pq.write_table(cases, p)
-            del cases
-        paths.append(str(p))
-    return paths, str(hosp_path)
+    first = LAST_YEAR - len(sizes) + 1
+    for i, n in enumerate(sizes):
+        d = directory / f"synth_y{first + i}_n{n}_s{SEED}"
+        if not d.exists():
+            _synth(d, first + i, n, hosp, env)
+        paths.append(str(d / "cases.parquet"))
+    return paths, str(hosp)
 
 
-def build_once(paths, hospitals, out) -> dict:
-    """Build from files in this process; wall time and peak RSS (MiB)."""
-    from dipengine.catalog import build_catalog
+def split(total: int, years: int) -> list[int]:
+    """``total`` cases over ``years`` files, as evenly as possible (the newest get the extra ones)."""
+    q, r = divmod(total, years)
+    return [q + (1 if i >= years - r else 0) for i in range(years)]
 
-    t = time.perf_counter()
-    res = build_catalog(paths, hospitals, Path(out) / "rules", Path(out) / "pricing")
-    secs = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": round(secs, 2), "peak_mib": round(peak), "cases": sum(res.cases_used),
-            "groups": res.counts, "budget_point_value": res.budget_point_value}
+
+def run_build(paths: list[str], hospitals: str, out: Path, env: dict) -> dict:
+    """Run ``dipengine catalog build`` as a child process; wall seconds and peak RSS (MiB)."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "dipengine", "catalog", "build", "--history", *paths,
+           "--hospitals", hospitals, "--out", str(out / "rules"), "--pricing-out", str(out / "pricing")]
+    r = common.run_process(cmd, env=env, what="catalog build")
+    groups = {}
+    for line in r["stdout"].splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("core", "basic", "comprehensive", "blank"):
+            groups[parts[0]] = int(parts[1].replace(",", ""))
+    return {"seconds": round(r["seconds"], 2), "peak_mib": round(r["peak_mib"]), "groups": groups}
 
 
 class CatalogBuild:
@@ -98,23 +132,37 @@ class CatalogBuild:
     track_groups.unit = "groups"
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=3_000_000, help="cases per history year")
-    ap.add_argument("--years", type=int, default=3)
+    ap.add_argument("--total", default=None, help="whole-history sizes, comma-separated [default: 1000000,5000000]")
+    ap.add_argument("--cases", default=None, help="cases per history year instead (comma-separated sizes)")
+    ap.add_argument("--years", type=int, default=3, help="history files per build")
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "dipbench_catalog"))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pythonpath", default=None, help="directory put first on the child's PYTHONPATH")
+    ap.add_argument("--json", action="store_true", help="also print one JSON line per build")
     args = ap.parse_args()
-    paths, hosp = make_history(args.dir, args.cases, args.years)
-    if args.child:
-        print(json.dumps(build_once(paths, hosp, Path(args.dir) / "out")))
-        return
-    # a fresh process, so that peak memory is the build's alone
-    out = subprocess.run([sys.executable, __file__, "--child", "--cases", str(args.cases), "--years",
-                          str(args.years), "--dir", args.dir], check=True, capture_output=True, text=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{args.years} years x {args.cases:,} cases: built in {r['seconds']} s, peak RSS {r['peak_mib']:,} MiB "
-          f"({r['cases']:,} cases used; groups {r['groups']}; budget point value {r['budget_point_value']:.4f})")
+    env = dict(os.environ)
+    if args.pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (args.pythonpath, env.get("PYTHONPATH")) if p)
+    if args.cases is not None:
+        runs = [[n] * args.years for n in _ints(args.cases)]
+    else:
+        runs = [split(n, args.years) for n in _ints(args.total or "1000000,5000000")]
+    root = Path(args.dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    os.chdir(root)  # children run here: `python -m` puts the working directory first on their path
+    for sizes in runs:
+        paths, hosp = make_history(root, sizes, env)
+        r = run_build(paths, hosp, root / "out", env)
+        total = sum(sizes)
+        print(f"{args.years} years, {total:,} history cases: built in {r['seconds']} s, "
+              f"peak RSS {r['peak_mib']:,} MiB (groups {r['groups']})", flush=True)
+        if args.json:
+            print(json.dumps({"history_cases": total, "years": args.years, **r}), flush=True)
 
 
 if __name__ == "__main__":

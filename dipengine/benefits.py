@@ -635,6 +635,495 @@ def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
     })
 
 
+# --------------------------------------------------------------------------- bounded memory: partition and spill
+
+PARTITION_ROWS = 1 << 20
+"""Most rows :func:`spill_benefits` hands :func:`compute_benefits` at once (when it chooses the
+partitions itself): the memory of a run is about that of ``compute_benefits`` on this many rows."""
+SPILL_BUCKETS = 32
+"""Hash buckets of a spill whose row count is not known up front (``n_rows=None``); after the
+spill, consecutive buckets are joined into partitions of at most :data:`PARTITION_ROWS` rows and
+a larger bucket is split again."""
+MERGE_ROWS = 1 << 20
+"""Rows of partition results :class:`BenefitSpill` reads ahead, over all partitions together
+(one chunk per partition, at least 1,024 and at most 65,536 rows each)."""
+
+_S = pa.string()
+BENEFIT_INPUT = (
+    ("case_id", _S), ("hospital_id", _S), ("patient_id", _S), ("insurance_type", _S), ("person_type", _S),
+    ("insured_region", _S), ("remote_filing", _S), ("admit_date", pa.date32()), ("discharge_date", pa.date32()),
+    ("total_cost_fen", pa.int64()), ("out_of_catalogue_cost_fen", pa.int64()), ("class_b_cost_fen", pa.int64()),
+    ("other_fund_paid_fen", pa.int64()), ("fund_paid_fen", pa.int64()), ("reason", _S),
+)
+"""The case columns :func:`compute_benefits` reads, with the types it reads them as (an absent
+column is all nulls, exactly as ``compute_benefits`` takes it)."""
+BENEFIT_COLUMNS = tuple(name for name, _ in BENEFIT_INPUT)
+_ROW = "__dipengine_row__"  # row number of a spilled case (int64), never an output column
+_U64 = np.uint64
+_GOLDEN = _U64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic): a fixed, well-spread hash."""
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def partition_of(patient_id: pa.Array, rows: np.ndarray, n_parts: int, salt: int = 0) -> np.ndarray:
+    """Hash partition of each case: all cases of one ``patient_id`` get the same one.
+
+    Vectorised over the string bytes (no Python per case) and the same on every run and
+    machine (no process-salted ``hash``).
+
+    Parameters
+    ----------
+    patient_id : pa.Array of string
+        One value per case; null = no patient (the case is its own patient).
+    rows : int64 ndarray
+        Row number of each case; a case without ``patient_id`` is placed by it (any partition
+        would do: it shares admissions with nobody).
+    n_parts : int
+        Number of partitions (>= 1).
+    salt : int
+        Another salt gives an independent split (:func:`spill_benefits` uses it to split a
+        bucket again).
+
+    Returns
+    -------
+    int64 ndarray
+        Partition in ``[0, n_parts)`` of each case.
+    """
+    n = len(patient_id)
+    salt_u = _mix64(np.array([salt], dtype=np.uint64) + _GOLDEN)[0]
+    h = _mix64(np.asarray(rows, dtype=np.int64).astype(np.uint64) ^ salt_u ^ _GOLDEN)
+    valid = np.asarray(pc.is_valid(patient_id).to_numpy(zero_copy_only=False), dtype=bool)
+    if n and valid.any():
+        bufs = patient_id.buffers()
+        off = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=patient_id.offset * 4).astype(np.int64)
+        lo, hi = int(off[0]), int(off[-1])
+        data = (np.frombuffer(bufs[2], dtype=np.uint8)[lo:hi] if bufs[2] is not None and hi > lo
+                else np.zeros(0, dtype=np.uint8))
+        length = np.diff(off)
+        pos = np.arange(hi - lo, dtype=np.int64) - np.repeat(off[:-1] - lo, length)
+        # a random word per (position, byte), summed per string: tabulation hashing over the bytes
+        word = _mix64(((pos.astype(np.uint64) << _U64(8)) | data.astype(np.uint64)) ^ salt_u)
+        total = np.zeros(hi - lo + 1, dtype=np.uint64)
+        np.cumsum(word, out=total[1:])
+        per_id = _mix64(total[off[1:] - lo] - total[off[:-1] - lo] + length.astype(np.uint64) * _GOLDEN)
+        h = np.where(valid, per_id, h)
+    return (h % _U64(max(1, int(n_parts)))).astype(np.int64)
+
+
+def _benefit_input(batch, carry_types: dict, rows: np.ndarray) -> pa.RecordBatch:
+    """The spilled form of one case batch: :data:`BENEFIT_INPUT`, the carried columns, row numbers."""
+    t = _as_table(batch)
+    cols = [_column(t, name, typ) for name, typ in BENEFIT_INPUT]
+    cols += [_column(t, name, typ) for name, typ in carry_types.items()]
+    names = list(BENEFIT_COLUMNS) + list(carry_types) + [_ROW]
+    return pa.RecordBatch.from_arrays(cols + [pa.array(rows, pa.int64())], names=names)
+
+
+def _result_schema(carry_types: dict) -> pa.Schema:
+    """Schema of :meth:`BenefitSpill.read`: :func:`compute_benefits`' columns, then the carried ones."""
+    empty = pa.schema(list(BENEFIT_INPUT)).empty_table()
+    rules = BenefitRules(regions=(), keys={}, lookup=np.full((0, 2, 5, 3, 3, 5), -1, np.int32),
+                         deductible_fen=np.zeros(0, np.int64), deductible_repeat_fen=np.zeros(0, np.int64),
+                         annual_cap_fen=np.zeros(0, np.int64), class_b_ppm=np.zeros(0, np.int64),
+                         band_offsets=np.zeros(1, np.int64), band_upper_fen=np.zeros(0, np.int64),
+                         band_ratio_ppm=np.zeros(0, np.int64))
+    hosp = pa.table({"hospital_id": pa.array([], _S), "level": pa.array([], pa.int8()),
+                     "region": pa.array([], _S)})
+    schema = compute_benefits(empty, rules, hosp).schema
+    for name, typ in carry_types.items():
+        schema = schema.append(pa.field(name, typ))
+    return schema
+
+
+class _Bucket:
+    """One spill file (an Arrow IPC stream) and the rows written to it."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.rows = path, 0
+        self._sink = pa.output_stream(str(path), buffer_size=1 << 16)
+        self._writer = pa.ipc.new_stream(self._sink, schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = None
+
+
+def _scatter(batch: pa.RecordBatch, part: np.ndarray, buckets: list) -> None:
+    """Append each row of ``batch`` to ``buckets[part]``, keeping the rows' order in each bucket."""
+    if len(buckets) == 1:
+        buckets[0].write(batch)
+        return
+    order = np.argsort(part, kind="stable")
+    counts = np.bincount(part, minlength=len(buckets))
+    ends = np.cumsum(counts)
+    moved = batch.take(pa.array(order))
+    for p in np.flatnonzero(counts):
+        buckets[p].write(moved.slice(int(ends[p] - counts[p]), int(counts[p])))
+
+
+def _read_stream(path: Path):
+    """The record batches of a spill file, one at a time (read, not memory-mapped)."""
+    with pa.input_stream(str(path)) as source:
+        reader = pa.ipc.open_stream(source)
+        for batch in reader:
+            yield batch
+
+
+def _split_large(buckets: list, directory: Path, schema: pa.Schema, limit: int) -> list:
+    """Buckets above ``limit`` rows split again by another salt of :func:`partition_of`, until all
+    fit (a bucket that does not split, e.g. one patient's admissions, is kept whole)."""
+    out, work, salt, serial = [], [(b, 1) for b in buckets], 0, itertools.count()
+    while work:
+        bucket, salt = work.pop(0)
+        if bucket.rows <= limit or salt > 8:
+            out.append(bucket)
+            continue
+        k = -(-bucket.rows // limit) + 1
+        subs = [_Bucket(directory / f"s{next(serial)}.arrows", schema) for _ in range(k)]
+        try:
+            for batch in _read_stream(bucket.path):
+                rows = batch.column(_ROW).to_numpy()
+                _scatter(batch, partition_of(batch.column("patient_id"), rows, k, salt), subs)
+        finally:
+            for s in subs:
+                s.close()
+        bucket.path.unlink()
+        if max(s.rows for s in subs) == bucket.rows:  # nothing to split: one patient, or one row
+            out.extend(s for s in subs if s.rows)
+            continue
+        work[:0] = [(s, salt + 1) for s in subs]
+    return out
+
+
+def _join_small(buckets: list, limit: int) -> list:
+    """Consecutive buckets joined while their rows stay within ``limit`` (empty ones dropped)."""
+    groups, current, rows = [], [], 0
+    for b in buckets:
+        if not b.rows:
+            b.path.unlink(missing_ok=True)
+            continue
+        if current and rows + b.rows > limit:
+            groups.append(current)
+            current, rows = [], 0
+        current.append(b)
+        rows += b.rows
+    if current:
+        groups.append(current)
+    return groups
+
+
+class _Cursor:
+    """Reads one partition's result file forward, handing out its rows below a row number."""
+
+    def __init__(self, path: Path):
+        self._source = pa.input_stream(str(path))
+        self._reader = pa.ipc.open_stream(self._source)
+        self._batch, self._rows, self._at = None, np.zeros(0, np.int64), 0
+
+    def take_below(self, end: int, pieces: list, rows: list) -> None:
+        """Append to ``pieces`` / ``rows`` the next rows whose row number is below ``end``."""
+        while True:
+            if self._at == len(self._rows):
+                if self._reader is None:
+                    return
+                try:
+                    self._batch = self._reader.read_next_batch()
+                except StopIteration:
+                    self.close()
+                    return
+                self._rows, self._at = self._batch.column(_ROW).to_numpy(), 0
+            k = int(np.searchsorted(self._rows, end, side="left"))
+            if k > self._at:
+                pieces.append(self._batch.slice(self._at, k - self._at))
+                rows.append(self._rows[self._at:k])
+                self._at = k
+            if k < len(self._rows):
+                return
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader = None
+            self._source.close()
+
+
+def _remove_spill(directory: str, cursors: list) -> None:
+    import shutil
+
+    for c in cursors:
+        c.close()
+    cursors.clear()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+class BenefitSpill:
+    """The benefits of a case stream, computed by partition and kept on disk (:func:`spill_benefits`).
+
+    Read back in row order with :meth:`read` (consecutive ranges, any sizes) or :meth:`batches`;
+    :meth:`close` (or leaving the ``with`` block, or the object's collection) removes the
+    temporary directory.
+
+    Attributes
+    ----------
+    n_rows : int
+        Cases spilled (rows of the input stream).
+    partitions : int
+        Partitions ``compute_benefits`` ran on (non-empty ones).
+    schema : pa.Schema
+        What :meth:`read` returns: the columns of :func:`compute_benefits` (same names, types and
+        order), then the ``carry`` columns.
+    directory : pathlib.Path
+        The temporary directory of the spill files.
+    position : int
+        Next row :meth:`read` expects.
+    """
+
+    def __init__(self, directory: Path, schema: pa.Schema):
+        import weakref
+
+        self.directory = directory
+        self.schema = schema
+        self.n_rows = 0
+        self.partitions = 0
+        self.position = 0
+        self._spill_schema: pa.Schema | None = None  # the spilled cases' layout (set by spill_benefits)
+        self._results: list = []
+        self._cursors: list = []
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _remove_spill, str(directory), self._cursors)
+
+    def _compute(self, groups: list, rules: BenefitRules, hosp: pa.Table, carry: tuple, progress) -> None:
+        """Run :func:`compute_benefits` on each partition; write its results with the row numbers."""
+        chunk = max(1024, min(65536, MERGE_ROWS // max(1, len(groups))))
+        done = 0
+        for i, group in enumerate(groups):
+            tables = [pa.Table.from_batches(list(_read_stream(b.path)), schema=self._spill_schema) for b in group]
+            cases = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0].combine_chunks()
+            del tables
+            if len(group) > 1:  # joined buckets: back into row order (each bucket already is)
+                cases = cases.take(pa.array(np.argsort(cases[_ROW].to_numpy(), kind="stable")))
+            result = compute_benefits(cases, rules, hosp)
+            for name in carry:
+                result = result.append_column(name, cases[name])
+            result = result.append_column(_ROW, cases[_ROW])
+            path = self.directory / f"r{i}.arrows"
+            with pa.output_stream(str(path), buffer_size=1 << 16) as sink:
+                with pa.ipc.new_stream(sink, result.schema) as writer:
+                    writer.write_table(result, max_chunksize=chunk)
+            self._results.append(path)
+            done += cases.num_rows
+            del cases, result
+            for b in group:
+                b.path.unlink()
+            if progress is not None:
+                progress(done, self.n_rows)
+        self.partitions = len(groups)
+
+    def read(self, start: int, n: int) -> pa.Table:
+        """The benefits of rows ``[start, start + n)`` of the input stream (fewer at its end).
+
+        Parameters
+        ----------
+        start : int
+            First row (0-based, in input order); must be :attr:`position`, where the previous
+            call ended (0 at first): ranges are read consecutively, forward.
+        n : int
+            Rows wanted (>= 0), any size.
+
+        Returns
+        -------
+        pa.Table
+            :attr:`schema`; row ``i`` is the ``compute_benefits`` row of input row ``start + i``
+            (money int64 fen, ``admission_no`` int32, ``cap_reached`` bool), exactly as on the
+            whole table at once.
+
+        Raises
+        ------
+        ValueError
+            ``start`` is not :attr:`position`, ``n`` is negative, or the spill is closed.
+        """
+        if self._closed:
+            raise ValueError("BenefitSpill.read: the spill is closed")
+        if start != self.position:
+            raise ValueError(f"BenefitSpill.read: ranges are read in order; the next row is {self.position}, "
+                             f"not {start}")
+        if n < 0:
+            raise ValueError(f"BenefitSpill.read: n must be >= 0, not {n}")
+        end = min(start + int(n), self.n_rows)
+        if end <= start:
+            return self.schema.empty_table()
+        if not self._cursors:
+            self._cursors.extend(_Cursor(p) for p in self._results)
+        pieces, rows = [], []
+        for c in self._cursors:
+            c.take_below(end, pieces, rows)
+        got = np.concatenate(rows)
+        if len(got) != end - start:  # every row is in exactly one partition
+            raise RuntimeError(f"benefit spill: rows {start}-{end} incomplete ({len(got)} found)")
+        table = pa.Table.from_batches(pieces).drop_columns([_ROW]).combine_chunks()
+        if len(self._cursors) > 1:  # k-way merge: row start + i is where the pieces hold it
+            where = np.empty(len(got), dtype=np.int64)
+            where[got - start] = np.arange(len(got), dtype=np.int64)
+            table = table.take(pa.array(where))
+        self.position = end
+        return table
+
+    def batches(self, batch_size: int):
+        """:meth:`read` from :attr:`position` to the end, ``batch_size`` rows at a time (tables)."""
+        if batch_size < 1:
+            raise ValueError(f"BenefitSpill.batches: batch_size must be >= 1, not {batch_size}")
+        while self.position < self.n_rows:
+            yield self.read(self.position, batch_size)
+
+    def close(self) -> None:
+        """Close the files and remove the temporary directory (idempotent)."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def spill_benefits(batches, rules: BenefitRules, hospitals, *, n_rows: int | None = None, spill_dir=None,
+                   partitions: int | None = None, carry=(), progress=None) -> BenefitSpill:
+    """:func:`compute_benefits` of a stream of case batches in bounded memory, kept on disk.
+
+    Admission numbers and the annual cap follow each patient over the whole stream, so the
+    cases are hash-partitioned by ``patient_id`` (:func:`partition_of`; a case without one is
+    its own patient) into temporary Arrow IPC files, with their row numbers. The unchanged
+    ``compute_benefits`` then runs on each partition, in row order: all admissions of a patient
+    are in one partition, so admission numbers, caps and ``case_id`` tie-breaks are exactly those
+    of the whole table. Each partition's result is written with its row numbers;
+    :meth:`BenefitSpill.read` merges them back into row order. Memory is that of one partition
+    (at most :data:`PARTITION_ROWS` rows when the partitions are chosen here) plus the batches.
+
+    Usage::
+
+        with spill_benefits(iter_cases(path, hospitals), rules, hospitals) as spill:
+            for start, batch in ...:                      # any consecutive ranges, in row order
+                benefits = spill.read(start, batch.num_rows)
+
+    Parameters
+    ----------
+    batches : iterable of pa.RecordBatch or pa.Table
+        The normalised case table in row order, in pieces of any size (as
+        :func:`dipengine.reader.iter_cases` / ``map_cases`` yield it). Only the columns of
+        :data:`BENEFIT_COLUMNS` (and ``carry``) are kept; absent ones count as null, as for
+        ``compute_benefits``.
+    rules : BenefitRules
+        From :func:`load_benefits`.
+    hospitals : path or pa.Table
+        The registry (:func:`dipengine.hospitals.read_hospitals`), read once.
+    n_rows : int, optional
+        Expected number of cases, to size the partitions (``ceil(n_rows / PARTITION_ROWS)``);
+        a hint only. Without it the cases go to :data:`SPILL_BUCKETS` buckets, joined
+        afterwards into partitions of at most ``PARTITION_ROWS``; with either, a partition that
+        turns out larger is split again (by another salt of the hash).
+    spill_dir : path, optional
+        Where the temporary directory is made (default: the system's, ``TMPDIR``).
+    partitions : int, optional
+        Exactly this many hash partitions, neither joined nor split (tests, tuning).
+    carry : sequence of str
+        Input columns returned by :meth:`BenefitSpill.read` after the benefit columns (e.g.
+        ``("insurance_type",)`` for a summary); an absent one is null strings. May not be a
+        name of a ``compute_benefits`` output column.
+    progress : callable, optional
+        ``progress(cases_computed, n_rows)``, called after each partition.
+
+    Returns
+    -------
+    BenefitSpill
+        ``read(start, n) -> pa.Table``: the ``compute_benefits`` columns (money int64 fen) of
+        rows ``[start, start + n)``, ranges consecutive from 0; ``batches(batch_size)``;
+        ``close()`` (also a context manager) removes the temporary files. The results equal
+        ``compute_benefits`` on the whole table, for every batching and partition count.
+
+    Raises
+    ------
+    DataError
+        Whatever reading ``batches`` raises; the temporary files are removed first (as on any
+        error).
+    ValueError
+        ``partitions`` < 1, or a ``carry`` name that is an output column.
+    """
+    import tempfile
+
+    if partitions is not None and int(partitions) < 1:
+        raise ValueError(f"spill_benefits: partitions must be >= 1, not {partitions}")
+    carry = tuple(carry)
+    hosp = _hospital_table(hospitals)
+    base_schema = _result_schema({})
+    clash = [c for c in carry if c in base_schema.names or c == _ROW]
+    if clash:
+        raise ValueError(f"spill_benefits: carry column {clash[0]!r} is a benefits output column")
+    if partitions is not None:
+        n_buckets = int(partitions)
+    elif n_rows is not None:
+        n_buckets = max(1, -(-int(n_rows) // PARTITION_ROWS))
+    else:
+        n_buckets = SPILL_BUCKETS
+    directory = Path(tempfile.mkdtemp(prefix="dipengine-benefits-", dir=spill_dir))
+    spill = BenefitSpill(directory, base_schema)
+    buckets: list = []
+    try:
+        carry_types: dict | None = None
+        pos = 0
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            if carry_types is None:  # the spill's layout, from the first batch
+                names = batch.schema.names
+                carry_types = {}
+                for c in carry:
+                    if c in BENEFIT_COLUMNS:
+                        continue
+                    typ = batch.schema.field(c).type if c in names else _S
+                    carry_types[c] = typ.value_type if pa.types.is_dictionary(typ) else typ
+                part_schema = _benefit_input(pa.table({}), carry_types, np.zeros(0, np.int64)).schema
+                spill._spill_schema = part_schema
+                buckets = [_Bucket(directory / f"b{k}.arrows", part_schema) for k in range(n_buckets)]
+            rows = np.arange(pos, pos + batch.num_rows, dtype=np.int64)
+            cases = _benefit_input(batch, carry_types, rows)
+            _scatter(cases, partition_of(cases.column("patient_id"), rows, n_buckets), buckets)
+            pos += batch.num_rows
+        for b in buckets:
+            b.close()
+        spill.n_rows = pos
+        spill.schema = _result_schema({c: (carry_types or {}).get(c, dict(BENEFIT_INPUT).get(c, _S))
+                                       for c in carry})
+        if partitions is None and buckets:
+            buckets = _split_large(buckets, directory, spill._spill_schema, PARTITION_ROWS)
+            groups = _join_small(buckets, PARTITION_ROWS)
+        else:
+            groups = [[b] for b in buckets if b.rows]
+            for b in buckets:
+                if not b.rows:
+                    b.path.unlink()
+        spill._compute(groups, rules, hosp, carry, progress)
+    except BaseException:
+        for b in buckets:
+            b.close()
+        spill.close()
+        raise
+    return spill
+
+
 # --------------------------------------------------------------------------- pure-Python twin
 
 

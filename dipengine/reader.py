@@ -10,9 +10,11 @@ returned. :func:`iter_cases` streams the same rows batch by batch.
 Everything is vectorised: string columns are dictionary-encoded and normalised once per
 distinct value, numbers and dates are parsed per distinct value or by kernels, duplicate
 ``case_id`` detection runs in the :class:`dipengine._libs.validate.SeenSet` kernel, whose state
-is carried across batches. :func:`map_cases` runs the batches on several threads (the duplicate
-pass stays sequential, in input order) and can yield *lean* batches with only the grouper's
-columns. :func:`dipengine.case.read_cases_reference` is the slow row-by-row twin.
+is carried across batches (for a large file set, :func:`dipengine.duplicates.find_repeats` finds
+the same rows in bounded memory before the first batch, see :data:`DUPLICATE_SPILL_ROWS`).
+:func:`map_cases` runs the batches on several threads (the duplicate pass stays sequential, in
+input order) and can yield *lean* batches with only the grouper's columns.
+:func:`dipengine.case.read_cases_reference` is the slow row-by-row twin.
 
 Choices made here (see docs/validate.md):
 
@@ -787,7 +789,7 @@ class _Context:
         self.schema = load_schema(schema)
         self.values = self.schema.values  # column -> CodeValues (national code values and the like)
 
-        self.seen = SeenSet()
+        self.seen = SeenSet()  # the duplicate pass: a SeenSet, or a duplicates.RepeatMarker (_duplicate_marker)
         self.cache = DictionaryCache(32)  # per row group: six enumerations, four code columns
         self.period = parse_period(period)
         self.period_text = None if period is None else str(period).strip()
@@ -877,8 +879,150 @@ def _mark_duplicates(batch: pa.RecordBatch, ctx: _Context):
     case_id = _text_column(batch.column(names.index("case_id")) if "case_id" in names else None, batch.num_rows)
     data, offsets, valid = _string_buffers(case_id)
     dup = np.zeros(batch.num_rows, dtype=np.uint8)
-    ctx.seen.mark(data, offsets, valid, dup)
+    ctx.seen.mark(data, offsets, valid, dup)  # SeenSet, or RepeatMarker answering from the pre-pass
     return case_id, dup, valid
+
+
+DUPLICATE_SPILL_ROWS = 2_000_000
+"""Rows from which :func:`map_cases` (``duplicates="auto"``) finds the repeated ``case_id`` rows by
+the bounded-memory pre-pass (:func:`dipengine.duplicates.find_repeats`) instead of an in-memory
+``SeenSet`` (about 62 bytes per case), when the source is a Parquet file, directory or glob or an
+Arrow IPC file whose ``case_id`` column can be read alone. Both give the same rows."""
+
+DUPLICATE_MODES = ("auto", "memory", "spill")
+"""Values of ``map_cases(duplicates=...)``."""
+
+_PREPASS_BATCH = 1 << 20  # ids per batch of the pre-pass read (one column: about 30 MB)
+
+
+class _ScanError(Exception):
+    """The pre-pass could not read the source (the run then reads it once and reports that)."""
+
+
+def _case_id_source(names, spec) -> str | None:
+    """The input column that becomes ``case_id`` in the batches of a source with columns ``names``
+    (what :func:`_mark_duplicates` reads after ``spec.apply``), or None if it is not one plain column."""
+    out = list(names) if spec.identity else spec.output_names(names)
+    if out.count("case_id") != 1:
+        return None
+    i = out.index("case_id")
+    if i >= len(names) or list(names).count(names[i]) != 1:  # a computed column, or ambiguous by name
+        return None
+    return names[i]
+
+
+def _parquet_ids(path, column):
+    f = pq.ParquetFile(path)
+    try:
+        for b in f.iter_batches(batch_size=_PREPASS_BATCH, columns=[column]):
+            yield b.column(0)
+    finally:
+        f.close()
+
+
+def _dataset_ids(files, column):
+    import pyarrow.dataset as ds
+
+    # the schema is inferred from the first file, as _open's dataset does; batches come in file order
+    dataset = ds.dataset(files, format="parquet")
+    for b in dataset.scanner(columns=[column], batch_size=_PREPASS_BATCH).to_batches():
+        yield b.column(0)
+
+
+def _ipc_ids(path, spec):
+    import pyarrow.ipc as ipc
+
+    def batches(options=None):  # as io._read_ipc: the file format, else the stream format
+        src = pa.memory_map(path)
+        try:
+            try:
+                r, file_format = ipc.open_file(src, options=options), True
+            except pa.ArrowInvalid:
+                src.close()
+                src = pa.memory_map(path)
+                r, file_format = ipc.open_stream(src, options=options), False
+            yield r.schema
+            if file_format:
+                for k in range(r.num_record_batches):
+                    yield r.get_batch(k)
+            else:
+                yield from r
+        finally:
+            src.close()
+
+    it = batches()
+    names = next(it).names
+    it.close()
+    column = _case_id_source(names, spec)
+    if column is None:
+        raise _ScanError("no plain case_id column")
+    it = batches(ipc.IpcReadOptions(included_fields=[names.index(column)]))
+    next(it)
+    for b in it:
+        yield b.column(0)
+
+
+def _case_id_columns(source, spec, read_options: bool):
+    """The raw column that becomes ``case_id``, batch by batch in the run's row order, read alone
+    from a source that can be read twice: a Parquet file, directory or glob (read as :func:`_open`
+    and :func:`_open_mapped` read it) or one Arrow IPC file. None for other sources (in-memory
+    tables, CSV, workbooks, a nested extract, Parquet with ``encoding``/``sheet``), or when
+    ``case_id`` is computed rather than read."""
+    files = _iomod().source_files(source)
+    if not files:
+        return None
+    if not spec.identity:
+        from dipengine.schemas import nested_files
+
+        if nested_files(source, spec) is not None:
+            return None
+    if _is_parquet(source):
+        if read_options:
+            return None
+        if len(files) == 1:
+            column = _case_id_source(pq.read_schema(files[0]).names, spec)
+            return None if column is None else _parquet_ids(files[0], column)
+        import pyarrow.dataset as ds
+
+        column = _case_id_source(ds.dataset(files, format="parquet").schema.names, spec)
+        return None if column is None else _dataset_ids(files, column)
+    if len(files) == 1 and _iomod()._kind(files[0]) == "ipc":
+        return _ipc_ids(files[0], spec)
+    return None
+
+
+def _cleaned(columns):
+    """The pre-pass's ids: each raw column cleaned exactly as :func:`_mark_duplicates` cleans it."""
+    try:
+        for col in columns:
+            yield _text_column(col, len(col))
+    except (pa.ArrowException, OSError, DataError, ValueError) as e:
+        raise _ScanError(str(e)) from e
+
+
+def _duplicate_marker(mode, scan, total, label, spill_dir):
+    """The run's duplicate pass: a :class:`~dipengine.duplicates.RepeatMarker` from the pre-pass
+    when ``mode`` asks for it and ``scan()`` (:func:`_case_id_columns`) can read the ids, else a
+    ``SeenSet`` sized for ``total`` rows."""
+    from dipengine._libs.validate import SeenSet
+
+    if mode == "spill" or (mode == "auto" and total is not None and total >= DUPLICATE_SPILL_ROWS):
+        from dipengine.duplicates import RepeatMarker, find_repeats
+
+        try:
+            columns = scan()
+        except (pa.ArrowException, OSError, DataError, ValueError):
+            columns = None
+        if columns is not None:
+            try:
+                rows, n = find_repeats(_cleaned(columns), total, spill_dir=spill_dir)
+            except _ScanError:  # not this way: the run reads the source and reports what is wrong
+                rows, n = None, None
+            if rows is not None and n == total:
+                return RepeatMarker(rows, n, label)
+    seen = SeenSet()
+    seen.reserve(total, 0)
+    return seen
 
 
 def _normalise_batch(batch: pa.RecordBatch, ctx: _Context, marked=None, lean: bool = False) -> pa.RecordBatch:
@@ -1238,13 +1382,13 @@ def worker_count(workers: int | None) -> int:
 def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, progress=None,
               batch_size: int = _BATCH_SIZE, workers: int | None = 1, lean: bool = False,
               depth: int | None = None, schema=None, encoding: str | None = None,
-              sheet=None) -> Iterator:
+              sheet=None, duplicates: str = "auto", spill_dir=None) -> Iterator:
     """Normalise the cases batch by batch and yield ``fn(batch)`` for each, in input order.
 
     The duplicate-``case_id`` pass runs on the batches one after the other, in input order (its
     state spans the run); the rest of each batch's work, ``fn`` included, runs on ``workers``
     threads (Arrow compute, numpy and the kernels release the GIL). Results do not depend on
-    ``workers`` or ``batch_size``.
+    ``workers``, ``batch_size`` or ``duplicates``.
 
     Parameters
     ----------
@@ -1262,9 +1406,21 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
     depth : int, optional
         Batches read ahead of the consumer (default ``workers + 1``); more lets the workers run
         on while the consumer is busy elsewhere, at the cost of memory.
+    duplicates : {"auto", "memory", "spill"}
+        How repeated ``case_id`` rows are found. ``"memory"``: an in-memory set of every id seen
+        (about 62 bytes per case). ``"spill"``: a pre-pass over the ``case_id`` column alone,
+        through temporary files, before the first batch (memory grows with the repeats only;
+        :func:`dipengine.duplicates.find_repeats`), when the source is a Parquet file, directory
+        or glob or an Arrow IPC file; other sources keep the set. ``"auto"`` (default): the
+        pre-pass from :data:`DUPLICATE_SPILL_ROWS` rows. The rows marked are the same.
+    spill_dir : path, optional
+        Where the pre-pass makes its temporary folder (default: :func:`tempfile.gettempdir`);
+        it is removed when the pass ends.
     """
     from dipengine.schemas import load_schema
 
+    if duplicates not in DUPLICATE_MODES:
+        raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_MODES)}, not {duplicates!r}")
     prefetched = None
     spec = load_schema(schema)
     mapped = not spec.identity or encoding is not None or sheet is not None
@@ -1289,17 +1445,23 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
         if prefetched is not None:
             prefetched.close()
         raise
+    read_options = encoding is not None or sheet is not None
+
+    def marker(label, total):
+        return _duplicate_marker(duplicates, lambda: _case_id_columns(source, spec, read_options), total, label,
+                                 spill_dir)
+
     try:
-        yield from _map_batches(ctx, label, in_schema, total, batches, fn, progress, workers, lean, depth)
+        yield from _map_batches(ctx, label, in_schema, total, batches, fn, progress, workers, lean, depth, marker)
     finally:
         if prefetched is not None:
             prefetched.close()
 
 
-def _map_batches(ctx, label, schema, total, batches, fn, progress, workers, lean, depth):
-    """:func:`map_cases` once the source is open."""
+def _map_batches(ctx, label, schema, total, batches, fn, progress, workers, lean, depth, marker):
+    """:func:`map_cases` once the source is open (``marker(label, total)``: the duplicate pass)."""
     check_schema(schema, label)
-    ctx.seen.reserve(total, 0)
+    ctx.seen = marker(label, total)  # the pre-pass, if any, runs here: before the first batch
     workers = worker_count(workers)
 
     def work(batch, marked):
@@ -1400,12 +1562,12 @@ def _is_parquet(source) -> bool:
 def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
                batch_size: int = _BATCH_SIZE, workers: int | None = 1,
                lean: bool = False, schema=None, encoding: str | None = None,
-               sheet=None) -> Iterator[pa.RecordBatch]:
+               sheet=None, duplicates: str = "auto", spill_dir=None) -> Iterator[pa.RecordBatch]:
     """Stream the normalised case table batch by batch (see :func:`read_cases`).
 
     The duplicate-``case_id`` state is carried across batches, so the result does not depend
-    on ``batch_size`` (nor on ``workers``, see :func:`map_cases`). The file-level checks run
-    before the first batch is yielded.
+    on ``batch_size`` (nor on ``workers`` or ``duplicates``, see :func:`map_cases`, which also
+    describes ``spill_dir``). The file-level checks run before the first batch is yielded.
 
     Yields
     ------
@@ -1415,12 +1577,12 @@ def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress
     """
     return map_cases(source, None, hospitals, period=period, code_lists=code_lists, progress=progress,
                      batch_size=batch_size, workers=workers, lean=lean, schema=schema, encoding=encoding,
-                     sheet=sheet)
+                     sheet=sheet, duplicates=duplicates, spill_dir=spill_dir)
 
 
 def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
                workers: int | None = None, schema=None, encoding: str | None = None,
-               sheet=None) -> pa.Table:
+               sheet=None, duplicates: str = "auto", spill_dir=None) -> pa.Table:
     """Read, normalise and validate cases (contract §2, reasons of §7).
 
     Parameters
@@ -1448,6 +1610,10 @@ def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress
         Text encoding of a CSV input (default: detected, UTF-8 with or without BOM, or GB18030).
     sheet : str or int, optional
         Sheet of an .xlsx input (default: the first).
+    duplicates : {"auto", "memory", "spill"}, optional
+        How repeated ``case_id`` rows are found (same rows either way; see :func:`map_cases`).
+    spill_dir : path, optional
+        Folder for the temporary files of the bounded-memory duplicate pass.
 
     Returns
     -------
@@ -1463,7 +1629,8 @@ def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress
         be read as its contract type.
     """
     batches = list(iter_cases(source, hospitals, period=period, code_lists=code_lists, progress=progress,
-                              workers=workers, schema=schema, encoding=encoding, sheet=sheet))
+                              workers=workers, schema=schema, encoding=encoding, sheet=sheet,
+                              duplicates=duplicates, spill_dir=spill_dir))
     if batches:
         return pa.Table.from_batches(batches).combine_chunks()
     from dipengine.schemas import load_schema

@@ -20,10 +20,10 @@ import pyarrow.compute as pc
 
 from dipengine._libs.scoring import count_by_label, sum_by_label
 from dipengine.errors import DataError
-from dipengine.io import atomic_dir, read_table, sha256_file, source_files, write_table
+from dipengine.io import atomic_dir, read_table, row_groups, write_batches, write_table
 from dipengine.money import largest_remainder, round_half_up
-from dipengine.policy import POOLS, Policy, load_policy
-from dipengine.scoring import SCORED_PATHS, _as_table, _codes, _np, case_points
+from dipengine.policy import POOLS, Policy
+from dipengine.scoring import SCORED_PATHS, _as_table, _codes, _np
 
 MONEY_CASE_COLUMNS = ("standard_fen", "patient_paid_fen", "other_fund_paid_fen", "fund_due_fen", "fund_paid_fen")
 MONEY_HOSPITAL_COLUMNS = ("standard_fen", "patient_paid_fen", "other_fund_paid_fen", "fund_due_fen",
@@ -192,83 +192,184 @@ class SettlementResult:
 
     def write(self, out_dir) -> Path:
         """Write ``cases.parquet``, ``hospitals.parquet``, ``hospitals.csv``, ``manifest.json``
-        into ``out_dir`` atomically (the whole directory appears at once, or not at all)."""
-        out_dir = Path(out_dir)
-        with atomic_dir(out_dir) as tmp:
-            write_table(self.cases, tmp / "cases.parquet")
-            write_table(self.hospitals, tmp / "hospitals.parquet")
-            write_table(self.hospitals, tmp / "hospitals.csv")
-            (tmp / "manifest.json").write_text(
-                json.dumps(self.manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
-                encoding="utf-8")
-        return out_dir
+        into ``out_dir`` atomically (the whole directory appears at once, or not at all), byte
+        for byte as :func:`dipengine.pipeline.settle_to` writes them."""
+        if self.cases is None:
+            raise ValueError("the case results of this run were written by settle_to, not kept")
+        cases = self.cases
+        return write_result(out_dir, [cases] if cases.num_rows else [], self.hospitals, lambda: self.manifest,
+                            total_rows=lambda: cases.num_rows, empty=lambda: cases)
 
 
-def _counts(col) -> dict:
-    vc = pc.value_counts(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).to_pylist()
-    out = {("(none)" if d["values"] is None else str(d["values"])): d["counts"] for d in vc}
-    return dict(sorted(out.items()))
+def write_result(out_dir, case_tables, hospitals, manifest_fn, *, total_rows=None, empty=None) -> Path:
+    """Write a settlement output directory atomically.
+
+    ``cases.parquet`` from ``case_tables`` (an iterable of tables in row order, or a callable
+    taking the temporary directory and returning one), cut into row groups at fixed row numbers
+    (:func:`dipengine.io.row_groups`, ``total_rows()`` the run's row count when known), so the
+    bytes depend on the rows only; then ``hospitals.parquet``, ``hospitals.csv`` (``hospitals``:
+    the statements, or a callable giving them once the cases are written) and ``manifest.json``
+    (``manifest_fn()``, called last). ``empty()``: the empty case table when there are no rows.
+    """
+    import itertools
+
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        tables = case_tables(tmp) if callable(case_tables) else case_tables
+        it = iter(tables)
+        first = next(it, None)
+        if first is None:
+            write_table(empty(), tmp / "cases.parquet")
+        else:
+            write_batches(row_groups(itertools.chain([first], it), total=total_rows or (lambda: None)),
+                          tmp / "cases.parquet", first.schema)
+        statements = hospitals() if callable(hospitals) else hospitals
+        manifest = manifest_fn()
+        write_table(statements, tmp / "hospitals.parquet")
+        write_table(statements, tmp / "hospitals.csv")
+        (tmp / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    return out_dir
 
 
-def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, period, *,
-                  monthly: dict | None = None) -> SettlementResult:
-    """Settle cases already scored by :func:`dipengine.scoring.case_points`.
+LABEL_SUMS = ("units", "patient", "other", "fund", "total", "n", "rejected", "out")
+"""Per hospital and pool sums of :class:`Totals` (int64): points (1/10,000), patient, other funds,
+recorded fund and total cost (fen) and cases of the in-pool rows; rejected and out-of-pool rows."""
+COUNTED = ("match_path", "deviation", "reason", "locality")
+CASE_SUMS = ("patient_paid_fen", "other_fund_paid_fen", "fund_paid_fen", "fund_benefit_fen", "fund_diff_fen")
 
-    Parameters
-    ----------
-    scored : pa.Table
-        Output of ``case_points`` (rows in input order).
-    cases : pa.Table
-        The normalised cases of the same rows (money columns ``*_fen``, extra columns). The
-        other funds' payments ``other_fund_paid_fen`` (optional column; null = 0) are taken off
-        the fund due with the patient payments: fund due = standard − patient − other funds.
-    hospitals : pa.Table
-        The registry.
-    policy : Policy
-    period : str
-        ``YYYY-MM`` (monthly pre-settlement at the budget point value) or ``YYYY`` (annual
-        clearing at the settlement point value).
-    monthly : dict, optional
-        ``{(hospital_id, pool): (paid_fen, deposit_fen)}`` from :func:`read_monthly` (annual only).
+
+def _merge_counts(into: dict, col) -> None:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    for d in pc.value_counts(col).to_pylist():
+        key = "(none)" if d["values"] is None else str(d["values"])
+        into[key] = into.get(key, 0) + d["counts"]
+
+
+def _other_column(cases: pa.Table):
+    """``other_fund_paid_fen`` of ``cases`` (all nulls when the column is absent)."""
+    if "other_fund_paid_fen" in cases.column_names:
+        return cases["other_fund_paid_fen"]
+    return pa.nulls(cases.num_rows, pa.int64())
+
+
+class Totals:
+    """Exact integer sums of the scored cases of a run, or of any part of it.
+
+    What the point values and the statements need, accumulated batch by batch (:meth:`add`)
+    and combined across batches, files or workers (:meth:`merge`): integer sums only, so the
+    result never depends on how the cases were split (contract §8.3, §8.5). Per hospital and
+    pool (label ``2 * hospital + pool``, hospitals in registry order), the arrays of
+    :data:`LABEL_SUMS`; per run, case counts, value counts of :data:`COUNTED` columns and the
+    case money sums of :data:`CASE_SUMS` (fen).
+    """
+
+    def __init__(self, n_hospitals: int, benefits: bool = False):
+        self.n_hospitals = int(n_hospitals)
+        self.labels = {k: np.zeros(2 * self.n_hospitals, dtype=np.int64) for k in LABEL_SUMS}
+        self.cases = self.in_pool = self.special_review = self.without_statement = 0
+        self.benefits = bool(benefits)
+        self.counts = {k: {} for k in COUNTED + (("paid_source",) if benefits else ())}
+        self.case_sums = {k: 0 for k in CASE_SUMS}
+        self.n_paid_estimated = np.zeros(len(POOLS), dtype=np.int64)
+
+    def add(self, scored: pa.Table, cases: pa.Table, hosp_ids: pa.Array) -> "Totals":
+        """Add the rows of a scored batch (``case_points`` output) and its normalised cases."""
+        n_labels = 2 * self.n_hospitals
+        if len(hosp_ids) != self.n_hospitals:
+            raise ValueError(f"{len(hosp_ids)} hospitals, Totals was made for {self.n_hospitals}")
+        h = _codes(scored["hospital_id"], hosp_ids)
+        pool = _codes(scored["pool"], pa.array(POOLS))
+        in_pool = _np(scored["in_pool"], np.bool_, False)
+        scored_mask = _np(pc.is_in(scored["match_path"], pa.array(SCORED_PATHS)), np.bool_, False)
+        other_col = _other_column(cases)
+        values = {
+            "units": _np(scored["points_e4"], np.int64, 0),
+            "patient": _np(cases["patient_paid_fen"], np.int64, 0),
+            "other": _np(other_col, np.int64, 0),  # other funds (大额, 大病, 公务员补助, 医疗救助): null = 0
+            "fund": _np(cases["fund_paid_fen"], np.int64, 0),
+            "total": _np(cases["total_cost_fen"], np.int64, 0),
+        }
+        ok = (h >= 0) & (pool >= 0)
+        base = np.where(ok, h * 2 + pool, -1).astype(np.int32)
+        for key, mask, vals in (("units", in_pool, values["units"]), ("patient", in_pool, values["patient"]),
+                                ("other", in_pool, values["other"]), ("fund", in_pool, values["fund"]),
+                                ("total", in_pool, values["total"]), ("n", in_pool, None),
+                                ("rejected", ~scored_mask, None), ("out", scored_mask & ~in_pool, None)):
+            lab = np.where(mask, base, -1).astype(np.int32)
+            out = np.zeros(n_labels, dtype=np.int64)
+            if vals is None:
+                count_by_label(lab, out)
+            else:
+                sum_by_label(lab, np.ascontiguousarray(vals, dtype=np.int64), out)
+            self.labels[key] += out
+        self.cases += scored.num_rows
+        self.in_pool += int(in_pool.sum())
+        self.special_review += int(_np(scored["special_review"], np.bool_, False).sum())
+        self.without_statement += int((~ok).sum())
+        for k in COUNTED:
+            _merge_counts(self.counts[k], scored[k])
+        names = ["patient_paid_fen", "other_fund_paid_fen", "fund_paid_fen"]
+        if self.benefits:
+            _merge_counts(self.counts["paid_source"], cases["paid_source"])
+            names += ["fund_benefit_fen", "fund_diff_fen"]
+            estimated = _np(pc.equal(cases["paid_source"], "estimated"), np.bool_, False)
+            for pi in range(len(POOLS)):
+                self.n_paid_estimated[pi] += int(((pool == pi) & in_pool & estimated).sum())
+        for c in names:
+            col = other_col if c == "other_fund_paid_fen" else cases[c]
+            self.case_sums[c] += int(pc.sum(col).as_py() or 0)
+        return self
+
+    def merge(self, other: "Totals") -> "Totals":
+        """Add ``other`` (of the same registry) into this one; returns self."""
+        if other.n_hospitals != self.n_hospitals or other.benefits != self.benefits:
+            raise ValueError("Totals of different registries or modes cannot be merged")
+        for k in LABEL_SUMS:
+            self.labels[k] += other.labels[k]
+        for k in ("cases", "in_pool", "special_review", "without_statement"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        for k, d in other.counts.items():
+            mine = self.counts[k]
+            for value, c in d.items():
+                mine[value] = mine.get(value, 0) + c
+        for k, v in other.case_sums.items():
+            self.case_sums[k] += v
+        self.n_paid_estimated += other.n_paid_estimated
+        return self
+
+
+@dataclass
+class PointValues:
+    """What :func:`finish` decides for a run: the point value per pool and the statements.
+
+    ``case_value_fen`` : float64[2], fen per point applied to each pool's cases (0 when none);
+    ``pools`` : the manifest's per-pool entries; ``statements`` : the hospital table (§6.3).
+    """
+
+    case_value_fen: np.ndarray
+    pools: dict
+    statements: pa.Table
+    h_standard: np.ndarray
+
+
+def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, monthly: dict | None = None) -> PointValues:
+    """Point values (dip-rules §5) and hospital statements (§7) from a run's exact totals.
+
+    Monthly: the budget point value. Annual: the settlement point value of each pool from its
+    total-cost budget and Σ points (clamped to the policy's band when it has one); when it
+    floats, the hospital standards are reconciled to the budget by largest remainder.
+    ``monthly``: ``{(hospital_id, pool): (paid_fen, deposit_fen)}`` (:func:`read_monthly`).
     """
     kind, year, _ = parse_period(period)
-    cases = _as_table(cases)
-    n = scored.num_rows
     hosp_ids = hospitals["hospital_id"].combine_chunks()
-    n_h = len(hosp_ids)
-    h = _codes(scored["hospital_id"], hosp_ids)
-    pool = _codes(scored["pool"], pa.array(POOLS))
-    in_pool = _np(scored["in_pool"], np.bool_, False)
-    scored_mask = _np(pc.is_in(scored["match_path"], pa.array(SCORED_PATHS)), np.bool_, False)
-    pe4 = _np(scored["points_e4"], np.int64, 0)
-    patient = _np(cases["patient_paid_fen"], np.int64, 0)
-    other_col = cases["other_fund_paid_fen"] if "other_fund_paid_fen" in cases.column_names \
-        else pa.nulls(cases.num_rows, pa.int64())
-    other = _np(other_col, np.int64, 0)  # other funds (大额, 大病, 公务员补助, 医疗救助): null = 0
-    fund = _np(cases["fund_paid_fen"], np.int64, 0)
-    total = _np(cases["total_cost_fen"], np.int64, 0)
-    n_labels = 2 * n_h
-    ok = (h >= 0) & (pool >= 0)
-    base = np.where(ok, h * 2 + pool, -1).astype(np.int32)
-
-    def sums(mask, values=None):
-        lab = np.where(mask, base, -1).astype(np.int32)
-        out = np.zeros(n_labels, dtype=np.int64)
-        if values is None:
-            count_by_label(lab, out)
-        else:
-            sum_by_label(lab, np.ascontiguousarray(values, dtype=np.int64), out)
-        return out
-
-    h_units = sums(in_pool, pe4)
-    h_patient = sums(in_pool, patient)
-    h_other = sums(in_pool, other)
-    h_fund = sums(in_pool, fund)
-    h_total = sums(in_pool, total)
-    h_n = sums(in_pool)
-    h_rejected = sums(~scored_mask)
-    h_out = sums(scored_mask & ~in_pool)
-
+    n_labels = 2 * len(hosp_ids)
+    if totals.n_hospitals != len(hosp_ids):
+        raise ValueError(f"totals of {totals.n_hospitals} hospitals, registry of {len(hosp_ids)}")
+    L = totals.labels
+    h_units, h_patient, h_other, h_fund, h_total, h_n = (L[k] for k in ("units", "patient", "other", "fund",
+                                                                       "total", "n"))
+    h_rejected, h_out = L["rejected"], L["out"]
     bv_fen = {p: policy.budget_value[p] * 100.0 for p in POOLS}
     pool_info = {}
     pv_case = np.zeros(2, dtype=np.float64)
@@ -314,12 +415,10 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
                                                keys=rank)
         elif not np.isnan(pv):
             h_standard[sl] = round_half_up(h_units[sl] * pv / 10000.0)
+        if totals.benefits:
+            info["n_paid_estimated"] = int(totals.n_paid_estimated[pi])
+        info["hospital_standard_fen"] = int(h_standard[sl].sum())
         pool_info[p] = info
-
-    # case money
-    pv_rows = np.where(in_pool, pv_case[np.where(pool >= 0, pool, 0)], 0.0)
-    c_standard = np.where(in_pool, round_half_up(pe4 * pv_rows / 10000.0), 0)
-    c_fund_due = np.where(in_pool, c_standard - patient - other, 0)
 
     # statements: the pooled fund's due is what the patients and the other funds did not pay
     h_due = h_standard - h_patient - h_other
@@ -362,33 +461,84 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
         raise DataError("monthly statement names a hospital/pool not in the registry",
                         column="hospital_id", value=f"{unknown_monthly[0][0]}/{unknown_monthly[0][1]}")
     statements = pa.Table.from_pylist(rows, schema=HOSPITAL_SCHEMA)
+    return PointValues(case_value_fen=pv_case, pools=pool_info, statements=statements, h_standard=h_standard)
 
-    # case table: scored columns, money, then carried-through extra input columns
+
+def case_table(scored: pa.Table, cases: pa.Table) -> pa.Table:
+    """The case results of a batch without their two money columns (see :func:`add_case_money`).
+
+    Columns: the scored columns, ``patient_paid_fen``, ``other_fund_paid_fen``,
+    ``fund_paid_fen``, the estimate-mode columns when present, then the extra input columns.
+    """
     cols = {name: scored[name] for name in scored.column_names}
-    cols["standard_fen"] = pa.array(c_standard.astype(np.int64))
     cols["patient_paid_fen"] = cases["patient_paid_fen"]
-    cols["other_fund_paid_fen"] = other_col
-    cols["fund_due_fen"] = pa.array(c_fund_due.astype(np.int64))
+    cols["other_fund_paid_fen"] = _other_column(cases)
     cols["fund_paid_fen"] = cases["fund_paid_fen"]
-    with_benefits = "paid_source" in cases.column_names
-    if with_benefits:
+    if "paid_source" in cases.column_names:
         for name in BENEFIT_CASE_COLUMNS:
             cols[name] = cases[name]
     for name in cases.column_names:
         if name not in NORMALISED_COLUMNS and name not in cols:
             cols[name] = cases[name]
-    case_table = pa.table(cols)
+    return pa.table(cols)
 
-    estimated = _np(pc.equal(cases["paid_source"], "estimated"), np.bool_, False) if with_benefits else None
+
+def case_money(table: pa.Table, case_value_fen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(standard_fen, fund_due_fen)`` (int64) of each row of a :func:`case_table` batch.
+
+    standard = case points × the pool's point value, half up; fund due = standard − patient
+    payments − other funds' payments; both 0 off the pools.
+    """
+    pool = _codes(table["pool"], pa.array(POOLS))
+    in_pool = _np(table["in_pool"], np.bool_, False)
+    pe4 = _np(table["points_e4"], np.int64, 0)
+    patient = _np(table["patient_paid_fen"], np.int64, 0)
+    other = _np(table["other_fund_paid_fen"], np.int64, 0)
+    pv_rows = np.where(in_pool, np.asarray(case_value_fen, dtype=np.float64)[np.where(pool >= 0, pool, 0)], 0.0)
+    standard = np.where(in_pool, round_half_up(pe4 * pv_rows / 10000.0), 0).astype(np.int64)
+    due = np.where(in_pool, standard - patient - other, 0).astype(np.int64)
+    return standard, due
+
+
+def add_case_money(table: pa.Table, case_value_fen: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+    """A :func:`case_table` batch with ``standard_fen`` and ``fund_due_fen`` in their places
+    (contract §6.2), and the batch's Σ standard per pool (int64[2], in-pool rows)."""
+    standard, due = case_money(table, case_value_fen)
+    at = table.schema.get_field_index("patient_paid_fen")
+    out = table.add_column(at, "standard_fen", pa.array(standard))
+    out = out.add_column(out.schema.get_field_index("fund_paid_fen"), "fund_due_fen", pa.array(due))
+    pool = _codes(table["pool"], pa.array(POOLS))
+    per_pool = np.array([int(standard[pool == pi].sum()) for pi in range(len(POOLS))], dtype=np.int64)
+    return out, per_pool
+
+
+def manifest_of(totals: Totals, values: PointValues, policy: Policy, period, case_standard: np.ndarray,
+                case_fund_due: int) -> dict:
+    """The settlement manifest (contract §6.4) of a finished run (without its parameters and
+    input hashes, which the drivers add). ``case_standard``: Σ case standard per pool (fen)."""
+    kind, _, _ = parse_period(period)
+    pool_info = {p: dict(info) for p, info in values.pools.items()}
     for pi, p in enumerate(POOLS):
-        sel = pool == pi
-        if with_benefits:
-            pool_info[p]["n_paid_estimated"] = int((sel & in_pool & estimated).sum())
-        pool_info[p]["case_standard_fen"] = int(c_standard[sel & in_pool].sum())
-        pool_info[p]["hospital_standard_fen"] = int(h_standard[pi::2].sum())
+        pool_info[p]["case_standard_fen"] = int(case_standard[pi])
         pool_info[p]["case_minus_hospital_standard_fen"] = (
             pool_info[p]["case_standard_fen"] - pool_info[p]["hospital_standard_fen"])
-    manifest = {
+    case_sums = {"standard_fen": int(np.sum(case_standard)), "patient_paid_fen": totals.case_sums["patient_paid_fen"],
+                 "other_fund_paid_fen": totals.case_sums["other_fund_paid_fen"], "fund_due_fen": int(case_fund_due),
+                 "fund_paid_fen": totals.case_sums["fund_paid_fen"]}
+    if totals.benefits:
+        case_sums.update(fund_benefit_fen=totals.case_sums["fund_benefit_fen"],
+                         fund_diff_fen=totals.case_sums["fund_diff_fen"])
+    statements = values.statements
+    counts = {
+        "cases": totals.cases,
+        "in_pool": totals.in_pool,
+        "special_review": totals.special_review,
+        "without_statement": totals.without_statement,
+        **{k: dict(sorted(totals.counts[k].items())) for k in COUNTED},
+    }
+    if totals.benefits:
+        counts["paid_source"] = dict(sorted(totals.counts["paid_source"].items()))
+    return {
         "engine": "dipengine",
         "version": _version(),
         "command": "settle",
@@ -398,24 +548,46 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
         "pools": pool_info,
         "total_points": sum(i["points_e4"] for i in pool_info.values()) / 10000.0,
         "sums": {
-            "cases": {c: int(pc.sum(case_table[c]).as_py() or 0)
-                      for c in MONEY_CASE_COLUMNS + (("fund_benefit_fen", "fund_diff_fen") if with_benefits else ())},
+            "cases": case_sums,
             "hospitals": {c: int(pc.sum(statements[c]).as_py() or 0) for c in MONEY_HOSPITAL_COLUMNS},
         },
-        "counts": {
-            "cases": n,
-            "in_pool": int(in_pool.sum()),
-            "special_review": int(_np(scored["special_review"], np.bool_, False).sum()),
-            "without_statement": int((~ok).sum()),
-            "match_path": _counts(scored["match_path"]),
-            "deviation": _counts(scored["deviation"]),
-            "reason": _counts(scored["reason"]),
-            "locality": _counts(scored["locality"]),
-            **({"paid_source": _counts(case_table["paid_source"])} if with_benefits else {}),
-        },
+        "counts": counts,
         "sha256": {"policy": dict(policy.sha256)},
     }
-    return SettlementResult(cases=case_table, hospitals=statements, manifest=manifest)
+
+
+def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, period, *,
+                  monthly: dict | None = None) -> SettlementResult:
+    """Settle cases already scored by :func:`dipengine.scoring.case_points`, all in memory.
+
+    The same steps as the streaming run (:mod:`dipengine.pipeline`) on one batch:
+    :class:`Totals`, :func:`finish`, :func:`case_table` and :func:`add_case_money`.
+
+    Parameters
+    ----------
+    scored : pa.Table
+        Output of ``case_points`` (rows in input order).
+    cases : pa.Table
+        The normalised cases of the same rows (money columns ``*_fen``, extra columns). The
+        other funds' payments ``other_fund_paid_fen`` (optional column; null = 0) are taken off
+        the fund due with the patient payments: fund due = standard − patient − other funds.
+    hospitals : pa.Table
+        The registry.
+    policy : Policy
+    period : str
+        ``YYYY-MM`` (monthly pre-settlement at the budget point value) or ``YYYY`` (annual
+        clearing at the settlement point value).
+    monthly : dict, optional
+        ``{(hospital_id, pool): (paid_fen, deposit_fen)}`` from :func:`read_monthly` (annual only).
+    """
+    cases = _as_table(cases)
+    hosp_ids = hospitals["hospital_id"].combine_chunks()
+    totals = Totals(len(hosp_ids), benefits="paid_source" in cases.column_names).add(scored, cases, hosp_ids)
+    values = finish(totals, hospitals, policy, period, monthly=monthly)
+    table, per_pool = add_case_money(case_table(scored, cases), values.case_value_fen)
+    due = int(pc.sum(table["fund_due_fen"]).as_py() or 0)
+    manifest = manifest_of(totals, values, policy, period, per_pool, due)
+    return SettlementResult(cases=table, hospitals=values.statements, manifest=manifest)
 
 
 def _version() -> str:
@@ -457,7 +629,15 @@ def apply_benefits(cases: pa.Table, benefit_rules, hospitals: pa.Table) -> pa.Ta
     from dipengine.benefits import compute_benefits
 
     cases = _as_table(cases)
-    ben = compute_benefits(cases, benefit_rules, hospitals)
+    return merge_benefits(cases, compute_benefits(cases, benefit_rules, hospitals))
+
+
+def merge_benefits(cases: pa.Table, ben: pa.Table) -> pa.Table:
+    """:func:`apply_benefits` with the benefits of the same rows already computed (``ben``:
+    :func:`dipengine.benefits.compute_benefits` columns, e.g. read back from a spill)."""
+    cases = _as_table(cases)
+    if ben.num_rows != cases.num_rows:
+        raise ValueError(f"{cases.num_rows} cases but {ben.num_rows} benefit rows")
     fund_rec = cases["fund_paid_fen"].combine_chunks()
     patient_rec = cases["patient_paid_fen"].combine_chunks()
     recorded = _np(pc.and_(pc.is_valid(fund_rec), pc.is_valid(patient_rec)), np.bool_, False)
@@ -507,131 +687,8 @@ def resolve_benefits(benefits, policy: Policy):
     return load_benefits(dirs) if dirs else None
 
 
-def _is_normalised(obj) -> bool:
-    return isinstance(obj, pa.Table) and {"total_cost_fen", "reason"} <= set(obj.column_names)
+def settle(cases, rules, policy, hospitals, period, **options) -> SettlementResult:
+    """Read, group, score and settle a period in memory: :func:`dipengine.pipeline.settle`."""
+    from dipengine.pipeline import settle as run
 
-
-def _input_files(cases, schema) -> list:
-    """The files behind a case source (for the manifest's sha256): none for in-memory tables;
-    the tables of a nested 4101 folder (``schema="nhsa"``); else :func:`io.source_files`."""
-    if isinstance(cases, (pa.Table, pa.RecordBatch)) or type(cases).__name__ == "DataFrame":
-        return []
-    if schema is not None and isinstance(cases, (str, Path)):
-        from dipengine.schemas import load_schema, nested_files
-
-        nested = nested_files(cases, load_schema(schema))
-        if nested is not None:
-            return sorted(str(f) for f in nested.values())
-    return source_files(cases)
-
-
-def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=None,
-           n_threads=None, benefits=None, schema=None, encoding=None, sheet=None,
-           allow_out_of_period: bool = False) -> SettlementResult:
-    """Read, group, score and settle a period (contract §1 ``settle``).
-
-    Parameters
-    ----------
-    cases : path, list of paths, or table
-        Raw case input (contract §2), or an already normalised table (``read_cases`` output).
-    rules : RuleSet or path
-        A rule set (``dipengine.rules.load_rules``).
-    policy : Policy or path
-        The pricing directory (``load_policy``).
-    hospitals : path or table
-        The registry.
-    period : str
-        ``YYYY-MM`` monthly pre-settlement, ``YYYY`` annual clearing.
-    monthly : list of paths, optional
-        Monthly output directories whose payments the annual clearing nets off.
-    progress : callable(done, total), optional
-        Passed to the reader.
-    n_threads : int, optional
-        Grouping threads.
-    benefits : None, False, path(s) or BenefitRules
-        Estimate mode (:func:`apply_benefits`, tables chosen by :func:`resolve_benefits`):
-        by default the pricing dir's ``benefits.csv`` when it has one; ``False`` turns it off;
-        paths add the tables of other insured regions. Cases without recorded payments are
-        then settled on the computed patient share and fund benefit.
-    schema : str, path or InputSchema, optional
-        Input layout (:func:`dipengine.schemas.load_schema`): ``"contract"`` (default),
-        ``"nhsa"`` (national settlement-list fields, or a folder of the nested 4101 tables),
-        or a schema folder. Passed to :func:`dipengine.reader.read_cases`.
-    encoding : str, optional
-        Text encoding of CSV inputs (``utf-8``, ``gbk``, ``gb18030``); default: detected.
-    sheet : str or int, optional
-        Sheet of an .xlsx input: name or 0-based index; default: the first.
-    allow_out_of_period : bool
-        Settle even when the rule set's effective dates do not cover the period (the reason is
-        then in the manifest's ``warnings``); by default that is a :class:`DataError`.
-    """
-    from dipengine.hospitals import read_hospitals
-
-    kind, year, _ = parse_period(period)
-    if not isinstance(policy, Policy):
-        policy = load_policy(policy)
-    if policy.year != year:
-        raise DataError(f"policy year {policy.year} does not match period {period}",
-                        file=policy.path / "policy.toml", column="year", value=policy.year)
-    if not hasattr(rules, "groups"):
-        from dipengine.rules import load_rules
-        rules = load_rules(rules)
-    from dipengine.rules import check_period
-
-    warnings = []
-    out_of_period = check_period(rules, period)
-    if out_of_period is not None:
-        if not allow_out_of_period:
-            raise DataError(out_of_period + " (--allow-out-of-period settles anyway)",
-                            file=Path(getattr(rules, "path", ".")) / "manifest.toml")
-        warnings.append(out_of_period)
-    hosp_files = source_files(hospitals) if not isinstance(hospitals, pa.Table) else []
-    hosp_table = hospitals if isinstance(hospitals, pa.Table) else read_hospitals(hospitals)
-    if monthly and kind != "annual":
-        raise DataError("--monthly applies to the annual clearing (period YYYY) only", column="period",
-                        value=str(period))
-    monthly_sums = read_monthly(monthly, year) if monthly else None
-    if isinstance(cases, (list, tuple)) and len(cases) == 1:
-        cases = cases[0]  # one path (a nested 4101 folder is recognised only as a single source)
-    input_files = _input_files(cases, schema)
-    if _is_normalised(cases):
-        normalised = cases
-    else:
-        from dipengine.reader import read_cases
-        normalised = read_cases(cases, hosp_table, period=str(period), progress=progress, schema=schema,
-                                encoding=encoding, sheet=sheet)
-    benefit_rules = resolve_benefits(benefits, policy)
-    if benefit_rules is not None:
-        normalised = apply_benefits(normalised, benefit_rules, hosp_table)
-    from dipengine.grouper import group
-    grouped = group(normalised, rules, n_threads=n_threads)
-    scored = case_points(normalised, grouped, hosp_table, policy, groups=rules.groups)
-    result = settle_scored(scored, normalised, hosp_table, policy, period, monthly=monthly_sums)
-    m = result.manifest
-    m["parameters"] = {
-        "period": str(period),
-        "rules": str(getattr(rules, "path", "")),
-        "pricing": str(getattr(policy, "path", "")),
-        "hospitals": [str(f) for f in hosp_files],
-        "input": [str(f) for f in input_files],
-        "monthly": [str(d) for d in (monthly or [])],
-        "benefits": None if benefit_rules is None else sorted(benefit_rules.files),
-        "schema": None if schema is None else getattr(schema, "name", str(schema)),
-        "encoding": encoding,
-        "sheet": sheet,
-    }
-    if warnings:
-        m["warnings"] = warnings
-    m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
-    m["sha256"]["hospitals"] = {str(f): sha256_file(f) for f in hosp_files}
-    m["sha256"]["monthly"] = {str(Path(d) / "hospitals.parquet"): sha256_file(Path(d) / "hospitals.parquet")
-                              for d in (monthly or [])}
-    m["sha256"]["rules"] = dict(getattr(rules, "sha256", {}) or {})
-    if benefit_rules is not None:
-        m["sha256"]["benefits"] = dict(sorted(benefit_rules.files.items()))
-    if schema is not None:
-        from dipengine.schemas import load_schema
-
-        m["sha256"]["schema"] = dict(load_schema(schema).files)
-    m["rules"] = {"name": getattr(rules, "name", None), "version": getattr(rules, "version", None)}
-    return result
+    return run(cases, rules, policy, hospitals, period, **options)

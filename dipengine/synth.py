@@ -555,52 +555,33 @@ def _dx_probabilities(v: Vocabulary, params: SynthParams, rng) -> np.ndarray:
 # The generator
 
 
-def synth_region(
-    year: int,
-    n_cases: int,
-    *,
-    seed: int = 0,
-    region: str = "440200",
-    n_hospitals: int = 60,
-    bad_rows: float = 0.0,
-    codes_icd10=None,
-    codes_icd9=None,
-    hospitals=None,
-    params: SynthParams | None = None,
-) -> tuple[pa.Table, pa.Table]:
-    """Generate one year of inpatient cases of a pooling region, and its hospital registry.
+CHUNK_ROWS = 1 << 20
+"""Cases generated at a time (1,048,576). Each chunk has its own random stream, derived from
+``(seed, year, region, chunk number)``, and its own patients, so the cases depend only on the
+arguments (and ``chunk_rows``), never on how they are written; chunk 0 uses the stream a
+one-chunk run has always used, so regions of up to this many cases are what they were."""
 
-    Parameters
-    ----------
-    year : int
-        Settlement year; every admission and discharge date lies in it.
-    n_cases : int
-        Number of case rows.
-    seed : int
-        Seed. The region structure depends on ``(seed, region)``, the cases on
-        ``(seed, year, region)``.
-    region : str
-        6-digit pooling-region code of the hospitals (就医地).
-    n_hospitals : int
-        Size of the generated registry (ignored when ``hospitals`` is given).
-    bad_rows : float
-        Fraction of rows given exactly one planted defect each (see :data:`DEFECT_KINDS`).
-    codes_icd10, codes_icd9 : path, optional
-        TSV ``code<TAB>name`` lists to draw diagnoses / procedures from instead of the
-        packaged vocabularies.
-    hospitals : path or pa.Table, optional
-        A registry to reuse (contract §3 form), so that several years share hospitals.
-    params : SynthParams, optional
-        Proportions; :data:`DEFAULT_PARAMS` when omitted.
 
-    Returns
-    -------
-    cases : pa.Table
-        :data:`CASE_SCHEMA`: contract §2 input columns (money ``decimal128(18, 2)`` yuan) plus
-        ``planted_defect`` (string, null on clean rows).
-    hospitals : pa.Table
-        :data:`HOSPITAL_SCHEMA`.
-    """
+@dataclass(frozen=True)
+class _Setup:
+    """What every chunk of one region shares: the registry and the region structure."""
+
+    year: int
+    region: str
+    seed: int
+    reg: pa.Table
+    vocab: Vocabulary
+    pats: _Patterns
+    p_dx: np.ndarray
+    h_level: np.ndarray
+    volume: np.ndarray
+    params: SynthParams
+    bad_rows: float
+
+
+def _setup(year, n_cases, *, seed, region, n_hospitals, bad_rows, codes_icd10, codes_icd9, hospitals,
+           params) -> _Setup:
+    """Check the arguments and draw the region structure (registry, case mix, hospital volumes)."""
     params = params or DEFAULT_PARAMS
     _check_region(region)
     if n_cases < 0:
@@ -626,15 +607,206 @@ def synth_region(
     p_dx = _dx_probabilities(vocab, params, srng)
     h_level = np.asarray(reg["level"], dtype=np.int64)
     volume = np.array(params.level_volume)[h_level - 1] * srng.lognormal(0.0, 0.35, len(h_level))
-    rng = np.random.default_rng([seed, year, int(region), 1])  # cases
-    cases = _generate(rng, year, n_cases, region, h_level, volume, vocab, pats, p_dx, params)
-    if bad_rows > 0 and n_cases > 1:
-        cases = _plant_defects(rng, cases, bad_rows)
-    return _to_table(cases, vocab, reg, year), reg
+    return _Setup(year, region, seed, reg, vocab, pats, p_dx, h_level, volume, params, float(bad_rows))
+
+
+def chunk_bounds(n_cases: int, chunk_rows: int = CHUNK_ROWS) -> list[tuple[int, int]]:
+    """Row ranges ``(start, stop)`` of the chunks of a region of ``n_cases`` cases.
+
+    Parameters
+    ----------
+    n_cases : int
+        Number of case rows (0 gives one empty chunk).
+    chunk_rows : int
+        Cases per chunk; every chunk but the last has exactly this many.
+
+    Returns
+    -------
+    list of tuple of int
+    """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    return [(i, min(i + chunk_rows, n_cases)) for i in range(0, max(n_cases, 1), chunk_rows)]
+
+
+def _chunk_rng(seed: int, year: int, region: str, k: int):
+    """The random stream of chunk ``k``: chunk 0 keeps the historical ``(seed, year, region, 1)``."""
+    key = [seed, year, int(region), 1]
+    return np.random.default_rng(key if k == 0 else key + [k])
+
+
+class RegionChunks:
+    """The cases of one region as an iterator of :class:`pyarrow.Table` chunks (:data:`CASE_SCHEMA`).
+
+    Made by :func:`iter_region`; each chunk is generated when it is asked for, so only one is
+    in memory at a time. Iterate once.
+
+    Attributes
+    ----------
+    n_cases : int
+        Case rows over all chunks.
+    chunk_rows : int
+        Rows of every chunk but the last.
+    """
+
+    def __init__(self, setup: _Setup, n_cases: int, chunk_rows: int):
+        self.n_cases = int(n_cases)
+        self.chunk_rows = int(chunk_rows)
+        self._bounds = chunk_bounds(self.n_cases, self.chunk_rows)
+        self._it = _chunks(setup, self._bounds)
+
+    def __len__(self) -> int:
+        """Number of chunks."""
+        return len(self._bounds)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> pa.Table:
+        return next(self._it)
+
+
+def _chunks(s: _Setup, bounds):
+    """Generate the chunks of ``bounds`` in order, carrying case, patient and defect numbering."""
+    patient_base = 0
+    planted = np.zeros(len(DEFECT_KINDS), np.int64)  # defects planted so far, per kind
+    for k, (start, stop) in enumerate(bounds):
+        n = stop - start
+        rng = _chunk_rng(s.seed, s.year, s.region, k)
+        c = _generate(rng, s.year, n, s.region, s.h_level, s.volume, s.vocab, s.pats, s.p_dx, s.params)
+        if s.bad_rows > 0 and n > 1:
+            # Cumulative rounding: round(bad_rows * n_cases) defects over the whole region.
+            m = int(round(s.bad_rows * stop)) - int(round(s.bad_rows * start))
+            c = _plant_defects(rng, c, m, first_kind=int(planted.sum()))
+        table = _to_table(c, s.vocab, s.reg, s.year, case_base=start, patient_base=patient_base,
+                          variant_base=planted)
+        patient_base += int(c["patient"].max()) + 1 if n else 0
+        d = c["defect"]
+        planted = planted + np.bincount(d[d >= 0], minlength=len(DEFECT_KINDS))
+        del c, d
+        yield table
+        del table
+
+
+def iter_region(
+    year: int,
+    n_cases: int,
+    *,
+    seed: int = 0,
+    region: str = "440200",
+    n_hospitals: int = 60,
+    bad_rows: float = 0.0,
+    codes_icd10=None,
+    codes_icd9=None,
+    hospitals=None,
+    params: SynthParams | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[pa.Table, RegionChunks]:
+    """The hospital registry and the cases of one year, the cases generated chunk by chunk.
+
+    Memory stays that of one chunk whatever ``n_cases``. The chunks concatenated are
+    :func:`synth_region`'s table for the same arguments. Patients are local to a chunk (all
+    admissions of a patient lie in one chunk); ``case_id`` and ``patient_id`` are numbered over
+    the whole region; planted defects number ``round(bad_rows * n_cases)`` in all, their kinds
+    cycling over the whole region; rows are in discharge-date order within each chunk.
+
+    Parameters
+    ----------
+    year, n_cases, seed, region, n_hospitals, bad_rows, codes_icd10, codes_icd9, hospitals, params
+        As :func:`synth_region`.
+    chunk_rows : int
+        Cases per chunk (default :data:`CHUNK_ROWS`). Part of the data's definition: another
+        value gives other cases for more than ``chunk_rows`` cases. Tests use small values.
+
+    Returns
+    -------
+    hospitals : pa.Table
+        :data:`HOSPITAL_SCHEMA`.
+    chunks : RegionChunks
+        Iterator of :data:`CASE_SCHEMA` tables, ``chunk_rows`` rows each (the last may be
+        shorter; one empty table when ``n_cases`` is 0).
+
+    Raises
+    ------
+    ValueError
+        On a bad region code, a negative ``n_cases``, ``bad_rows`` outside [0, 1] or
+        ``chunk_rows`` < 1, before anything is generated.
+    DataError
+        On an unreadable or empty registry or code list.
+    """
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    s = _setup(year, n_cases, seed=seed, region=region, n_hospitals=n_hospitals, bad_rows=bad_rows,
+               codes_icd10=codes_icd10, codes_icd9=codes_icd9, hospitals=hospitals, params=params)
+    return s.reg, RegionChunks(s, n_cases, chunk_rows)
+
+
+def synth_region(
+    year: int,
+    n_cases: int,
+    *,
+    seed: int = 0,
+    region: str = "440200",
+    n_hospitals: int = 60,
+    bad_rows: float = 0.0,
+    codes_icd10=None,
+    codes_icd9=None,
+    hospitals=None,
+    params: SynthParams | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> tuple[pa.Table, pa.Table]:
+    """Generate one year of inpatient cases of a pooling region, and its hospital registry.
+
+    The whole table in memory (about 0.5 GB per million cases): for large regions, write them
+    with :func:`iter_region` and :func:`write_region_stream` instead. The table is the
+    concatenation of :func:`iter_region`'s chunks (one Arrow chunk per generated chunk).
+
+    Parameters
+    ----------
+    year : int
+        Settlement year; every admission and discharge date lies in it.
+    n_cases : int
+        Number of case rows.
+    seed : int
+        Seed. The region structure depends on ``(seed, region)``, the cases on
+        ``(seed, year, region)`` (and the chunk number, see :data:`CHUNK_ROWS`).
+    region : str
+        6-digit pooling-region code of the hospitals (就医地).
+    n_hospitals : int
+        Size of the generated registry (ignored when ``hospitals`` is given).
+    bad_rows : float
+        Fraction of rows given exactly one planted defect each (see :data:`DEFECT_KINDS`).
+    codes_icd10, codes_icd9 : path, optional
+        TSV ``code<TAB>name`` lists to draw diagnoses / procedures from instead of the
+        packaged vocabularies.
+    hospitals : path or pa.Table, optional
+        A registry to reuse (contract §3 form), so that several years share hospitals.
+    params : SynthParams, optional
+        Proportions; :data:`DEFAULT_PARAMS` when omitted.
+    chunk_rows : int
+        Cases generated at a time (default :data:`CHUNK_ROWS`); see :func:`iter_region`.
+
+    Returns
+    -------
+    cases : pa.Table
+        :data:`CASE_SCHEMA`: contract §2 input columns (money ``decimal128(18, 2)`` yuan) plus
+        ``planted_defect`` (string, null on clean rows).
+    hospitals : pa.Table
+        :data:`HOSPITAL_SCHEMA`.
+    """
+    reg, chunks = iter_region(year, n_cases, seed=seed, region=region, n_hospitals=n_hospitals,
+                              bad_rows=bad_rows, codes_icd10=codes_icd10, codes_icd9=codes_icd9,
+                              hospitals=hospitals, params=params, chunk_rows=chunk_rows)
+    tables = list(chunks)
+    return (tables[0] if len(tables) == 1 else pa.concat_tables(tables)), reg
 
 
 def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patterns, p_dx, params):
-    """All case columns as numpy arrays (codes as indices), in output order; dict of name -> array."""
+    """All case columns as numpy arrays (codes as indices), in output order; dict of name -> array.
+
+    Intermediate arrays are released (``del``) as soon as they are used, which bounds the memory
+    of one chunk; the draws and their order are those of the original single-table generator.
+    """
     # Patients and their admissions: patient p has k_p consecutive rows.
     k = rng.choice(np.arange(1, len(params.admissions) + 1), size=max(n, 1), p=np.array(params.admissions) / sum(params.admissions))
     cum = np.cumsum(k)
@@ -645,6 +817,7 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
     patient = np.repeat(np.arange(n_pat), k)
     start = (np.cumsum(k) - k).astype(np.int64)
     seq = np.arange(n) - start[patient]
+    del cum
 
     # Per patient: insurance region, hospital, diagnosis, sex, age.
     remote = rng.random(n_pat) < params.remote_share
@@ -661,8 +834,10 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
     for h in (1, 2, 3):
         sel = np.flatnonzero(p_level == h)
         dx_p[sel] = rng.choice(len(v.dx_code), size=len(sel), p=p_dx[h - 1])
+    del p_level, sel, rem_region
     sex_rule = v.dx_sex[dx_p]
     sex_p = np.where(sex_rule == 1, 0, np.where(sex_rule == 2, 1, (rng.random(n_pat) < 0.48).astype(np.int64)))
+    del sex_rule
     age_p, age_days_p = _ages(rng, v.dx_age[dx_p])
     adult = age_p >= 18
     p_emp = min(0.97, params.employee_share / max(adult.mean(), 1e-9)) if n_pat else 0.0
@@ -672,21 +847,25 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
         np.where(age_p >= np.where(sex_p == 1, 55, 60), 1, 0),  # retired / in_service
         np.where(age_p <= 6, 3, np.where((age_p <= 22) & (rng.random(n_pat) < 0.9), 2, 4)),
     )
+    del adult
 
     # Per case: hospital (repeat admissions mostly at the first one), pattern, LOS, cost.
     redraw = np.where(remote[patient], rng.choice(len(volume), size=n, p=w_remote), rng.choice(len(volume), size=n, p=w_local))
     hosp = np.where((seq == 0) | (rng.random(n) < params.same_hospital), home[patient], redraw)
+    del redraw, home
     level = h_level[hosp]
     dx = dx_p[patient]
     pat = np.empty(n, np.int64)
     for h in (1, 2, 3):
         sel = np.flatnonzero(level == h)
         pat[sel] = _segment_choice(rng.random(len(sel)), dx[sel], pats.key[h - 1], pats.end)
+    del sel
     age = age_p[patient]
 
     # Secondary diagnoses: 0-5, more for the elderly, drawn from the severity/comorbidity list.
     p_sec = np.where(age < 15, 0.03, np.clip(0.05 + 0.005 * age, 0, 0.5))
     n_sec = rng.binomial(5, p_sec)
+    del p_sec
     sec_pool = np.flatnonzero(v.dx_sec_weight > 0)
     if len(sec_pool) == 0:
         n_sec[:] = 0
@@ -699,12 +878,17 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
     by_key = np.argsort(key, kind="stable")
     drop = np.zeros(len(sec), bool)
     drop[by_key[1:][key[by_key][1:] == key[by_key][:-1]]] = True
+    del key, by_key, n_sec
     rule = v.dx_sex[sec]
-    drop |= (sec == dx[owner]) | ((rule == 1) & (sex_p[patient][owner] == 1)) | ((rule == 2) & (sex_p[patient][owner] == 0))
+    sex_o = sex_p[patient[owner]]
+    drop |= (sec == dx[owner]) | ((rule == 1) & (sex_o == 1)) | ((rule == 2) & (sex_o == 0))
+    del rule, sex_o
     sec, owner = sec[~drop], owner[~drop]
+    del drop
     offsets_dx = np.r_[0, np.cumsum(np.bincount(owner, minlength=n))].astype(np.int32)
     log_mult = np.bincount(owner, weights=np.log(v.dx_sec_mult[sec]), minlength=n)
     sev3 = np.bincount(owner, weights=(v.dx_severity[sec] == 3).astype(np.float64), minlength=n) > 0
+    del owner
 
     z = rng.standard_normal(n)
     e = rng.standard_normal(n)
@@ -719,6 +903,7 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
         * np.exp(sigma * z - sigma * sigma / 2)
         * np.exp(log_mult)
     )
+    del z, e, log_mult
     # Discharge mode: deaths concentrated on the old and the severe, scaled to the target rate.
     raw = (1.0 + (age >= 70) * 2.0) * (1.0 + sev3 * 4.0) * (1.0 + (v.dx_severity[dx] == 3) * 5.0)
     p_death = np.clip(raw * (params.death_rate / raw.mean()), 0, 0.6) if n else raw
@@ -728,11 +913,13 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
         [u < p_death, u < p_death + t[0], u < p_death + t[1], u < p_death + t[2], u < p_death + t[3]],
         [5, 2, 3, 4, 9], 1,
     ).astype(np.int8)
+    del raw, p_death, u, sev3
     cost = np.where(mode == 5, cost * 1.3, np.where(mode == 4, cost * 0.6, cost))
     los = np.where(mode == 4, np.maximum(1, np.rint(los * 0.6)), los)
     low = rng.random(n) < params.low_cost_share
     los = np.where(low, rng.integers(1, 3, n), los).astype(np.int64)
     cost = np.where(low, cost * rng.uniform(0.1, 0.3, n), cost)
+    del low
 
     # Other procedures: the related one of a pair, and sometimes imaging / tests.
     main_proc = pats.main[pat]
@@ -749,9 +936,12 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
     extra_start = np.cumsum(n_extra) - n_extra
     extra_pos = np.repeat(offsets_pr[:-1] + has_rel - extra_start, n_extra) + np.arange(int(n_extra.sum()))
     ops[extra_pos] = extra
+    del rel, has_rel, extra_start, extra_pos, n_op
     if len(extra):
         cost = cost + np.bincount(np.repeat(np.arange(n), n_extra), weights=v.proc_cost[extra], minlength=n)
+    del n_extra, extra
     total_fen = np.maximum(np.rint(cost * 100.0), 5000).astype(np.int64)
+    del cost
 
     # Dates: a chain of admissions per patient, placed at random in the year.
     first_day = (np.datetime64(f"{year}-01-01") - np.datetime64("1970-01-01")).astype(np.int64)
@@ -762,8 +952,11 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
     if over.any():
         # Rare long chains: back-to-back stays (4 stays of at most 90 days always fit a year).
         rel_admit, span = _chain(seq, start, patient, los, np.where(over[patient], 1, gap), k)
+    del gap, over
     offset_p = np.floor(rng.random(n_pat) * np.maximum(n_days - span, 1)).astype(np.int64)
+    del span
     admit = first_day + offset_p[patient] + rel_admit
+    del offset_p, rel_admit, seq
     discharge = admit + los
 
     # Money: patient share by insurance type, level and remote filing; oc and class B parts.
@@ -774,41 +967,31 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
     f = filing[patient]
     share = share + np.where(remote[patient], np.where(f == 0, 0.15, 0.05), 0.0) + rng.uniform(-0.03, 0.03, n)
     patient_fen = oc_fen + np.rint((total_fen - oc_fen) * share).astype(np.int64)
+    del share, level
     fund_fen = total_fen - patient_fen
 
     # Output order: by discharge date, ties at random (a settlement file's usual order).
     order = np.lexsort((rng.random(n), discharge))
-    inv_ops = _reorder_lists(offsets_pr, ops, order)
-    inv_sec = _reorder_lists(offsets_dx, sec, order)
-    return dict(
-        case_num=np.arange(n, dtype=np.int64),
-        hospital=hosp[order],
-        patient=patient[order],
-        insured_region=p_region[patient][order],
-        employee=emp[order],
-        person_type=ptype[patient][order],
-        filing=f[order],
-        sex=sex_p[patient][order],
-        age=age[order],
-        age_days=age_days_p[patient][order],
-        admit=admit[order],
-        discharge=discharge[order],
-        los=los[order],
-        mode=mode[order],
-        dx=dx[order],
-        main_proc=main_proc[order],
-        sec_offsets=inv_sec[0],
-        sec=inv_sec[1],
-        op_offsets=inv_ops[0],
-        ops=inv_ops[1],
-        total_fen=total_fen[order],
-        fund_fen=fund_fen[order],
-        patient_fen=patient_fen[order],
-        oc_fen=oc_fen[order],
-        b_fen=b_fen[order],
-        regions=regions,
-        defect=np.full(n, -1, np.int8),
-    )
+    out = {"case_num": np.arange(n, dtype=np.int64)}
+    patient = patient[order]  # per-patient arrays are taken through the reordered patient index
+    per_case = dict(hospital=hosp, employee=emp, filing=f, age=age, admit=admit, discharge=discharge, los=los,
+                    mode=mode, dx=dx, main_proc=main_proc, total_fen=total_fen, fund_fen=fund_fen,
+                    patient_fen=patient_fen, oc_fen=oc_fen, b_fen=b_fen)
+    del hosp, emp, f, age, admit, discharge, los, mode, dx, main_proc, total_fen, fund_fen, patient_fen, oc_fen, b_fen
+    for name in list(per_case):
+        out[name] = per_case.pop(name)[order]
+    out["patient"] = patient
+    out["insured_region"] = p_region[patient]
+    out["person_type"] = ptype[patient]
+    out["sex"] = sex_p[patient]
+    out["age_days"] = age_days_p[patient]
+    out["sec_offsets"], out["sec"] = _reorder_lists(offsets_dx, sec, order)
+    del offsets_dx, sec
+    out["op_offsets"], out["ops"] = _reorder_lists(offsets_pr, ops, order)
+    del offsets_pr, ops, order
+    out["regions"] = regions
+    out["defect"] = np.full(n, -1, np.int8)
+    return out
 
 
 def _chain(seq, start, patient, los, gap, k):
@@ -864,28 +1047,36 @@ def _ages(rng, profile: np.ndarray):
 # Defects and output
 
 
-def _plant_defects(rng, c: dict, fraction: float) -> dict:
-    """Give ``round(fraction * n)`` rows (never the first) exactly one defect each."""
+def _plant_defects(rng, c: dict, m: int, *, first_kind: int = 0) -> dict:
+    """Give ``m`` rows (never the first) exactly one defect each.
+
+    The kinds are ``first_kind, first_kind + 1, ...`` cycling over :data:`DEFECT_KINDS` (so that
+    they stay balanced over the chunks of a region), in random order over the rows.
+    """
     n = len(c["case_num"])
-    m = min(int(round(fraction * n)), n - 1)
+    m = min(int(m), n - 1)
     if m <= 0:
         return c
     rows = np.sort(rng.choice(np.arange(1, n), size=m, replace=False))
-    kind = rng.permutation(np.arange(m) % len(DEFECT_KINDS)).astype(np.int8)
+    kind = rng.permutation((first_kind + np.arange(m)) % len(DEFECT_KINDS)).astype(np.int8)
     c = dict(c)
     c["defect"] = c["defect"].copy()
     c["defect"][rows] = kind
     return c
 
 
-def _to_table(c: dict, v: Vocabulary, reg: pa.Table, year: int) -> pa.Table:
+def _to_table(c: dict, v: Vocabulary, reg: pa.Table, year: int, *, case_base: int = 0, patient_base: int = 0,
+              variant_base=None) -> pa.Table:
+    """The Arrow table of one chunk; ``case_base`` / ``patient_base`` number its cases and patients
+    after those of earlier chunks, ``variant_base`` (per defect kind, planted so far) continues
+    the cycling of each kind's variants."""
     n = len(c["case_num"])
     defect = c["defect"]
     K = {name: i for i, name in enumerate(DEFECT_KINDS)}
     rows_of = {name: np.flatnonzero(defect == i) for name, i in K.items()}
     variant = np.zeros(n, np.int64)
     for name, rows in rows_of.items():
-        variant[rows] = np.arange(len(rows))
+        variant[rows] = np.arange(len(rows)) + (0 if variant_base is None else int(variant_base[K[name]]))
 
     def rows_variant(kind, nvar, j):
         r = rows_of[kind]
@@ -957,7 +1148,7 @@ def _to_table(c: dict, v: Vocabulary, reg: pa.Table, year: int) -> pa.Table:
     total[neg], fund[neg], patient_paid[neg] = -total[neg], -fund[neg], -patient_paid[neg]
     patient_paid[mism] += 5000  # 50 yuan more than total - fund
 
-    case_num = c["case_num"].copy()
+    case_num = c["case_num"] + case_base
     r = rows_of["DUPLICATE_CASE"]
     if len(r):
         is_dup = np.zeros(n, bool)
@@ -967,7 +1158,7 @@ def _to_table(c: dict, v: Vocabulary, reg: pa.Table, year: int) -> pa.Table:
     region_code = c["regions"][0]
     case_id = pc.binary_join_element_wise(f"{region_code}{year}", _zero_padded(case_num + 1, 8), "")
     patient_id = pc.binary_join_element_wise(
-        _take(c["regions"], c["insured_region"]), _zero_padded(c["patient"] + 1, 8), ""
+        _take(c["regions"], c["insured_region"]), _zero_padded(c["patient"] + (patient_base + 1), 8), ""
     )
     other_dx = pa.ListArray.from_arrays(pa.array(c["sec_offsets"], pa.int32()), _take(v.dx_code, c["sec"]))
     other_procs = pa.ListArray.from_arrays(pa.array(c["op_offsets"], pa.int32()), _take(v.proc_code, c["ops"]))
@@ -1006,7 +1197,10 @@ def _to_table(c: dict, v: Vocabulary, reg: pa.Table, year: int) -> pa.Table:
 
 
 def write_region(cases: pa.Table, hospitals: pa.Table, out) -> tuple[Path, Path]:
-    """Write ``out/cases.parquet`` and ``out/hospitals.csv`` atomically; returns both paths."""
+    """Write ``out/cases.parquet`` and ``out/hospitals.csv`` atomically; returns both paths.
+
+    For a table in memory; :func:`write_region_stream` writes a region of any size chunk by chunk.
+    """
     out = Path(out)
     cases_path, hosp_path = out / "cases.parquet", out / "hospitals.csv"
     write_table(cases, cases_path)
@@ -1014,19 +1208,145 @@ def write_region(cases: pa.Table, hospitals: pa.Table, out) -> tuple[Path, Path]
     return cases_path, hosp_path
 
 
-def summarize(cases: pa.Table, hospitals: pa.Table) -> dict:
-    """Headline figures of a generated region: cases, hospitals by level, remote and bad-row shares."""
-    n = cases.num_rows
-    levels = np.asarray(hospitals["level"], dtype=np.int64)
+def _export(schema):
+    """The function that lays a contract-form chunk out in ``schema`` (None: the contract itself)."""
+    if schema is None or schema == "contract":
+        return None
+    if isinstance(schema, (str, Path)):
+        from dipengine.schemas import load_schema
+
+        schema = load_schema(schema)
+    if getattr(schema, "identity", False):
+        return None
+    return schema.export
+
+
+def _rebatch(tables, rows: int):
+    """The rows of ``tables`` again, as tables of exactly ``rows`` rows (the last may be shorter)."""
+    pending, have = [], 0
+    for t in tables:
+        offset = 0
+        while offset < t.num_rows:
+            take = min(rows - have, t.num_rows - offset)
+            pending.append(t.slice(offset, take))
+            have += take
+            offset += take
+            if have == rows:
+                yield pending[0] if len(pending) == 1 else pa.concat_tables(pending)
+                pending, have = [], 0
+        del t
+    if pending:
+        yield pending[0] if len(pending) == 1 else pa.concat_tables(pending)
+
+
+def write_region_stream(
+    chunks,
+    hospitals: pa.Table,
+    out,
+    *,
+    schema=None,
+    batch_rows: int | None = None,
+    progress=None,
+    inputs=(),
+) -> tuple[Path, Path, dict]:
+    """Write a region chunk by chunk: ``out/cases.parquet``, then ``out/hospitals.csv``, each atomically.
+
+    Memory stays that of one chunk: each is written (as Parquet row groups) before the next is
+    generated. The file holds the same table whatever ``batch_rows``, and the same bytes for the
+    same arguments.
+
+    Parameters
+    ----------
+    chunks : iterable of pa.Table
+        :data:`CASE_SCHEMA` tables, e.g. the ``chunks`` of :func:`iter_region`.
+    hospitals : pa.Table
+        The registry (:data:`HOSPITAL_SCHEMA`).
+    out : path
+        Directory of the two files (created when missing). Each file is written beside its
+        name and renamed in (:func:`dipengine.io.write_batches`, :func:`dipengine.io.write_table`):
+        an interrupted run leaves the old files.
+    schema : str, path or InputSchema, optional
+        Layout of ``cases.parquet``: None or ``"contract"`` (the default), ``"nhsa"`` (the
+        national settlement-list twin, :meth:`dipengine.schemas.InputSchema.export`), or a
+        schema folder.
+    batch_rows : int, optional
+        Rows per Parquet row group (default: one per chunk, at most 1,048,576 rows).
+    progress : callable, optional
+        ``progress(done, total)`` after each chunk is written (``total``: the chunks'
+        ``n_cases`` when they have one, else None).
+    inputs : sequence of path
+        Files the run reads (registry, code lists): neither output may be one of them
+        (:func:`dipengine.io.check_output`), checked before any chunk is generated.
+
+    Returns
+    -------
+    cases_path, hospitals_path : Path
+    summary : dict
+        As :func:`summarize`, over all chunks (in the contract form).
+
+    Raises
+    ------
+    DataError
+        When an output may not be written (checked before the first chunk).
+    """
+    from dipengine.io import check_output, write_batches
+
+    out = Path(out)
+    cases_path, hosp_path = out / "cases.parquet", out / "hospitals.csv"
+    for path in (cases_path, hosp_path):
+        check_output(path, list(inputs))
+    if batch_rows is not None and batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
+    export = _export(schema)
+    file_schema = CASE_SCHEMA if export is None else export(CASE_SCHEMA.empty_table()).schema
     home = hospitals["region"][0].as_py() if hospitals.num_rows else None
-    ins_region = cases["insured_region"]
-    remote = pc.sum(pc.fill_null(pc.not_equal(ins_region, home), False).cast(pa.int64())).as_py() or 0
-    bad = n - cases["planted_defect"].null_count
+    total = getattr(chunks, "n_cases", None)
+    tally = _tally(None, home)
+
+    def written():
+        for t in chunks:
+            tally.update(_tally(t, home, tally))
+            yield t if export is None else export(t)
+            del t
+            if progress is not None:
+                progress(tally["cases"], total)
+
+    stream = written() if batch_rows is None else _rebatch(written(), batch_rows)
+    write_batches(stream, cases_path, file_schema)
+    write_table(hospitals, hosp_path)
+    return cases_path, hosp_path, _summary(tally, hospitals)
+
+
+def _tally(cases, home, before=None) -> dict:
+    """Counts behind :func:`summarize`, added to ``before`` (None: from zero)."""
+    t = dict(before) if before is not None else {"cases": 0, "remote": 0, "bad": 0, "total_cost_yuan": None}
+    if cases is None:
+        return t
+    n = cases.num_rows
+    remote = pc.sum(pc.fill_null(pc.not_equal(cases["insured_region"], home), False).cast(pa.int64())).as_py() or 0
+    cost = pc.sum(cases["total_cost"]).as_py()
+    t["cases"] += n
+    t["remote"] += remote
+    t["bad"] += n - cases["planted_defect"].null_count
+    if cost is not None:
+        t["total_cost_yuan"] = cost if t["total_cost_yuan"] is None else t["total_cost_yuan"] + cost
+    return t
+
+
+def _summary(tally: dict, hospitals: pa.Table) -> dict:
+    n = tally["cases"]
+    levels = np.asarray(hospitals["level"], dtype=np.int64)
     return {
         "cases": n,
         "hospitals": hospitals.num_rows,
         "hospitals_by_level": {lvl: int((levels == lvl).sum()) for lvl in (1, 2, 3)},
-        "remote_share": remote / n if n else 0.0,
-        "bad_share": bad / n if n else 0.0,
-        "total_cost_yuan": pc.sum(cases["total_cost"]).as_py(),
+        "remote_share": tally["remote"] / n if n else 0.0,
+        "bad_share": tally["bad"] / n if n else 0.0,
+        "total_cost_yuan": tally["total_cost_yuan"],
     }
+
+
+def summarize(cases: pa.Table, hospitals: pa.Table) -> dict:
+    """Headline figures of a generated region: cases, hospitals by level, remote and bad-row shares."""
+    home = hospitals["region"][0].as_py() if hospitals.num_rows else None
+    return _summary(_tally(cases, home), hospitals)

@@ -14,7 +14,7 @@ def progress_bar(total: int | None, desc: str):
     try:
         from tqdm import tqdm
     except ImportError:  # tqdm is optional
-        return (lambda done, total: None), (lambda: None)
+        return (lambda done, total=None: None), (lambda: None)
     bar = tqdm(total=total, desc=desc, unit="rec", unit_scale=True, disable=None, file=sys.stderr)
     state = {"done": 0}
 

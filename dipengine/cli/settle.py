@@ -52,7 +52,8 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
     """
     from dipengine.policy import resolve_pricing_dir
     from dipengine.rules import resolve_rules_dir
-    from dipengine.settlement import parse_period, settle
+    from dipengine.pipeline import settle_to
+    from dipengine.settlement import parse_period
 
     if no_benefits and benefit_dirs:
         raise click.UsageError("--benefits and --no-benefits exclude each other")
@@ -63,18 +64,21 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
                  directory=True, force=force)
 
     kind, _, _ = parse_period(period)
-    callback, close = progress_bar(None, "reading")
+    callback, close = progress_bar(None, "settling (rows over both passes)" if kind == "annual" else "settling")
+
+    def prepared(run):
+        for warning in run.warnings:
+            click.echo(f"warning: {warning}", err=True)
+
     try:
-        result = settle(list(inputs), rules_dir, pricing_dir, hospitals_path, period,
-                        monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads,
-                        benefits=False if no_benefits else (list(benefit_dirs) or None),
-                        schema=schema, encoding=encoding, sheet=sheet, allow_out_of_period=allow_out_of_period)
+        with replace_allowed(force):
+            result = settle_to(out_dir, list(inputs), rules_dir, pricing_dir, hospitals_path, period,
+                               monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads,
+                               benefits=False if no_benefits else (list(benefit_dirs) or None),
+                               schema=schema, encoding=encoding, sheet=sheet,
+                               allow_out_of_period=allow_out_of_period, on_prepared=prepared)
     finally:
         close()
-    for warning in result.manifest.get("warnings", ()):
-        click.echo(f"warning: {warning}", err=True)
-    with replace_allowed(force):
-        result.write(out_dir)
     m = result.manifest
     title = "monthly pre-settlement" if kind == "monthly" else "annual clearing"
     click.echo(f"{title} {period}: {m['counts']['cases']:,} cases, {m['counts']['in_pool']:,} in the pools, "

@@ -37,19 +37,25 @@ def command(year, n_cases, out, seed, region, n_hospitals, registry, bad_rows, c
 
     Example: dipengine synth --year 2026 --cases 100000 --out region/ --bad-rows 0.01
     """
-    from dipengine.synth import summarize, synth_region, write_region
+    from pathlib import Path
 
-    cases, hospitals = synth_region(
+    from dipengine.cli._common import progress_bar
+    from dipengine.io import check_output
+    from dipengine.synth import iter_region, write_region_stream
+
+    inputs = [registry, codes_icd10, codes_icd9]
+    for name in ("cases.parquet", "hospitals.csv"):  # before any work: never over an input
+        check_output(Path(out) / name, inputs)
+    hospitals, chunks = iter_region(
         year, n_cases, seed=seed, region=region, n_hospitals=n_hospitals, bad_rows=bad_rows,
         codes_icd10=codes_icd10, codes_icd9=codes_icd9, hospitals=registry,
     )
-    written = cases
-    if schema != "contract":
-        from dipengine.schemas import load_schema
-
-        written = load_schema(schema).export(cases)
-    cases_path, hosp_path = write_region(written, hospitals, out)
-    s = summarize(cases, hospitals)
+    progress, close = progress_bar(n_cases, "synth")
+    try:
+        cases_path, hosp_path, s = write_region_stream(chunks, hospitals, out, schema=schema, progress=progress,
+                                                       inputs=inputs)
+    finally:
+        close()
     by_level = ", ".join(f"level {lvl}: {k}" for lvl, k in sorted(s["hospitals_by_level"].items(), reverse=True))
     click.echo(f"wrote {cases_path} and {hosp_path}")
     click.echo(f"  cases         {s['cases']:>12,}")

@@ -1,0 +1,502 @@
+"""The settlement run (contract §1 ``settle``): two passes over the cases, memory bounded by the batch.
+
+Pass 1 reads, validates, groups and scores the cases batch by batch (worker threads, see
+:func:`dipengine.reader.map_cases`), adds each batch to the run's exact integer
+:class:`~dipengine.settlement.Totals` and spills its case rows (every result column but the two
+money ones) to an Arrow IPC file beside the output. The point values are then computed once,
+from the exact totals (:func:`~dipengine.settlement.finish`). Pass 2 reads the spill back batch
+by batch, adds the case money (:func:`~dipengine.settlement.add_case_money`) and writes
+``cases.parquet``. A monthly pre-settlement knows its point values before it starts (the
+budget values), so it writes the case results in pass 1 and spills nothing.
+
+Memory is bounded by the batch size, the hospitals and the groups, not by the cases. Every
+total is an integer sum, so the outputs do not depend on the batch size, the file split, the
+thread count or the engine (:mod:`dipengine.dask_engine` runs the same batch functions).
+
+:func:`settle_to` writes an output directory; :func:`settle` returns the results in memory.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dipengine.errors import DataError
+from dipengine.io import BATCH_SIZE, sha256_file, source_files
+from dipengine.policy import POOLS, Policy, load_policy
+from dipengine.settlement import (
+    SettlementResult, Totals, add_case_money, case_table, finish, manifest_of, merge_benefits, parse_period,
+    read_monthly, resolve_benefits, write_result,
+)
+
+__all__ = ["SettleRun", "prepare", "score_batch", "settle", "settle_to", "write_result"]
+
+SPILL_NAME = ".cases.spill.arrows"
+"""The pass-1 spill inside the output's temporary directory (removed before the output appears)."""
+SPILL_COMPRESSION = "lz4"
+"""Arrow IPC buffer compression of the spill: a fifth of the bytes on disk, read back at memory speed."""
+
+
+@dataclass
+class SettleRun:
+    """Everything a settlement run decides before it reads a case (checked up front).
+
+    A bad rule set, policy, registry or monthly statement raises :class:`DataError` here, before
+    anything is written. The batch functions (:func:`score_batch`) need only this object, so it
+    is what the Dask engine ships to its workers.
+    """
+
+    rules: object
+    policy: Policy
+    hospitals: pa.Table
+    period: str
+    kind: str
+    year: int
+    monthly: dict | None
+    monthly_dirs: list
+    benefit_rules: object
+    warnings: list
+    hospital_files: list
+    hosp_ids: pa.Array = field(init=False)
+
+    def __post_init__(self):
+        self.hosp_ids = self.hospitals["hospital_id"].combine_chunks()
+
+    @property
+    def with_benefits(self) -> bool:
+        return self.benefit_rules is not None
+
+    def budget_values_fen(self) -> np.ndarray:
+        """Fen per point of each pool at the budget point value (what a monthly run applies)."""
+        return np.array([self.policy.budget_value[p] * 100.0 for p in POOLS], dtype=np.float64)
+
+    def totals(self) -> Totals:
+        """An empty :class:`Totals` for this run's registry."""
+        return Totals(len(self.hosp_ids), benefits=self.with_benefits)
+
+
+def prepare(rules, policy, hospitals, period, *, monthly=None, benefits=None,
+            allow_out_of_period: bool = False) -> SettleRun:
+    """Load and check what a run needs besides the cases (see :func:`settle` for the arguments)."""
+    from dipengine.hospitals import read_hospitals
+    from dipengine.rules import check_period, load_rules
+
+    kind, year, _ = parse_period(period)
+    if not isinstance(policy, Policy):
+        policy = load_policy(policy)
+    if policy.year != year:
+        raise DataError(f"policy year {policy.year} does not match period {period}",
+                        file=policy.path / "policy.toml", column="year", value=policy.year)
+    if not hasattr(rules, "groups"):
+        rules = load_rules(rules)
+    warnings = []
+    out_of_period = check_period(rules, period)
+    if out_of_period is not None:
+        if not allow_out_of_period:
+            raise DataError(out_of_period + " (--allow-out-of-period settles anyway)",
+                            file=Path(getattr(rules, "path", ".")) / "manifest.toml")
+        warnings.append(out_of_period)
+    hosp_files = source_files(hospitals) if not isinstance(hospitals, pa.Table) else []
+    hosp_table = hospitals if isinstance(hospitals, pa.Table) else read_hospitals(hospitals)
+    if monthly and kind != "annual":
+        raise DataError("--monthly applies to the annual clearing (period YYYY) only", column="period",
+                        value=str(period))
+    monthly_sums = read_monthly(monthly, year) if monthly else None
+    return SettleRun(rules=rules, policy=policy, hospitals=hosp_table, period=str(period), kind=kind, year=year,
+                     monthly=monthly_sums, monthly_dirs=list(monthly or []),
+                     benefit_rules=resolve_benefits(benefits, policy), warnings=warnings,
+                     hospital_files=hosp_files)
+
+
+def score_batch(cases: pa.Table, run: SettleRun) -> pa.Table:
+    """Group and score one batch of normalised cases: ``case_points`` output (contract §6.2
+    columns up to ``points_e4``). Pure: depends on the batch and the run only."""
+    from dipengine.grouper import group_batch
+    from dipengine.scoring import case_points
+
+    grouped, _ = group_batch(cases, run.rules, n_threads=1)
+    return case_points(cases, grouped, run.hospitals, run.policy, groups=run.rules.groups)
+
+
+def settle_batch(cases: pa.Table, run: SettleRun) -> tuple[pa.Table, Totals]:
+    """One batch through pass 1 (no estimate mode): its :func:`case_table` rows and Totals."""
+    scored = score_batch(cases, run)
+    return case_table(scored, cases), run.totals().add(scored, cases, run.hosp_ids)
+
+
+# --------------------------------------------------------------------------- case sources
+
+def _is_normalised(obj) -> bool:
+    return isinstance(obj, pa.Table) and {"total_cost_fen", "reason"} <= set(obj.column_names)
+
+
+def _input_files(cases, schema) -> list:
+    """The files behind a case source (for the manifest's sha256): none for in-memory tables;
+    the tables of a nested 4101 folder (``schema="nhsa"``); else :func:`io.source_files`."""
+    if isinstance(cases, (pa.Table, pa.RecordBatch)) or type(cases).__name__ == "DataFrame":
+        return []
+    if schema is not None and isinstance(cases, (str, Path)):
+        from dipengine.schemas import load_schema, nested_files
+
+        nested = nested_files(cases, load_schema(schema))
+        if nested is not None:
+            return sorted(str(f) for f in nested.values())
+    return source_files(cases)
+
+
+def _normalised_batches(cases, run: SettleRun, fn, *, batch_size, workers, progress, layout):
+    """``fn(normalised batch as a Table)`` for each batch of ``cases``, in input order."""
+    if _is_normalised(cases):
+        def tables():
+            for b in cases.to_batches(max_chunksize=batch_size):
+                if progress is not None:
+                    progress(b.num_rows, cases.num_rows)
+                yield fn(pa.Table.from_batches([b]))
+        return tables()
+    from dipengine.reader import map_cases
+
+    return map_cases(cases, lambda b: fn(pa.Table.from_batches([b])), run.hospitals, period=run.period,
+                     progress=progress, batch_size=batch_size, workers=workers, **layout)
+
+
+class _WholeBenefits:
+    """The estimate-mode benefit columns of a run, computed on the whole normalised table."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def read(self, start: int, n: int) -> pa.Table:
+        return self.table.slice(start, n)
+
+    def close(self) -> None:
+        self.table = None
+
+
+def _benefit_source(cases, run, *, batch_size, workers, layout):
+    """Estimate mode's first pass: the benefit columns of every row (``read(start, n)``)."""
+    from dipengine import benefits as ben
+
+    stream = _normalised_batches(cases, run, lambda t: t, batch_size=batch_size, workers=workers, progress=None,
+                                 layout=layout)
+    if hasattr(ben, "spill_benefits"):
+        return ben.spill_benefits(stream, run.benefit_rules, run.hospitals)
+    tables = list(stream)
+    whole = pa.concat_tables(tables) if tables else None
+    return _WholeBenefits(ben.compute_benefits(whole, run.benefit_rules, run.hospitals) if whole is not None
+                          else None)
+
+
+def _pass1(cases, run: SettleRun, totals: Totals, *, batch_size, workers, progress, layout, benefit_source=None):
+    """Yield the :func:`case_table` rows of pass 1 in input order, adding every batch to ``totals``."""
+    if benefit_source is None:
+        stream = _normalised_batches(cases, run, lambda t: settle_batch(t, run), batch_size=batch_size,
+                                     workers=workers, progress=progress, layout=layout)
+        for table, part in stream:
+            totals.merge(part)
+            yield table
+        return
+    # estimate mode: the payments of a row depend on its patient's other admissions, read back in
+    # row order here; grouping and scoring (which do not use payments) stay in the workers
+    stream = _normalised_batches(cases, run, lambda t: (t, score_batch(t, run)), batch_size=batch_size,
+                                 workers=workers, progress=progress, layout=layout)
+    at = 0
+    for t, scored in stream:
+        t = merge_benefits(t, benefit_source.read(at, t.num_rows))
+        at += t.num_rows
+        totals.add(scored, t, run.hosp_ids)
+        yield case_table(scored, t)
+
+
+class _Spill:
+    """Pass-1 case tables in an Arrow IPC stream file (lz4), read back batch by batch in order."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.rows = 0
+
+    def write_all(self, tables) -> None:
+        writer = sink = schema = None
+        try:
+            for t in tables:
+                if writer is None:
+                    schema = t.schema
+                    sink = pa.OSFile(str(self.path), "wb")
+                    writer = pa.ipc.new_stream(sink, schema,
+                                               options=pa.ipc.IpcWriteOptions(compression=SPILL_COMPRESSION))
+                elif t.schema != schema:
+                    t = t.cast(schema)
+                writer.write_table(t)
+                self.rows += t.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+            if sink is not None:
+                sink.close()
+
+    def tables(self):
+        if not self.path.exists():
+            return
+        with pa.OSFile(str(self.path), "rb") as f:
+            reader = pa.ipc.open_stream(f)
+            for batch in reader:
+                yield pa.Table.from_batches([batch])
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _prefetched(tables, depth: int = 2):
+    from dipengine.grouper import _prefetch
+
+    return _prefetch(iter(tables), depth)
+
+
+class _Progress:
+    """Rows done over both passes (annual: 2 × cases), reported as ``progress(done, total)``."""
+
+    def __init__(self, progress, passes: int):
+        self.progress, self.passes = progress, passes
+        self.n = None
+        self.offset = 0
+        self.lock = threading.Lock()
+
+    def pass1(self, done, total):
+        with self.lock:
+            self.n = total
+            self.done = done
+        if self.progress is not None:
+            self.progress(done, None if total is None else total * self.passes)
+
+    def pass2(self, rows):
+        self.offset += rows
+        if self.progress is not None and self.n is not None:
+            self.progress(self.n + self.offset, self.n * self.passes)
+
+
+class _Run:
+    """The passes of one run over ``cases``: iterate :meth:`tables` (the case results with their
+    money, in input order) to the end, then read :attr:`totals`, :attr:`values` (``PointValues``),
+    :attr:`standard` (Σ case standard per pool, fen) and :attr:`due` (Σ case fund due, fen)."""
+
+    def __init__(self, cases, run: SettleRun, *, spill_dir, batch_size, workers, progress, layout):
+        self.cases, self.run, self.spill_dir = cases, run, spill_dir
+        self.kw = dict(batch_size=batch_size, workers=workers, layout=layout)
+        self.totals = run.totals()
+        self.values = None
+        self.standard = np.zeros(len(POOLS), np.int64)
+        self.due = 0
+        self.rows = None  # cases in the run, once known (fixes the output's row groups)
+        self.monthly = run.kind == "monthly"
+        self.progress = _Progress(progress, 1 if self.monthly else 2)
+
+    def _with_money(self, tables, values_fen):
+        for t in tables:
+            out, per_pool = add_case_money(t, values_fen)
+            self.standard += per_pool
+            self.due += int(out["fund_due_fen"].to_numpy().sum())
+            if not self.monthly:
+                self.progress.pass2(out.num_rows)
+            yield out
+
+    def _finish(self):
+        r = self.run
+        self.values = finish(self.totals, r.hospitals, r.policy, r.period, monthly=r.monthly)
+        return self.values
+
+    def tables(self):
+        r = self.run
+        benefit_source = None
+        try:
+            if r.with_benefits:
+                benefit_source = _benefit_source(self.cases, r, **{k: self.kw[k] for k in ("batch_size", "workers",
+                                                                                        "layout")})
+            first = _pass1(self.cases, r, self.totals, progress=self.progress.pass1,
+                           benefit_source=benefit_source, **self.kw)
+            if self.monthly:  # the budget point values are known: one pass
+                yield from self._with_money(first, r.budget_values_fen())
+                self._finish()
+                return
+            if self.spill_dir is None:  # in memory: the pass-1 tables are the spill
+                kept = list(first)
+                self.rows = sum(t.num_rows for t in kept)
+                yield from self._with_money(kept, self._finish().case_value_fen)
+                return
+            spill = _Spill(Path(self.spill_dir) / SPILL_NAME)
+            try:
+                spill.write_all(first)
+                self.rows = spill.rows
+                yield from self._with_money(_prefetched(spill.tables()), self._finish().case_value_fen)
+            finally:
+                spill.remove()
+        finally:
+            if benefit_source is not None:
+                benefit_source.close()
+
+    def total_rows(self):
+        """Cases in the run when known (else None): where the output's last row group starts."""
+        return self.progress.n if self.monthly else self.rows
+
+
+def _empty_cases(cases, run: SettleRun, layout) -> pa.Table:
+    """The (empty) case results of an input without rows, with the columns a full run has."""
+    from dipengine.reader import read_cases
+
+    normalised = cases if _is_normalised(cases) else read_cases(cases, run.hospitals, period=run.period, **layout)
+    if run.with_benefits:
+        from dipengine.settlement import apply_benefits
+
+        normalised = apply_benefits(normalised, run.benefit_rules, run.hospitals)
+    scored = score_batch(normalised, run)
+    return add_case_money(case_table(scored, normalised), run.budget_values_fen())[0]
+
+
+def _manifest(run: SettleRun, passes: "_Run", *, input_files, layout) -> dict:
+    m = manifest_of(passes.totals, passes.values, run.policy, run.period, passes.standard, passes.due)
+    schema = layout.get("schema")
+    rules = run.rules
+    br = run.benefit_rules
+    m["parameters"] = {
+        "period": run.period,
+        "rules": str(getattr(rules, "path", "")),
+        "pricing": str(getattr(run.policy, "path", "")),
+        "hospitals": [str(f) for f in run.hospital_files],
+        "input": [str(f) for f in input_files],
+        "monthly": [str(d) for d in run.monthly_dirs],
+        "benefits": None if br is None else sorted(br.files),
+        "schema": None if schema is None else getattr(schema, "name", str(schema)),
+        "encoding": layout.get("encoding"),
+        "sheet": layout.get("sheet"),
+    }
+    if run.warnings:
+        m["warnings"] = list(run.warnings)
+    m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
+    m["sha256"]["hospitals"] = {str(f): sha256_file(f) for f in run.hospital_files}
+    m["sha256"]["monthly"] = {str(Path(d) / "hospitals.parquet"): sha256_file(Path(d) / "hospitals.parquet")
+                              for d in run.monthly_dirs}
+    m["sha256"]["rules"] = dict(getattr(rules, "sha256", {}) or {})
+    if br is not None:
+        m["sha256"]["benefits"] = dict(sorted(br.files.items()))
+    if schema is not None:
+        from dipengine.schemas import load_schema
+
+        m["sha256"]["schema"] = dict(load_schema(schema).files)
+    m["rules"] = {"name": getattr(rules, "name", None), "version": getattr(rules, "version", None)}
+    return m
+
+
+def _one_source(cases):
+    if isinstance(cases, (list, tuple)) and len(cases) == 1:
+        return cases[0]  # one path (a nested 4101 folder is recognised only as a single source)
+    return cases
+
+
+def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=None, n_threads=None,
+           benefits=None, schema=None, encoding=None, sheet=None, allow_out_of_period: bool = False,
+           batch_size: int = BATCH_SIZE) -> SettlementResult:
+    """Read, group, score and settle a period, results in memory (contract §1 ``settle``).
+
+    Parameters
+    ----------
+    cases : path, list of paths, or table
+        Raw case input (contract §2), or an already normalised table (``read_cases`` output).
+    rules : RuleSet or path
+        A rule set (``dipengine.rules.load_rules``).
+    policy : Policy or path
+        The pricing directory (``load_policy``).
+    hospitals : path or table
+        The registry.
+    period : str
+        ``YYYY-MM`` monthly pre-settlement, ``YYYY`` annual clearing.
+    monthly : list of paths, optional
+        Monthly output directories whose payments the annual clearing nets off.
+    progress : callable(done, total), optional
+        Rows done over the run's passes (an annual run reads every case twice: total = 2 × cases).
+    n_threads : int, optional
+        Worker threads (default: all CPUs, at most 8). Results never depend on it.
+    benefits : None, False, path(s) or BenefitRules
+        Estimate mode (:func:`dipengine.settlement.apply_benefits`, tables chosen by
+        :func:`dipengine.settlement.resolve_benefits`): by default the pricing dir's
+        ``benefits.csv`` when it has one; ``False`` turns it off; paths add the tables of other
+        insured regions. Cases without recorded payments are then settled on the computed
+        patient share and fund benefit.
+    schema : str, path or InputSchema, optional
+        Input layout (:func:`dipengine.schemas.load_schema`): ``"contract"`` (default),
+        ``"nhsa"`` or a schema folder. Passed to :func:`dipengine.reader.map_cases`.
+    encoding : str, optional
+        Text encoding of CSV inputs (``utf-8``, ``gbk``, ``gb18030``); default: detected.
+    sheet : str or int, optional
+        Sheet of an .xlsx input: name or 0-based index; default: the first.
+    allow_out_of_period : bool
+        Settle even when the rule set's effective dates do not cover the period (the reason is
+        then in the manifest's ``warnings``); by default that is a :class:`DataError`.
+    batch_size : int
+        Rows per batch. Results never depend on it.
+
+    Returns
+    -------
+    SettlementResult
+        Case results (contract §6.2), hospital statements (§6.3) and the manifest (§6.4).
+        For inputs too large for memory use :func:`settle_to`, which streams to a directory.
+    """
+    run = prepare(rules, policy, hospitals, period, monthly=monthly, benefits=benefits,
+                  allow_out_of_period=allow_out_of_period)
+    cases = _one_source(cases)
+    layout = dict(schema=schema, encoding=encoding, sheet=sheet)
+    input_files = _input_files(cases, schema)
+    passes = _Run(cases, run, spill_dir=None, batch_size=batch_size, workers=_workers(n_threads),
+                  progress=progress, layout=layout)
+    kept = list(passes.tables())
+    table = pa.concat_tables(kept) if kept else _empty_cases(cases, run, layout)
+    m = _manifest(run, passes, input_files=input_files, layout=layout)
+    return SettlementResult(cases=table, hospitals=passes.values.statements, manifest=m)
+
+
+def _workers(n_threads):
+    from dipengine.reader import worker_count
+
+    return worker_count(n_threads)
+
+
+def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None, progress=None, n_threads=None,
+              benefits=None, schema=None, encoding=None, sheet=None, allow_out_of_period: bool = False,
+              batch_size: int = BATCH_SIZE, on_prepared=None) -> SettlementResult:
+    """Settle a period streaming, into the output directory ``out_dir`` (what the CLI runs).
+
+    The arguments are those of :func:`settle`. ``out_dir`` gets ``cases.parquet``,
+    ``hospitals.parquet``, ``hospitals.csv`` and ``manifest.json`` atomically; the pass-1 spill
+    lives in its temporary directory (on the output's file system) and is gone before the output
+    appears. ``on_prepared(run)`` is called once everything but the cases has been checked.
+
+    Returns
+    -------
+    SettlementResult
+        With ``cases=None`` (they are in ``out_dir/cases.parquet``), the statements and the
+        manifest.
+    """
+    run = prepare(rules, policy, hospitals, period, monthly=monthly, benefits=benefits,
+                  allow_out_of_period=allow_out_of_period)
+    if on_prepared is not None:
+        on_prepared(run)
+    cases = _one_source(cases)
+    layout = dict(schema=schema, encoding=encoding, sheet=sheet)
+    input_files = _input_files(cases, schema)
+    holder = {}
+
+    def case_tables(tmp):
+        holder["run"] = _Run(cases, run, spill_dir=tmp, batch_size=batch_size, workers=_workers(n_threads),
+                             progress=progress, layout=layout)
+        return holder["run"].tables()
+
+    def statements():
+        return holder["run"].values.statements
+
+    def manifest():
+        holder["manifest"] = _manifest(run, holder["run"], input_files=input_files, layout=layout)
+        return holder["manifest"]
+
+    write_result(out_dir, case_tables, statements, manifest, total_rows=lambda: holder["run"].total_rows(),
+                 empty=lambda: _empty_cases(cases, run, layout))
+    return SettlementResult(cases=None, hospitals=holder["run"].values.statements, manifest=holder["manifest"])
