@@ -1000,6 +1000,40 @@ def _cleaned(columns):
         raise _ScanError(str(e)) from e
 
 
+def repeat_rows(source, *, schema=None, spill_dir=None, n_rows: int | None = None) -> tuple[np.ndarray, int]:
+    """The rows of ``source`` whose ``case_id`` repeats an earlier row's (``DUPLICATE_CASE``).
+
+    What the duplicate pass of :func:`map_cases` marks, found by the bounded-memory pre-pass
+    (:func:`dipengine.duplicates.find_repeats`) over the ``case_id`` column alone; a Parquet file,
+    directory or glob, or an Arrow IPC file, as :func:`map_cases` reads it; ``n_rows`` (its row
+    count, when known) sizes the spill partitions.
+
+    Returns
+    -------
+    rows : numpy.ndarray
+        int64, sorted, 0-based rows of the whole source.
+    n_rows : int
+        Rows of the source.
+
+    Raises
+    ------
+    DataError
+        The source cannot be read this way (another format, a computed ``case_id``).
+    """
+    from dipengine.duplicates import find_repeats
+    from dipengine.schemas import load_schema
+
+    label = str(source)
+    try:
+        columns = _case_id_columns(source, load_schema(schema), False)
+        if columns is None:
+            raise DataError("the case_id column cannot be read alone (a Parquet or Arrow IPC source is needed)",
+                            file=label, column="case_id")
+        return find_repeats(_cleaned(columns), n_rows, spill_dir=spill_dir)
+    except _ScanError as e:
+        raise DataError(f"cannot read the case ids ({e})", file=label, column="case_id") from None
+
+
 def _duplicate_marker(mode, scan, total, label, spill_dir):
     """The run's duplicate pass: a :class:`~dipengine.duplicates.RepeatMarker` from the pre-pass
     when ``mode`` asks for it and ``scan()`` (:func:`_case_id_columns`) can read the ids, else a
@@ -1382,7 +1416,7 @@ def worker_count(workers: int | None) -> int:
 def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, progress=None,
               batch_size: int = _BATCH_SIZE, workers: int | None = 1, lean: bool = False,
               depth: int | None = None, schema=None, encoding: str | None = None,
-              sheet=None, duplicates: str = "auto", spill_dir=None) -> Iterator:
+              sheet=None, duplicates: str = "auto", spill_dir=None, repeats=None) -> Iterator:
     """Normalise the cases batch by batch and yield ``fn(batch)`` for each, in input order.
 
     The duplicate-``case_id`` pass runs on the batches one after the other, in input order (its
@@ -1416,6 +1450,10 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
     spill_dir : path, optional
         Where the pre-pass makes its temporary folder (default: :func:`tempfile.gettempdir`);
         it is removed when the pass ends.
+    repeats : numpy.ndarray, optional
+        int64, sorted: the rows of ``source`` (0-based) that repeat an earlier ``case_id``, found
+        beforehand over a larger run of which ``source`` is a piece (:func:`repeat_rows`, then
+        shifted to the piece; what the Dask engine does). Replaces the duplicate pass.
     """
     from dipengine.schemas import load_schema
 
@@ -1448,6 +1486,13 @@ def map_cases(source, fn=None, hospitals=None, *, period=None, code_lists=None, 
     read_options = encoding is not None or sheet is not None
 
     def marker(label, total):
+        if repeats is not None:
+            from dipengine.duplicates import RepeatMarker
+
+            rows = np.ascontiguousarray(repeats, dtype=np.int64)
+            if total is None or (len(rows) and (rows[0] < 0 or rows[-1] >= total)):
+                raise ValueError(f"repeats must be rows of the source (0 to {total}), got {rows[:1]}..{rows[-1:]}")
+            return RepeatMarker(rows, total, label)
         return _duplicate_marker(duplicates, lambda: _case_id_columns(source, spec, read_options), total, label,
                                  spill_dir)
 
@@ -1562,12 +1607,12 @@ def _is_parquet(source) -> bool:
 def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,
                batch_size: int = _BATCH_SIZE, workers: int | None = 1,
                lean: bool = False, schema=None, encoding: str | None = None,
-               sheet=None, duplicates: str = "auto", spill_dir=None) -> Iterator[pa.RecordBatch]:
+               sheet=None, duplicates: str = "auto", spill_dir=None, repeats=None) -> Iterator[pa.RecordBatch]:
     """Stream the normalised case table batch by batch (see :func:`read_cases`).
 
     The duplicate-``case_id`` state is carried across batches, so the result does not depend
     on ``batch_size`` (nor on ``workers`` or ``duplicates``, see :func:`map_cases`, which also
-    describes ``spill_dir``). The file-level checks run before the first batch is yielded.
+    describes ``spill_dir`` and ``repeats``). The file-level checks run before the first batch is yielded.
 
     Yields
     ------
@@ -1577,7 +1622,7 @@ def iter_cases(source, hospitals=None, *, period=None, code_lists=None, progress
     """
     return map_cases(source, None, hospitals, period=period, code_lists=code_lists, progress=progress,
                      batch_size=batch_size, workers=workers, lean=lean, schema=schema, encoding=encoding,
-                     sheet=sheet, duplicates=duplicates, spill_dir=spill_dir)
+                     sheet=sheet, duplicates=duplicates, spill_dir=spill_dir, repeats=repeats)
 
 
 def read_cases(source, hospitals=None, *, period=None, code_lists=None, progress=None,

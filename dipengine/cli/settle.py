@@ -41,9 +41,17 @@ def _yuan(fen) -> str:
               help="Replace --out even when it is not a dipengine output (everything in it is deleted).")
 @click.option("--no-benefits", is_flag=True,
               help="Do not estimate missing fund_paid/patient_paid from benefits.csv (they count as 0).")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="local: this process, streaming; dask: tasks on a Dask cluster (pip install "
+                   "\"dipengine[dask]\"; contract-layout Parquet input). Same output files either way.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="With --engine dask: the scheduler to use (tcp://HOST:8786); default: a local cluster.")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
+              help="With --engine dask and no --scheduler: worker processes of the local cluster (default: CPUs).")
 @input_layout_options
 def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, monthly_dirs, n_threads,
-            benefit_dirs, allow_out_of_period, force, no_benefits, schema, encoding, sheet):
+            benefit_dirs, allow_out_of_period, force, no_benefits, engine, scheduler, n_workers, schema, encoding,
+            sheet):
     """Group, score and settle the cases of PERIOD; write case results and hospital statements.
 
     Estimate mode: when the pricing dir has a benefits.csv (or --benefits is given), cases
@@ -52,7 +60,7 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
     """
     from dipengine.policy import resolve_pricing_dir
     from dipengine.rules import resolve_rules_dir
-    from dipengine.pipeline import settle_to
+    from dipengine.pipeline import settle_to  # the Dask engine is imported only when asked for
     from dipengine.settlement import parse_period
 
     if no_benefits and benefit_dirs:
@@ -70,13 +78,23 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, period, out_dir, mon
         for warning in run.warnings:
             click.echo(f"warning: {warning}", err=True)
 
+    if engine == "local" and (scheduler or n_workers):
+        raise click.UsageError("--scheduler and --workers go with --engine dask")
+    if engine == "dask" and (encoding or sheet):
+        raise click.UsageError("--engine dask reads Parquet: --encoding and --sheet do not apply")
+    common = dict(monthly=list(monthly_dirs) or None, progress=callback,
+                  benefits=False if no_benefits else (list(benefit_dirs) or None), schema=schema,
+                  allow_out_of_period=allow_out_of_period, on_prepared=prepared)
     try:
         with replace_allowed(force):
-            result = settle_to(out_dir, list(inputs), rules_dir, pricing_dir, hospitals_path, period,
-                               monthly=list(monthly_dirs) or None, progress=callback, n_threads=n_threads,
-                               benefits=False if no_benefits else (list(benefit_dirs) or None),
-                               schema=schema, encoding=encoding, sheet=sheet,
-                               allow_out_of_period=allow_out_of_period, on_prepared=prepared)
+            if engine == "dask":
+                from dipengine.dask_engine import settle_to as dask_settle_to
+
+                result = dask_settle_to(out_dir, list(inputs), rules_dir, pricing_dir, hospitals_path, period,
+                                        scheduler=scheduler, n_workers=n_workers, **common)
+            else:
+                result = settle_to(out_dir, list(inputs), rules_dir, pricing_dir, hospitals_path, period,
+                                   n_threads=n_threads, encoding=encoding, sheet=sheet, **common)
     finally:
         close()
     m = result.manifest
