@@ -1328,7 +1328,10 @@ def _open(source, batch_size, columns=None, prefetched=None, read_options=None):
                 first = ds.dataset(files[:1], format="parquet").schema
                 fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(
                     dictionary_columns=_dictionary_columns(first)))
-                dataset = ds.dataset(files, format=fmt)
+                # one schema for all files: a column all null in one file (type null) takes the others' type
+                unified = pa.unify_schemas([ds.dataset([f], format=fmt).schema for f in files],
+                                           promote_options="permissive")
+                dataset = ds.dataset(files, format=fmt, schema=unified)
                 schema, total = dataset.schema, dataset.count_rows()
                 batches = dataset.scanner(columns=pick(schema.names), batch_size=batch_size).to_batches()
         except (pa.ArrowException, OSError) as e:

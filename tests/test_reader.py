@@ -609,3 +609,18 @@ def test_amounts_with_thousands_separators_through_a_csv_file(tmp_path):
         assert out["reason"].to_pylist() == [None, None, "BAD_AMOUNT"]
         assert "total_cost: '12,3x' is not a number" in out["reason_detail"][2].as_py()
         assert out["note"].to_pylist() == ["a", "b", "c"]  # the quoted commas split no column
+
+
+def test_a_dataset_whose_first_file_has_an_all_null_column_reads_as_one_file(tmp_path):
+    """A column all null in one file is typed ``null`` there; the dataset takes the other files' type."""
+    from dipengine.synth import synth_region
+
+    cases, _ = synth_region(2026, 300, seed=3)
+    first = cases.slice(0, 1)
+    nulled = [pa.nulls(1) if first[n].null_count == 1 else first[n] for n in first.column_names]
+    assert any(pa.types.is_null(c.type) for c in nulled)
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.table(nulled, names=first.column_names), tmp_path / "ds" / "a.parquet")
+    pq.write_table(cases.slice(1), tmp_path / "ds" / "b.parquet")
+    pq.write_table(cases, tmp_path / "one.parquet")
+    assert read_cases(tmp_path / "ds").equals(read_cases(tmp_path / "one.parquet"))
