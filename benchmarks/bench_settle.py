@@ -1,6 +1,8 @@
 """Annual settlement end to end from Parquet (read -> validate -> group -> score -> settle).
 
-asv: ``TimeSettle`` and ``SettleResult`` (50k cases; ``DIPENGINE_BENCH_PROFILE=large``: 5M).
+asv: ``TimeSettle`` and ``SettleResult`` (in memory, ``settle``), ``SettleStreaming`` (``pipeline.settle_to``,
+what the CLI runs) and ``SettleDask`` (the Dask engine on a 2-worker local cluster); 50k cases,
+``DIPENGINE_BENCH_PROFILE=large``: 5M. Engine vs pandas vs the I/O floor: ``benchmarks/compare.py``.
 Script: ``python benchmarks/bench_settle.py [--cases 5000000] [--dir /tmp/dipengine-bench]``
 generates the input once (vectorised, cached), then times ``settle`` in a fresh process and
 prints the wall time, cases per second and peak RSS.
@@ -152,6 +154,80 @@ class SettleResult:
         return run_settle(Path(dirs[n])).manifest["total_points"]
 
     track_total_points.unit = "points"
+
+
+def run_settle_to(directory: Path, out: Path, n_threads: int | None = None, engine: str = "local", client=None):
+    """The streaming run the CLI makes (``pipeline.settle_to``, or the Dask engine), into ``out``."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    args = (out, directory / "cases.parquet", RULES, directory / "pricing", directory / "hospitals.csv", "2027")
+    if engine == "dask":
+        from dipengine.dask_engine import settle_to
+
+        return settle_to(*args, allow_out_of_period=True, client=client)
+    from dipengine.pipeline import settle_to
+
+    return settle_to(*args, n_threads=n_threads, allow_out_of_period=True)
+
+
+class SettleStreaming:
+    """asv: the streaming two-pass run (what ``dipengine settle`` runs): time by threads, peak memory."""
+
+    params = [SIZES, common.THREADS]
+    param_names = ["n_cases", "n_threads"]
+    timeout = common.pick(300, 1800)
+
+    def setup_cache(self):
+        return {n: str(region_dir(n)) for n in SIZES}
+
+    def setup(self, dirs, n, n_threads):
+        import tempfile
+
+        self.tmp = tempfile.mkdtemp(prefix="dipengine-bench-settle-")
+
+    def teardown(self, dirs, n, n_threads):
+        import shutil
+
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_settle_to(self, dirs, n, n_threads):
+        run_settle_to(Path(dirs[n]), Path(self.tmp) / "out", n_threads)
+
+    def peakmem_settle_to(self, dirs, n, n_threads):
+        run_settle_to(Path(dirs[n]), Path(self.tmp) / "out", n_threads)
+
+
+class SettleDask:
+    """asv: the Dask engine on a local cluster of 2 worker processes (started in setup, not timed)."""
+
+    params = [SIZES]
+    param_names = ["n_cases"]
+    timeout = common.pick(300, 1800)
+
+    def setup_cache(self):
+        return {n: str(region_dir(n)) for n in SIZES}
+
+    def setup(self, dirs, n):
+        import tempfile
+
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise NotImplementedError("distributed is not installed (pip install dipengine[dask])")
+        self.tmp = tempfile.mkdtemp(prefix="dipengine-bench-dask-")
+        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+        self.client = Client(self.cluster)
+
+    def teardown(self, dirs, n):
+        import shutil
+
+        self.client.close()
+        self.cluster.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def time_settle_dask(self, dirs, n):
+        run_settle_to(Path(dirs[n]), Path(self.tmp) / "out", engine="dask", client=self.client)
 
 
 def main(argv=None):

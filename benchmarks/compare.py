@@ -322,6 +322,36 @@ def report(n: int, res: dict, *, seed: int, year: int, data: Path) -> str:
     return "\n".join(lines)
 
 
+class CompareSettle:
+    """asv: the three measurements of this script once per run (fresh processes), as tracked ratios.
+
+    ``DIPENGINE_BENCH_PROFILE=small`` (CI): 50,000 cases; ``large``: 1,000,000.
+    """
+
+    timeout = 3600
+
+    def setup_cache(self):
+        try:
+            from benchmarks import common
+        except ImportError:
+            import common
+        n = common.pick(50_000, 1_000_000)
+        data = region(common.CACHE_DIR, n, quiet=True)
+        with tempfile.TemporaryDirectory(prefix="dipengine-compare-") as tmp:
+            res = run_all(data, Path(tmp), "2026")
+        return {k: res[k]["seconds"] for k in ("engine", "pandas", "floor")}
+
+    def track_engine_over_floor(self, res):
+        return res["engine"] / res["floor"]
+
+    track_engine_over_floor.unit = "ratio"
+
+    def track_pandas_over_engine(self, res):
+        return res["pandas"] / res["engine"]
+
+    track_pandas_over_engine.unit = "ratio"
+
+
 def main(argv=None) -> None:
     try:
         from benchmarks import common

@@ -301,6 +301,11 @@ class _Run:
                 self.progress.pass2(out.num_rows)
             yield out
 
+    def _read_back(self, spill: "_Spill", values_fen):
+        """Pass 2: the spill read back and given its money in a background thread, while the
+        caller writes the previous batch."""
+        return _prefetched(self._with_money(spill.tables(), values_fen))
+
     def _finish(self):
         r = self.run
         self.values = finish(self.totals, r.hospitals, r.policy, r.period, monthly=r.monthly)
@@ -328,7 +333,7 @@ class _Run:
             try:
                 spill.write_all(first)
                 self.rows = spill.rows
-                yield from self._with_money(_prefetched(spill.tables()), self._finish().case_value_fen)
+                yield from self._read_back(spill, self._finish().case_value_fen)
             finally:
                 spill.remove()
         finally:
