@@ -1,9 +1,13 @@
 """Local catalogue building from history: ``dipengine catalog build`` (dip-rules §4.3, contract §4-§5).
 
 The builder reads one normalised case table per history year (oldest first), reduces each year
-batch by batch to a few compact integer columns per case, and then works on those columns with
-vectorised group-bys (numpy ``bincount`` / ``add.at``, pandas ``factorize``); Python loops run
-over years, groups and distinct codes only, never over cases.
+batch by batch to a few compact integer columns per case, and works on them with vectorised
+group-bys (numpy ``bincount`` / ``add.at``, pandas ``factorize``); Python loops run over years,
+groups and distinct codes only, never over cases. By default (``method="bounded"``) the columns
+are not kept: per-batch sums per *cell* of cases with the same keys decide the groups, and the
+trimmed statistics come from spill files (:mod:`dipengine.catalog_stats`), so memory stays about
+flat in the number of history cases. ``method="memory"`` concatenates all columns and computes
+from whole arrays (:func:`_assemble`): the reference, with the same result and files.
 
 Design choices (stated in ``docs/catalog.md``):
 
@@ -33,11 +37,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dipengine import codes
+from dipengine import catalog_stats, codes
+from dipengine.catalog_stats import factorize as _factorize
+from dipengine.catalog_stats import trim_mask as _trim_mask
+from dipengine.catalog_stats import year_table as _year_table
 from dipengine.errors import DataError
 from dipengine.io import BATCH_SIZE, atomic_dir, iter_batches, sha256_file, source_files
 from dipengine.money import fen_to_yuan_text, yuan_float_to_fen
@@ -467,8 +473,13 @@ def _batches(item, hospitals, batch_size, layout=None):
             return
         import pyarrow.parquet as pq
 
-        names = pq.read_schema(source_files(item)[0]).names
-        yield from iter_batches(item, columns=[c for c in _COLUMNS if c in names], batch_size=batch_size)
+        files = source_files(item)
+        names = pq.read_schema(files[0]).names
+        columns = [c for c in _COLUMNS if c in names]
+        if len(files) == 1:
+            yield from _parquet_batches(files[0], columns, batch_size)
+        else:
+            yield from iter_batches(item, columns=columns, batch_size=batch_size)
         return
     try:
         from dipengine import reader
@@ -478,18 +489,25 @@ def _batches(item, hospitals, batch_size, layout=None):
     yield from reader.iter_cases(item, hospitals, batch_size=batch_size, **(layout or {}))
 
 
+def _parquet_batches(path, columns, batch_size):
+    """The batches of one normalised Parquet file, in order, row group after row group.
+
+    ``pyarrow.parquet.ParquetFile`` with 1 MiB buffered page reads rather than the dataset scanner
+    of :func:`iter_batches`, which buffers whole row groups ahead (reading 3 files of 6.7M cases:
+    about 260 MiB peak RSS against 650 MiB); the same rows in the same order; errors read the same.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        source = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+        for batch in source.iter_batches(batch_size=batch_size, columns=columns):
+            yield batch
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"cannot read dataset ({str(e).splitlines()[0]})", file=path) from None
+
+
 # --------------------------------------------------------------------------------------------
 # group-bys on compact columns
-
-
-def _year_table(key: np.ndarray, year: np.ndarray, ny: int, k: int, values=None) -> np.ndarray:
-    """(k, ny) counts (values None) or exact int64 sums of ``values`` per key and year."""
-    flat = key.astype(np.int64) * ny + year
-    if values is None:
-        return np.bincount(flat, minlength=k * ny).reshape(k, ny).astype(np.int64)
-    out = np.zeros(k * ny, dtype=np.int64)
-    np.add.at(out, flat, values)
-    return out.reshape(k, ny)
 
 
 def _weighted_mean(sums: np.ndarray, counts: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -498,35 +516,6 @@ def _weighted_mean(sums: np.ndarray, counts: np.ndarray, w: np.ndarray) -> np.nd
         means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
         wy = np.where(counts > 0, w, 0.0)
         return (means * wy).sum(axis=1) / wy.sum(axis=1)
-
-
-def _factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    codes_, uniques = pd.factorize(keys, sort=False)
-    return codes_.astype(np.int64), np.asarray(uniques)
-
-
-def _trim_mask(gid, year, cost, ny, trim, min_group) -> np.ndarray:
-    """Cases kept after trimming per (group, year) (see module docstring)."""
-    keep = np.ones(len(gid), dtype=bool)
-    if trim is None or len(gid) == 0:
-        return keep
-    lo, hi = trim
-    seg = gid.astype(np.int64) * ny + year
-    if cost.min() >= 0 and cost.max() < (1 << 31) and seg.max() < (1 << 31):
-        order = np.argsort((seg << 31) | cost, kind="stable")
-    else:
-        order = np.lexsort((cost, seg))
-    s = seg[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    sizes = np.diff(np.r_[starts, len(s)])
-    seg_of = np.repeat(np.arange(len(starts)), sizes)
-    rank = np.arange(len(s)) - starts[seg_of]
-    n = sizes[seg_of]
-    k_lo = np.floor(n * lo + 1e-9).astype(np.int64)
-    k_hi = np.floor(n * (1.0 - hi) + 1e-9).astype(np.int64)
-    kept = (n < min_group) | ((rank >= k_lo) & (rank < n - k_hi))
-    keep[order] = kept
-    return keep
 
 
 def _vocab_names() -> tuple[dict, dict]:
@@ -629,6 +618,9 @@ def build_catalog(
     schema=None,
     encoding: str | None = None,
     sheet=None,
+    method: str = "bounded",
+    spill_dir=None,
+    partition_rows: int | None = None,
 ) -> CatalogResult:
     """Build a local DIP catalogue (rule set) from history years.
 
@@ -678,11 +670,24 @@ def build_catalog(
     schema, encoding, sheet : optional
         Layout of raw history files (``"nhsa"``, a schema folder), CSV encoding, .xlsx sheet,
         as for :func:`dipengine.reader.read_cases`.
+    method : {"bounded", "memory"}
+        ``"bounded"`` (default): statistics accumulated batch by batch, trimming from spill files
+        (:mod:`dipengine.catalog_stats`), memory about flat in the number of history cases;
+        ``"memory"``: every case's compact columns (about 41 bytes) held and sorted at once, the
+        reference. Both give the same result and files.
+    spill_dir : path, optional
+        Where the bounded build makes its temporary folder (default :func:`tempfile.gettempdir`,
+        i.e. ``TMPDIR``); about 30 bytes per history case, removed on success and on error.
+    partition_rows : int, optional
+        Cases per trimming partition of the bounded build (default
+        :data:`dipengine.catalog_stats.PARTITION_ROWS`); small values only for tests.
 
     Returns
     -------
     CatalogResult
     """
+    if method not in ("bounded", "memory"):
+        raise ValueError(f"method must be 'bounded' or 'memory', not {method!r}")
     ny = len(history)
     trim = None if trim is None else (float(trim[0]), float(trim[1]))
     w = check_params(ny, weights=weights, threshold=threshold, scale=scale, trim=trim,
@@ -702,12 +707,76 @@ def build_catalog(
     proc_classes = _procedure_classes(procedures)
     red = _Reducer(hosp, proc_classes, cci, sev, diagnostic_as_conservative)
 
+    params = dict(
+        weights=[float(x) for x in weights], threshold=float(threshold), scale=float(scale),
+        trim=list(trim) if trim is not None else "none", min_trim_group=int(min_trim_group),
+        related_min_gain=float(related_min_gain), basic_share=float(basic_share), basic_cv=float(basic_cv),
+        aux_min_cases=float(aux_min_cases), aux_min_diff=float(aux_min_diff),
+        diagnostic_as_conservative=bool(diagnostic_as_conservative),
+    )
+    build = dict(threshold=threshold, scale=scale, trim=trim, min_trim_group=min_trim_group,
+                 related_min_gain=related_min_gain, basic_share=basic_share, basic_cv=basic_cv,
+                 aux_min_cases=aux_min_cases, aux_min_diff=aux_min_diff)
+    layout = dict(schema=schema, encoding=encoding, sheet=sheet)
+    if method == "memory":
+        res = _build_in_memory(history, hosp, red, w, years, batch_size, layout, progress, build)
+    else:
+        spill = catalog_stats.SpillDir(spill_dir)
+        try:
+            stats = catalog_stats.HistoryStats(ny, spill)
+            cases_used, years = _pass1(history, hosp, red, years, batch_size, layout, progress, stats)
+            res = _assemble_bounded(stats, red, w, years, cases_used, partition_rows=partition_rows, **build)
+        finally:
+            spill.close()
+    res.params = params
+    if out is not None:
+        meta = _rules_meta(history, hospitals, res, name, version, cci_path, sev_path)
+        res.rules_dir = write_rules(out, res, red, proc_classes, cci_path, sev_path, meta)
+    if pricing_out is not None:
+        res.pricing_dir = write_pricing(pricing_out, res, hosp)
+    return res
+
+
+def _history_years(years, found) -> list[int]:
+    if years is None:
+        if any(y is None for y in found):
+            raise DataError("cannot tell the history year: discharge_date missing", column="discharge_date")
+        years = found
+    return [int(y) for y in years]
+
+
+def _pass1(history, hosp, red, years, batch_size, layout, progress, stats) -> tuple[list, list]:
+    """Read every history year batch by batch into ``stats`` (:class:`catalog_stats.HistoryStats`);
+    returns (cases used per year, calendar year per history item)."""
+    cases_used, done = [], 0
+    for yi, item in enumerate(history):
+        used = 0
+        for batch in _batches(item, hosp, batch_size, layout):
+            r = red.reduce(batch)
+            done += batch.num_rows
+            if r is not None:
+                stats.add(r, yi)
+                used += len(r["sub"])
+            if progress is not None:
+                progress(done, None)
+        if not used:
+            raise DataError("history year holds no groupable case", file=_label(item))
+        cases_used.append(used)
+    stats.finish()
+    # the most common discharge year (ties: the earliest), as the whole-array build's bincount
+    found = [max(sorted(c), key=c.get) if c else None for c in stats.cal_years]
+    return cases_used, _history_years(years, found)
+
+
+def _build_in_memory(history, hosp, red, w, years, batch_size, layout, progress, build) -> CatalogResult:
+    """The whole-array build: every year's compact columns concatenated, then :func:`_assemble`
+    (the reference of the bounded build; about 41 bytes per case plus temporaries)."""
     parts: list[dict] = []
     years_found, cases_used = [], []
     done = 0
     for yi, item in enumerate(history):
         year_parts = []
-        for batch in _batches(item, hosp, batch_size, dict(schema=schema, encoding=encoding, sheet=sheet)):
+        for batch in _batches(item, hosp, batch_size, layout):
             r = red.reduce(batch)
             done += batch.num_rows
             if r is not None:
@@ -722,32 +791,10 @@ def build_catalog(
         cal = cal[cal > 0]
         years_found.append(int(np.bincount(cal - cal.min()).argmax() + cal.min()) if len(cal) else None)
         parts.extend(year_parts)
-    if years is None:
-        if any(y is None for y in years_found):
-            raise DataError("cannot tell the history year: discharge_date missing", column="discharge_date")
-        years = years_found
-    years = [int(y) for y in years]
+    years = _history_years(years, years_found)
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     del parts
-
-    params = dict(
-        weights=[float(x) for x in weights], threshold=float(threshold), scale=float(scale),
-        trim=list(trim) if trim is not None else "none", min_trim_group=int(min_trim_group),
-        related_min_gain=float(related_min_gain), basic_share=float(basic_share), basic_cv=float(basic_cv),
-        aux_min_cases=float(aux_min_cases), aux_min_diff=float(aux_min_diff),
-        diagnostic_as_conservative=bool(diagnostic_as_conservative),
-    )
-    res = _assemble(cols, red, w, years, cases_used, threshold=threshold, scale=scale, trim=trim,
-                    min_trim_group=min_trim_group, related_min_gain=related_min_gain,
-                    basic_share=basic_share, basic_cv=basic_cv, aux_min_cases=aux_min_cases,
-                    aux_min_diff=aux_min_diff)
-    res.params = params
-    if out is not None:
-        meta = _rules_meta(history, hospitals, res, name, version, cci_path, sev_path)
-        res.rules_dir = write_rules(out, res, red, proc_classes, cci_path, sev_path, meta)
-    if pricing_out is not None:
-        res.pricing_dir = write_pricing(pricing_out, res, hosp)
-    return res
+    return _assemble(cols, red, w, years, cases_used, **build)
 
 
 def _label(item) -> str:
@@ -778,12 +825,33 @@ def _drop_mirrored_pairs(selected, base_keys, rels, nw, P, proc_names) -> None:
             selected[j] = False
 
 
-def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_trim_group,
-              related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff) -> CatalogResult:
-    ny = len(w)
-    year = cols["year"].astype(np.int64)
-    cost = cols["cost"]
-    sub, main, rel, cls = cols["sub"], cols["main"], cols["rel"], cols["cls"]
+def _classify(sub, main, rel, cls, table, red, w, *, threshold, related_min_gain):
+    """The groups, and the group of every element (a case, or a cell of cases sharing its keys).
+
+    Parameters
+    ----------
+    sub, main, rel, cls : numpy.ndarray
+        Per element: subcategory id, main procedure id (-1 none), related candidate id (-1 none),
+        treatment-class rank.
+    table : callable
+        ``table(keys, k, mask=None, sums=False)``: (k, ny) int64 cases (or cost sums, fen) per
+        key and year of the elements selected by the bool ``mask`` (all when None); ``keys``
+        holds one key per selected element.
+    red : _Reducer
+        Its vocabularies name the codes.
+    w : numpy.ndarray
+        Normalised year weights.
+
+    Returns
+    -------
+    gid : numpy.ndarray
+        int64 group per element.
+    rows : list of tuple
+        Per group: (kind order, dip_code, dip_name, group_type, dx_key, proc_expr, treat_class);
+        core groups first, then comprehensive, range, and the blank group last.
+    n_core : int
+        Core groups.
+    """
     P = len(red.proc.values) + 1
     # A procedure code that is only a prefix ("47.01": well-formed, but not a complete 医保版 code)
     # never keys a core group: rule sets match whole codes (rules.check_rules refuses such terms).
@@ -793,15 +861,15 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
     # -- 1. main + related pairs that change cost materially
     base_key = sub.astype(np.int64) * P + (main.astype(np.int64) + 1)
     b_inv, b_uni = _factorize(base_key)
-    b_cnt = _year_table(b_inv, year, ny, len(b_uni))
-    b_sum = _year_table(b_inv, year, ny, len(b_uni), cost)
+    b_cnt = table(b_inv, len(b_uni))
+    b_sum = table(b_inv, len(b_uni), sums=True)
     has_rel = rel >= 0
     rel_sel = np.full(len(sub), -1, np.int64)
     if has_rel.any():
         p_key = b_inv[has_rel] * P + rel[has_rel]
         p_inv, p_uni = _factorize(p_key)
-        p_cnt = _year_table(p_inv, year[has_rel], ny, len(p_uni))
-        p_sum = _year_table(p_inv, year[has_rel], ny, len(p_uni), cost[has_rel])
+        p_cnt = table(p_inv, len(p_uni), has_rel)
+        p_sum = table(p_inv, len(p_uni), has_rel, sums=True)
         p_base = p_uni // P
         r_cnt = b_cnt[p_base] - p_cnt
         r_sum = b_sum[p_base] - p_sum
@@ -819,7 +887,7 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
     # -- 2. combinations -> core; the rest -> comprehensive -> range -> blank
     combo_key = b_inv * (P + 1) + (rel_sel + 1)
     c_inv, c_uni = _factorize(combo_key)
-    c_cnt = _year_table(c_inv, year, ny, len(c_uni))
+    c_cnt = table(c_inv, len(c_uni))
     c_core = _enough(c_cnt @ w, threshold) & complete[b_uni[c_uni // (P + 1)] % P - 1]
     is_core = c_core[c_inv]
 
@@ -831,17 +899,17 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
     cat = cat_of_sub[sub]
     comp_key = cat * 4 + cls
     rest = ~is_core
-    comp_cnt = _year_table(comp_key[rest], year[rest], ny, len(cat_names) * 4)
+    comp_cnt = table(comp_key[rest], len(cat_names) * 4, rest)
     comp_ok = _enough(comp_cnt @ w, threshold)
     is_comp = rest & comp_ok[comp_key]
     chap = chap_of_cat[cat]
     range_key = np.where(chap >= 0, chap * 4 + cls, -1)
     rest2 = rest & ~is_comp & (range_key >= 0)
-    range_cnt = _year_table(range_key[rest2], year[rest2], ny, len(CHAPTERS) * 4)
+    range_cnt = table(range_key[rest2], len(CHAPTERS) * 4, rest2)
     range_ok = _enough(range_cnt @ w, threshold)
     is_range = rest2 & range_ok[np.maximum(range_key, 0)]
 
-    # group rows (dip_code etc.), and a group id per case
+    # group rows (dip_code etc.), and a group id per element
     rows = []  # (kind order, dip_code, dip_name, group_type, dx_key, proc_expr, treat_class)
     proc_names = red.proc.values
     core_ids = np.flatnonzero(c_core)
@@ -886,46 +954,37 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
     gid_range = np.full(len(CHAPTERS) * 4, -1, np.int64)
     gid_range[range_ids] = n_core + n_comp + np.arange(n_range)
     blank = n_core + n_comp + n_range
-    G = blank + 1
     gid = np.full(len(sub), blank, np.int64)
     gid[is_core] = gid_core[c_inv[is_core]]
     gid[is_comp] = gid_comp[comp_key[is_comp]]
     gid[is_range] = gid_range[range_key[is_range]]
+    return gid, rows, n_core
 
-    # -- 3. trimming, means, scores
+
+def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_trim_group,
+              related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff) -> CatalogResult:
+    """The catalogue from whole per-case columns (the in-memory reference of :func:`_assemble_bounded`).
+
+    ``cols`` holds the concatenated ``_Reducer.reduce`` columns of all history years plus
+    ``year`` (history-year index); memory grows with the number of cases.
+    """
+    ny = len(w)
+    year = cols["year"].astype(np.int64)
+    cost = cols["cost"]
+
+    def table(keys, k, mask=None, sums=False):
+        return _year_table(keys, year if mask is None else year[mask], ny, k,
+                           None if not sums else (cost if mask is None else cost[mask]))
+
+    gid, rows, n_core = _classify(cols["sub"], cols["main"], cols["rel"], cols["cls"], table, red, w,
+                                  threshold=threshold, related_min_gain=related_min_gain)
+    G = len(rows)
     keep = _trim_mask(gid, year, cost, ny, trim, min_trim_group)
-    g_cnt = _year_table(gid, year, ny, G)
     k_cnt = _year_table(gid[keep], year[keep], ny, G)
     k_sum = _year_table(gid[keep], year[keep], ny, G, cost[keep])
-    all_k = k_cnt.sum(axis=0)
-    M_y = k_sum.sum(axis=0) / np.maximum(all_k, 1)  # fen
-    M = float(M_y @ w)
-    m_g = _weighted_mean(k_sum, k_cnt, w)
-    nw = g_cnt @ w
-    if not _enough(nw[blank], threshold):
-        m_g[blank] = M  # too few residual cases: the blank group scores at the overall mean
-    score = np.round(m_g / M * scale, 4)
-
-    # -- 4. basic groups among core ones: level-1 share and CV
     lvl1 = cols["level"] == 1
-    n1 = _year_table(gid[lvl1], year[lvl1], ny, G)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = (n1 @ w) / nw
-        mean_gy = k_sum / np.maximum(k_cnt, 1)
-        dev = cost[keep] - mean_gy[gid[keep], year[keep]]
-        ss = np.bincount(gid[keep] * ny + year[keep], weights=dev * dev, minlength=G * ny).reshape(G, ny)
-        cv_gy = np.sqrt(ss / np.maximum(k_cnt, 1)) / mean_gy
-        wy = np.where(k_cnt > 0, w, 0.0)
-        cv = (np.where(k_cnt > 0, cv_gy, 0.0) * wy).sum(axis=1) / wy.sum(axis=1)
-    is_basic = np.zeros(G, bool)
-    is_basic[:n_core] = (share[:n_core] >= basic_share) & (cv[:n_core] <= basic_cv)
-    group_type = [r[3] for r in rows]
-    for j in np.flatnonzero(is_basic):
-        group_type[j] = "basic"
-
-    # -- 5. auxiliary coefficients (core and basic groups; untrimmed means)
-    a_sum = _year_table(gid, year, ny, G, cost)
-    aux_rows = []
+    mean_gy = k_sum / np.maximum(k_cnt, 1)
+    dev = cost[keep] - mean_gy[gid[keep], year[keep]]
     core_case = gid < n_core
     flags = {
         "death": cols["death"],
@@ -937,12 +996,97 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
     }
     for b, band in enumerate(AGE_BANDS):
         flags[band] = cols["age_band"] == b
+    subtypes = []
     for st in SUBTYPES:
         mk = flags[st] & core_case
-        if not mk.any():
-            continue
-        s_cnt = _year_table(gid[mk], year[mk], ny, G)[:n_core]
-        s_sum = _year_table(gid[mk], year[mk], ny, G, cost[mk])[:n_core]
+        if mk.any():
+            subtypes.append((st, _year_table(gid[mk], year[mk], ny, G), _year_table(gid[mk], year[mk], ny, G, cost[mk])))
+    last = (year == ny - 1) & keep
+    lv = cols["level"].astype(np.int64)
+    sl_sum = np.zeros(G * 4, np.int64)
+    np.add.at(sl_sum, gid[last] * 4 + lv[last], cost[last])
+    total_y = np.zeros(ny, np.int64)
+    np.add.at(total_y, year, cost)
+    ly = (year == ny - 1) & cols["in_pool"]
+    budgets = [int(cols["fund"][ly & (cols["pool"] == p)].sum()) for p in (0, 1)]
+    tabs = dict(
+        g_cnt=_year_table(gid, year, ny, G), k_cnt=k_cnt, k_sum=k_sum,
+        a_sum=_year_table(gid, year, ny, G, cost), n1=_year_table(gid[lvl1], year[lvl1], ny, G),
+        ss=np.bincount(gid[keep] * ny + year[keep], weights=dev * dev, minlength=G * ny).reshape(G, ny),
+        sub=subtypes, sl_cnt=np.bincount(gid[last] * 4 + lv[last], minlength=G * 4).reshape(G, 4),
+        sl_sum=sl_sum.reshape(G, 4), total_y=total_y, budgets=budgets,
+    )
+    return _finish(rows, n_core, tabs, w, years, cases_used, threshold=threshold, scale=scale,
+                   basic_share=basic_share, basic_cv=basic_cv, aux_min_cases=aux_min_cases,
+                   aux_min_diff=aux_min_diff)
+
+
+def _assemble_bounded(stats, red, w, years, cases_used, *, threshold, scale, trim, min_trim_group,
+                      related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff,
+                      partition_rows=None) -> CatalogResult:
+    """The catalogue from pass 1's per-cell sums and spill (:mod:`dipengine.catalog_stats`).
+
+    Equal to :func:`_assemble` on the same cases, in memory that does not grow with them.
+    """
+    ny = len(w)
+    c = stats.cell_columns()
+
+    def table(keys, k, mask=None, sums=False):
+        vals = c["cost" if sums else "cnt"]
+        out = np.zeros((k, ny), np.int64)
+        np.add.at(out, keys, vals if mask is None else vals[mask])
+        return out
+
+    cell_gid, rows, n_core = _classify(c["sub"], c["main"], c["rel"], c["cls"], table, red, w,
+                                       threshold=threshold, related_min_gain=related_min_gain)
+    G = len(rows)
+    g_cnt = table(cell_gid, G)
+    tabs = catalog_stats.group_tables(stats, cell_gid, G, n_core, g_cnt, trim, min_trim_group,
+                                      subtypes=SUBTYPES, partition_rows=partition_rows)
+    n1 = np.zeros((G, ny), np.int64)
+    np.add.at(n1, cell_gid, c["lvl1"])
+    tabs.update(g_cnt=g_cnt, a_sum=table(cell_gid, G, sums=True), n1=n1, total_y=c["cost"].sum(axis=0),
+                budgets=list(stats.budgets))
+    return _finish(rows, n_core, tabs, w, years, cases_used, threshold=threshold, scale=scale,
+                   basic_share=basic_share, basic_cv=basic_cv, aux_min_cases=aux_min_cases,
+                   aux_min_diff=aux_min_diff)
+
+
+def _finish(rows, n_core, tabs, w, years, cases_used, *, threshold, scale, basic_share, basic_cv,
+            aux_min_cases, aux_min_diff) -> CatalogResult:
+    """Scores, basic groups, auxiliary coefficients, same-level averages and budgets from the
+    per-(group, year) tables ``tabs`` (see :func:`_assemble`; counts int64, sums int64 fen)."""
+    G = len(rows)
+    blank = G - 1
+    g_cnt, k_cnt, k_sum, a_sum = tabs["g_cnt"], tabs["k_cnt"], tabs["k_sum"], tabs["a_sum"]
+
+    # -- 3. means and scores (trimmed)
+    all_k = k_cnt.sum(axis=0)
+    M_y = k_sum.sum(axis=0) / np.maximum(all_k, 1)  # fen
+    M = float(M_y @ w)
+    m_g = _weighted_mean(k_sum, k_cnt, w)
+    nw = g_cnt @ w
+    if not _enough(nw[blank], threshold):
+        m_g[blank] = M  # too few residual cases: the blank group scores at the overall mean
+    score = np.round(m_g / M * scale, 4)
+
+    # -- 4. basic groups among core ones: level-1 share and CV
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (tabs["n1"] @ w) / nw
+        mean_gy = k_sum / np.maximum(k_cnt, 1)
+        cv_gy = np.sqrt(tabs["ss"] / np.maximum(k_cnt, 1)) / mean_gy
+        wy = np.where(k_cnt > 0, w, 0.0)
+        cv = (np.where(k_cnt > 0, cv_gy, 0.0) * wy).sum(axis=1) / wy.sum(axis=1)
+    is_basic = np.zeros(G, bool)
+    is_basic[:n_core] = (share[:n_core] >= basic_share) & (cv[:n_core] <= basic_cv)
+    group_type = [r[3] for r in rows]
+    for j in np.flatnonzero(is_basic):
+        group_type[j] = "basic"
+
+    # -- 5. auxiliary coefficients (core and basic groups; untrimmed means)
+    aux_rows = []
+    for st, s_cnt, s_sum in tabs["sub"]:
+        s_cnt, s_sum = s_cnt[:n_core], s_sum[:n_core]
         m_s = _weighted_mean(s_sum, s_cnt, w)
         # the group's mean over the same years as the subtype's
         cnt_same = np.where(s_cnt > 0, g_cnt[:n_core], 0)
@@ -955,22 +1099,11 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
             aux_rows.append((rows[j][1], st, round(float(coef[j]), 4)))
 
     # -- 6. same-level averages (last year, kept cases), budget point value, pool budgets
-    last = (year == ny - 1) & keep
-    lv = cols["level"].astype(np.int64)
-    sl_cnt = np.bincount(gid[last] * 4 + lv[last], minlength=G * 4).reshape(G, 4)
-    sl_sum = np.zeros(G * 4, np.int64)
-    np.add.at(sl_sum, gid[last] * 4 + lv[last], cost[last])
-    sl_sum = sl_sum.reshape(G, 4)
-    total_y = np.zeros(ny, np.int64)
-    np.add.at(total_y, year, cost)
-    weighted_total_yuan = float(total_y @ w) / 100.0
+    sl_cnt, sl_sum = tabs["sl_cnt"], tabs["sl_sum"]
+    weighted_total_yuan = float(tabs["total_y"] @ w) / 100.0
     weighted_points = float(score @ nw)
     budget_pv = weighted_total_yuan / weighted_points
-    ly = (year == ny - 1) & cols["in_pool"]
-    budgets = {}
-    for p, pool in enumerate(("employee", "resident")):
-        mk = ly & (cols["pool"] == p)
-        budgets[pool] = int(cols["fund"][mk].sum())
+    budgets = dict(zip(("employee", "resident"), tabs["budgets"]))
 
     # -- tables, sorted by kind then dip_code
     order = sorted(range(G), key=lambda j: (rows[j][0], rows[j][1]))

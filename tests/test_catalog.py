@@ -465,3 +465,169 @@ def test_raw_history_goes_through_the_reader(tmp_path):
     assert res.years == list(YEARS)
     assert rules.check_rules(tmp_path / "rules") == []
     assert res.counts["core"] > 0 and res.counts["blank"] == 1
+
+
+# ------------------------------------------------------------ bounded build = whole-array build
+
+
+def _files(directory):
+    """name -> bytes of every written file (manifest ``created`` lines left out)."""
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            text = p.read_bytes()
+            if p.name == "manifest.toml":
+                text = b"\n".join(line for line in text.split(b"\n") if not line.startswith(b"created"))
+            out[str(p.relative_to(directory))] = text
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth_histories():
+    """Normalised synthetic history years (and their registries) of a few regions."""
+    from dipengine import reader, synth
+
+    made = {}
+    for seed, n_years, n in ((11, 3, 3000), (12, 2, 2500), (13, 1, 1500)):
+        hist, hosp = [], None
+        for year in YEARS[-n_years:]:
+            cases, hosp = synth.synth_region(year, n, seed=seed, bad_rows=0.02, hospitals=hosp)
+            hist.append(reader.read_cases(cases, hosp))
+        made[seed] = (hist, hosp)
+    return made
+
+
+@pytest.mark.parametrize("seed, params", [
+    (11, {}),
+    (11, dict(threshold=2, min_trim_group=3, trim=(0.1, 0.9), batch_size=257)),
+    (11, dict(trim=None, threshold=3, related_min_gain=0.0, batch_size=1000)),
+    (12, dict(threshold=1, min_trim_group=2, trim=(0.2, 0.7), diagnostic_as_conservative=True, batch_size=97)),
+    (13, dict(threshold=2, aux_min_cases=1, aux_min_diff=0.0, basic_cv=2.0, basic_share=0.0)),
+])
+@pytest.mark.parametrize("partition_rows", [1, 40, 1000, None])
+def test_bounded_build_writes_the_files_of_the_whole_array_build(tmp_path, monkeypatch, synth_histories, seed,
+                                                                 params, partition_rows):
+    hist, hosp = synth_histories[seed]
+    seen = _capture_tables(monkeypatch)
+    ref = build_catalog(hist, hosp, tmp_path / "m" / "rules", tmp_path / "m" / "pricing", method="memory", **params)
+    got = build_catalog(hist, hosp, tmp_path / "b" / "rules", tmp_path / "b" / "pricing",
+                        partition_rows=partition_rows, spill_dir=tmp_path, **params)
+    _assert_same_tables(*seen)
+    assert _files(tmp_path / "b") == _files(tmp_path / "m")
+    assert got.budget_point_value == ref.budget_point_value and got.budgets_fen == ref.budgets_fen
+    assert (got.years, got.cases_used, got.counts) == (ref.years, ref.cases_used, ref.counts)
+    assert got.counts["core"] + got.counts["basic"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "m"]  # the spill folder is gone
+
+
+def _capture_tables(monkeypatch) -> list:
+    """Record the per-(group, year) tables each build hands to ``catalog._finish``."""
+    seen = []
+    finish = catalog._finish
+
+    def spy(rows, n_core, tabs, *args, **kw):
+        seen.append((rows, n_core, tabs))
+        return finish(rows, n_core, tabs, *args, **kw)
+    monkeypatch.setattr(catalog, "_finish", spy)
+    return seen
+
+
+def _assert_same_tables(a, b):
+    """Same groups and bit-identical tables (float sums of squares included)."""
+    assert a[:2] == b[:2] and set(a[2]) == set(b[2])
+    for key, x in a[2].items():
+        y = b[2][key]
+        if key == "sub":
+            assert [s for s, _, _ in x] == [s for s, _, _ in y]
+            assert all(np.array_equal(p, q) and np.array_equal(r, t) for (_, p, r), (_, q, t) in zip(x, y))
+        elif key == "budgets":
+            assert list(x) == list(y)
+        else:
+            x, y = np.asarray(x), np.asarray(y)
+            assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), key
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(histories(), st.sampled_from([1, 2, 7, 100]), st.sampled_from([3, 16, 131_072]))
+def test_bounded_build_equals_the_whole_array_build_on_generated_histories(monkeypatch, hist, partition_rows,
+                                                                           batch_size):
+    years, params = hist
+    if sum(params["weights"]) == 0:
+        return
+    seen = _capture_tables(monkeypatch)
+    a = build(years, method="memory", batch_size=batch_size, **params)
+    b = build(years, partition_rows=partition_rows, batch_size=batch_size, **params)
+    _assert_same_tables(*seen[-2:])
+    assert a.groups.equals(b.groups) and a.aux.equals(b.aux) and a.same_level_avg.equals(b.same_level_avg)
+    assert repr(a.budget_point_value) == repr(b.budget_point_value)
+    assert (a.budgets_fen, a.overall_avg_cost, a.counts) == (b.budgets_fen, b.overall_avg_cost, b.counts)
+
+
+def test_trimming_ties_break_in_input_order_in_both_builds(monkeypatch):
+    # equal costs at the trimming cut at hospitals of different levels: which of them are left out
+    # (the first ones in input order) moves the same-level averages and the sums of squares
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(300):
+        h = ("H1", "H3", "H5")[i % 3]
+        cost = 500.0 if i % 4 == 0 else (20000.0 if i % 7 == 0 else float(rng.integers(1000, 9000)))
+        rows.append(case("J18.900", None, cost, h=h, age=int(rng.integers(20, 90)), mode=1 + 4 * (i % 11 == 0)))
+    seen = _capture_tables(monkeypatch)
+    for batch_size in (131_072, 37):
+        for parts in (1, 50, None):
+            build([rows[:200], rows], method="memory", batch_size=batch_size, trim=(0.1, 0.9))
+            build([rows[:200], rows], partition_rows=parts, batch_size=batch_size, trim=(0.1, 0.9))
+            _assert_same_tables(*seen[-2:])
+    ref = seen[0][2]
+    assert ref["k_cnt"].sum() < ref["g_cnt"].sum() and ref["sl_cnt"][0, 1:].min() > 0
+
+
+def test_spill_folder_is_removed_on_error(tmp_path, monkeypatch):
+    from dipengine import catalog_stats
+
+    rows = many(30, "J18.900", None, 5000)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    with pytest.raises(DataError, match="no groupable case"):  # pass 1, after a year was spilled
+        build([rows, many(3, "J18.900", None, 5000, reason="INVALID_DX"), rows], spill_dir=spill)
+    assert list(spill.iterdir()) == []
+
+    def broken(*args, **kw):
+        raise DataError("disk full")
+    monkeypatch.setattr(catalog_stats, "_partition", broken)  # pass 3, the partitions written
+    with pytest.raises(DataError, match="disk full"):
+        build([rows, rows], tmp_path / "rules", spill_dir=spill)
+    assert list(spill.iterdir()) == [] and not (tmp_path / "rules").exists()
+    with pytest.raises(DataError, match="cannot make a folder"):
+        build([rows], spill_dir=tmp_path / "missing")
+    with pytest.raises(ValueError, match="method"):
+        build([rows], method="fast")
+
+
+def test_partition_plan_keeps_segments_whole():
+    from dipengine.catalog_stats import _plan
+
+    sizes = np.array([5, 0, 3, 40, 1, 1, 0, 7, 2], np.int64)
+    for per, most in ((1, 256), (4, 256), (10, 256), (1000, 256), (1, 3)):
+        part, n = _plan(sizes, per, most)
+        assert n <= most and set(part[sizes > 0]) == set(range(n))
+        assert (np.diff(part[sizes > 0]) >= 0).all()  # consecutive segments
+        load = np.bincount(part[sizes > 0], weights=sizes[sizes > 0], minlength=n)
+        assert load.max() <= max(per, -(-sizes.sum() // most)) + sizes.max()
+
+
+def test_normalised_parquet_history_reads_row_group_by_row_group(tmp_path, synth_histories):
+    hist, hosp = synth_histories[11]
+    paths = []
+    for i, t in enumerate(hist):
+        paths.append(tmp_path / f"h{i}.parquet")
+        pq.write_table(t, paths[-1], row_group_size=700)
+    a = build_catalog(hist, hosp, method="memory")
+    b = build_catalog([str(p) for p in paths], hosp, batch_size=500)
+    assert a.groups.equals(b.groups) and a.aux.equals(b.aux) and a.same_level_avg.equals(b.same_level_avg)
+    assert a.budget_point_value == b.budget_point_value and a.cases_used == b.cases_used
+    paths[1].write_bytes(paths[1].read_bytes()[:4000] + b"\0" * 50_000 + paths[1].read_bytes()[-20_000:])
+    with pytest.raises(DataError, match="cannot read dataset") as err:
+        build_catalog([str(p) for p in paths], hosp)
+    assert err.value.file == str(paths[1])
