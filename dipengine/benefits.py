@@ -515,6 +515,48 @@ def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
         ``benefit_note`` (null, or a code of :data:`NOTE_NAMES`). Money int64 fen. Rejected
         rows have nulls; rows without a rule have fund 0 and the whole bill as patient share.
     """
+    return benefit_walk(benefit_terms(cases, rules, hospitals))
+
+
+_I8, _I32, _I64 = pa.int8(), pa.int32(), pa.int64()
+TERMS = (
+    ("case_id", pa.string()), ("patient_id", pa.string()), ("loc", _I8), ("note", _I8), ("year", _I32),
+    ("discharge", _I32), ("admit", _I32), ("total", _I64), ("ooc", _I64), ("cb_self", _I64), ("scope", _I64),
+    ("other", _I64), ("ded_first", _I64), ("ded_repeat", _I64), ("raw_first", _I64), ("raw_repeat", _I64),
+    ("cap", _I64), ("fund_paid_fen", _I64),
+)
+"""Columns of :func:`benefit_terms`: what one admission contributes on its own (money int64 fen;
+``loc`` locality code, -1 unknown; ``note`` code of :data:`NOTE_NAMES`, 0 = computed; dates as
+days since 1970; ``*_first`` / ``*_repeat`` for a first / a repeat admission of the year)."""
+
+
+def _band_fund(eligible: np.ndarray, rule: np.ndarray, rules: BenefitRules) -> np.ndarray:
+    """Raw fund benefit, half up, of each ``eligible`` amount under its rule's bands (fen)."""
+    n = len(eligible)
+    acc = np.zeros(n, dtype=np.int64)
+    start = rules.band_offsets[rule]
+    count = rules.band_offsets[rule + 1] - start
+    lower = np.zeros(n, dtype=np.int64)
+    # one pass per band position (a handful), vectorised over cases
+    for k in range(int(np.max(np.diff(rules.band_offsets)))):
+        live = count > k
+        b = np.where(live, start + k, 0)
+        upper = rules.band_upper_fen[b]
+        top = np.where(upper < 0, eligible, np.minimum(eligible, upper))
+        portion = np.where(live, np.maximum(top - lower, 0), 0)
+        acc += portion * rules.band_ratio_ppm[b]
+        lower = np.where(live & (upper >= 0), upper, lower)
+    return _half_up_ppm(acc)
+
+
+def benefit_terms(cases, rules: BenefitRules, hospitals) -> pa.RecordBatch:
+    """The part of :func:`compute_benefits` that each admission decides alone (:data:`TERMS`).
+
+    Rule matching, locality, policy scope, class B self-pay, and the deductible and raw fund
+    benefit both as a first and as a repeat admission of the year. Row by row: any split of the
+    cases into batches gives the same rows, so pass 1 of a run computes them on its worker
+    threads; :func:`benefit_walk` then decides what depends on the patient's other admissions.
+    """
     t = _as_table(cases)
     hosp = _hospital_table(hospitals)
     n = t.num_rows
@@ -564,57 +606,86 @@ def compute_benefits(cases, rules: BenefitRules, hospitals) -> pa.Table:
     cb_self = _half_up_ppm(cb * (rules.class_b_ppm[r_safe] if rules.n_rules else 0))
     scope = total - ooc - cb_self
     note[has_rule & (scope < 0)] = COSTS_EXCEED_TOTAL
-    has_rule &= scope >= 0
+    has_rule &= scope >= 0  # from here on, has_rule is note == 0 (and ok is note != REJECTED)
 
-    # admission order per patient and year, over every accepted case
+    # deductible and raw fund as a first and as a repeat admission (the walk picks one)
+    positive = np.maximum(scope, 0)
+    if rules.n_rules:
+        ded_first = np.minimum(rules.deductible_fen[r_safe], positive)
+        ded_repeat = np.minimum(rules.deductible_repeat_fen[r_safe], positive)
+        raw_first = np.where(has_rule, _band_fund(np.maximum(scope - ded_first, 0), r_safe, rules), 0)
+        raw_repeat = raw_first.copy()
+        differs = np.flatnonzero(has_rule & (ded_first != ded_repeat))
+        if len(differs):
+            raw_repeat[differs] = _band_fund(np.maximum(scope[differs] - ded_repeat[differs], 0), r_safe[differs],
+                                             rules)
+        cap = rules.annual_cap_fen[r_safe]
+    else:
+        ded_first = ded_repeat = raw_first = raw_repeat = cap = np.zeros(n, dtype=np.int64)
+    other = np.asarray(pc.fill_null(_column(t, "other_fund_paid_fen", pa.int64()), 0), dtype=np.int64)
+
     discharge = _column(t, "discharge_date", pa.date32())
     admit = _column(t, "admit_date", pa.date32())
-    year = np.asarray(pc.fill_null(pc.year(discharge), -1), dtype=np.int64)
-    d_days = np.asarray(pc.fill_null(discharge.cast(pa.int32()), 0), dtype=np.int64)
-    a_days = np.asarray(pc.fill_null(admit.cast(pa.int32()), 0), dtype=np.int64)
+    columns = [
+        case_id, _column(t, "patient_id", s), pa.array(loc.astype(np.int8)), pa.array(note),
+        pc.fill_null(pc.year(discharge), -1).cast(pa.int32()),
+        pc.fill_null(discharge.cast(pa.int32()), 0), pc.fill_null(admit.cast(pa.int32()), 0),
+        pa.array(total), pa.array(ooc), pa.array(cb_self), pa.array(scope), pa.array(other),
+        pa.array(ded_first), pa.array(ded_repeat), pa.array(raw_first), pa.array(raw_repeat),
+        pa.array(np.ascontiguousarray(cap, dtype=np.int64)), _column(t, "fund_paid_fen", pa.int64()),
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(list(TERMS)))
+
+
+def _np64(table: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(table[name].to_numpy(), dtype=np.int64)
+
+
+def benefit_walk(terms) -> pa.Table:
+    """:func:`compute_benefits` from its :func:`benefit_terms` (the rows of whole patients).
+
+    Orders each patient's admissions of a year (:func:`admission_order`), picks the first or
+    repeat deductible and fund, and walks the annual cap. Every admission of a patient must be
+    in ``terms`` (one table, or one partition by ``patient_id``); rows come out in input order.
+    """
+    t = _as_table(terms).combine_chunks()
+    n = t.num_rows
+    note = np.asarray(t["note"].to_numpy(), dtype=np.int8)
+    ok = note != REJECTED
+    has_rule = note == 0
+    case_id = t["case_id"].combine_chunks() if n else pa.array([], pa.string())
+    patient_id = t["patient_id"].combine_chunks() if n else pa.array([], pa.string())
     order, patient_year, admission_no = admission_order(
-        _column(t, "patient_id", s), year, d_days, a_days, case_id, np.flatnonzero(ok).astype(np.int64))
+        patient_id, _np64(t, "year"), _np64(t, "discharge"), _np64(t, "admit"), case_id,
+        np.flatnonzero(ok).astype(np.int64))
 
-    ded = np.where(admission_no <= 1, rules.deductible_fen[r_safe] if rules.n_rules else 0,
-                   rules.deductible_repeat_fen[r_safe] if rules.n_rules else 0)
-    ded = np.minimum(ded, np.maximum(scope, 0))
+    first = admission_no <= 1
+    scope = _np64(t, "scope")
+    ded = np.where(first, _np64(t, "ded_first"), _np64(t, "ded_repeat"))
     eligible = np.maximum(scope - ded, 0)
-
-    # segmented ratios: one pass per band position (a handful), vectorised over cases
-    acc = np.zeros(n, dtype=np.int64)
-    if rules.n_rules:
-        start = rules.band_offsets[r_safe]
-        count = rules.band_offsets[r_safe + 1] - start
-        lower = np.zeros(n, dtype=np.int64)
-        for k in range(int(np.max(np.diff(rules.band_offsets)))):
-            live = count > k
-            b = np.where(live, start + k, 0)
-            upper = rules.band_upper_fen[b]
-            top = np.where(upper < 0, eligible, np.minimum(eligible, upper))
-            portion = np.where(live, np.maximum(top - lower, 0), 0)
-            acc += portion * rules.band_ratio_ppm[b]
-            lower = np.where(live & (upper >= 0), upper, lower)
-    raw = np.where(has_rule, _half_up_ppm(acc), 0)
+    raw = np.where(first, _np64(t, "raw_first"), _np64(t, "raw_repeat"))
 
     # annual cap along each patient's admissions (Cython walk of the sorted order)
     fund = np.zeros(n, dtype=np.int64)
     reached = np.zeros(n, dtype=np.int8)
     walk = order[has_rule[order]]
-    cap = rules.annual_cap_fen[r_safe] if rules.n_rules else np.zeros(n, np.int64)
-    accumulate_cap(walk, patient_year, raw, np.ascontiguousarray(cap, dtype=np.int64), fund, reached)
+    accumulate_cap(walk, patient_year, raw, np.ascontiguousarray(_np64(t, "cap")), fund, reached)
     cap_cut = raw - fund
 
+    ooc, cb_self, total = _np64(t, "ooc"), _np64(t, "cb_self"), _np64(t, "total")
     patient = np.where(has_rule, ooc + cb_self + ded + (eligible - raw) + cap_cut, total)
     # other funds (大额, 大病, 公务员补助, 医疗救助) recorded on the case pay part of the patient's share
-    other = np.asarray(pc.fill_null(_column(t, "other_fund_paid_fen", pa.int64()), 0), dtype=np.int64)
+    other = _np64(t, "other")
     patient = np.maximum(patient - other, 0)
 
     def col(values, mask, typ=pa.int64()):
         return pa.array(values, typ, mask=~mask)
 
-    fund_paid = _column(t, "fund_paid_fen", pa.int64())
+    s = pa.string()
+    fund_paid = t["fund_paid_fen"].combine_chunks() if n else pa.array([], pa.int64())
     fund_out = col(np.where(has_rule, fund, 0), ok)
     diff = pc.subtract(fund_paid, fund_out)
+    loc = np.asarray(t["loc"].to_numpy(), dtype=np.int64)
     loc_names = pa.array(list(LOCALITIES) + [None], s)
     locality = pc.take(loc_names, pa.array(np.where(loc >= 0, loc, 3)))
     return pa.table({
@@ -675,7 +746,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def partition_of(patient_id: pa.Array, rows: np.ndarray, n_parts: int, salt: int = 0) -> np.ndarray:
     """Hash partition of each case: all cases of one ``patient_id`` get the same one.
 
-    Vectorised over the string bytes (no Python per case) and the same on every run and
+    The bytes are hashed by a compiled kernel (no Python per case), the same on every run and
     machine (no process-salted ``hash``).
 
     Parameters
@@ -696,25 +767,35 @@ def partition_of(patient_id: pa.Array, rows: np.ndarray, n_parts: int, salt: int
     int64 ndarray
         Partition in ``[0, n_parts)`` of each case.
     """
-    n = len(patient_id)
+    part, _, _ = _partition(patient_id, rows, n_parts, salt)
+    return part
+
+
+def _partition(patient_id: pa.Array, rows: np.ndarray, n_parts: int, salt: int = 0):
+    """``(part, order, counts)``: :func:`partition_of`, the rows in partition order (stable) and
+    the rows per partition. The strings are hashed by the duplicate pass's kernel
+    (``partition_rows``); a row without ``patient_id`` is placed by a hash of its row number."""
+    from dipengine._libs.duplicates import partition_rows
+    from dipengine.arrays import string_buffers
+
+    n, k_parts = len(patient_id), max(1, int(n_parts))
     salt_u = _mix64(np.array([salt], dtype=np.uint64) + _GOLDEN)[0]
-    h = _mix64(np.asarray(rows, dtype=np.int64).astype(np.uint64) ^ salt_u ^ _GOLDEN)
-    valid = np.asarray(pc.is_valid(patient_id).to_numpy(zero_copy_only=False), dtype=bool)
-    if n and valid.any():
-        bufs = patient_id.buffers()
-        off = np.frombuffer(bufs[1], dtype=np.int32, count=n + 1, offset=patient_id.offset * 4).astype(np.int64)
-        lo, hi = int(off[0]), int(off[-1])
-        data = (np.frombuffer(bufs[2], dtype=np.uint8)[lo:hi] if bufs[2] is not None and hi > lo
-                else np.zeros(0, dtype=np.uint8))
-        length = np.diff(off)
-        pos = np.arange(hi - lo, dtype=np.int64) - np.repeat(off[:-1] - lo, length)
-        # a random word per (position, byte), summed per string: tabulation hashing over the bytes
-        word = _mix64(((pos.astype(np.uint64) << _U64(8)) | data.astype(np.uint64)) ^ salt_u)
-        total = np.zeros(hi - lo + 1, dtype=np.uint64)
-        np.cumsum(word, out=total[1:])
-        per_id = _mix64(total[off[1:] - lo] - total[off[:-1] - lo] + length.astype(np.uint64) * _GOLDEN)
-        h = np.where(valid, per_id, h)
-    return (h % _U64(max(1, int(n_parts)))).astype(np.int64)
+    if isinstance(patient_id, pa.ChunkedArray):
+        patient_id = patient_id.combine_chunks()
+    data, offsets, valid = string_buffers(patient_id)
+    order = np.empty(n, dtype=np.int64)
+    starts = np.empty(k_parts + 1, dtype=np.int64)
+    k = partition_rows(data, offsets, valid, int(salt_u), order, starts)
+    counts = np.diff(starts)
+    part = np.empty(n, dtype=np.int64)
+    part[order[:k]] = np.repeat(np.arange(k_parts, dtype=np.int64), counts)
+    if k < n:  # rows without a patient: each its own patient, anywhere
+        missing = np.flatnonzero(valid == 0)
+        h = _mix64(np.asarray(rows, dtype=np.int64)[missing].astype(np.uint64) ^ salt_u ^ _GOLDEN)
+        part[missing] = (h % _U64(k_parts)).astype(np.int64)
+        order = np.argsort(part, kind="stable")
+        counts = np.bincount(part, minlength=k_parts)
+    return part, order, counts
 
 
 def _benefit_input(batch, carry_types: dict, rows: np.ndarray) -> pa.RecordBatch:
@@ -904,32 +985,54 @@ class BenefitSpill:
         self._closed = False
         self._finalizer = weakref.finalize(self, _remove_spill, str(directory), self._cursors)
 
-    def _compute(self, groups: list, rules: BenefitRules, hosp: pa.Table, carry: tuple, progress) -> None:
-        """Run :func:`compute_benefits` on each partition; write its results with the row numbers."""
+    def _walk_group(self, i: int, group: list, carry: tuple, columns, chunk: int, summarise):
+        """One partition: its terms read back in row order, walked, the result written to ``r{i}``."""
+        tables = [pa.Table.from_batches(list(_read_stream(b.path)), schema=self._spill_schema) for b in group]
+        terms = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0].combine_chunks()
+        del tables
+        if len(group) > 1:  # joined buckets: back into row order (each bucket already is)
+            terms = terms.take(pa.array(np.argsort(terms[_ROW].to_numpy(), kind="stable")))
+        terms = terms.rename_columns([c[len(_CARRY):] if c.startswith(_CARRY) else c for c in terms.column_names])
+        result = benefit_walk(terms)
+        summary = summarise(terms, result) if summarise is not None else None
+        if columns is not None:
+            result = result.select(list(columns))
+        for name in carry:
+            result = result.append_column(name, terms[name])
+        result = result.append_column(_ROW, terms[_ROW])
+        path = self.directory / f"r{i}.arrows"
+        with pa.output_stream(str(path), buffer_size=1 << 16) as sink:
+            with pa.ipc.new_stream(sink, result.schema) as writer:
+                writer.write_table(result, max_chunksize=chunk)
+        for b in group:
+            b.path.unlink()
+        return path, terms.num_rows, summary
+
+    def _compute(self, groups: list, carry: tuple, columns, progress, workers: int = 1, summarise=None) -> list:
+        """Run :func:`benefit_walk` on each partition (``workers`` threads at a time); write each
+        result with its row numbers. Returns the ``summarise`` results in partition order."""
         chunk = max(1024, min(65536, MERGE_ROWS // max(1, len(groups))))
-        done = 0
-        for i, group in enumerate(groups):
-            tables = [pa.Table.from_batches(list(_read_stream(b.path)), schema=self._spill_schema) for b in group]
-            cases = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0].combine_chunks()
-            del tables
-            if len(group) > 1:  # joined buckets: back into row order (each bucket already is)
-                cases = cases.take(pa.array(np.argsort(cases[_ROW].to_numpy(), kind="stable")))
-            result = compute_benefits(cases, rules, hosp)
-            for name in carry:
-                result = result.append_column(name, cases[name])
-            result = result.append_column(_ROW, cases[_ROW])
-            path = self.directory / f"r{i}.arrows"
-            with pa.output_stream(str(path), buffer_size=1 << 16) as sink:
-                with pa.ipc.new_stream(sink, result.schema) as writer:
-                    writer.write_table(result, max_chunksize=chunk)
+        args = [(i, g, carry, columns, chunk, summarise) for i, g in enumerate(groups)]
+        if workers > 1 and len(groups) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(int(workers), len(groups))) as pool:
+                futures = [pool.submit(self._walk_group, *a) for a in args]
+                outcomes = self._collect((f.result() for f in futures), progress)
+        else:
+            outcomes = self._collect((self._walk_group(*a) for a in args), progress)
+        self.partitions = len(groups)
+        return outcomes
+
+    def _collect(self, outcomes, progress) -> list:
+        done, summaries = 0, []
+        for path, rows, summary in outcomes:
             self._results.append(path)
-            done += cases.num_rows
-            del cases, result
-            for b in group:
-                b.path.unlink()
+            summaries.append(summary)
+            done += rows
             if progress is not None:
                 progress(done, self.n_rows)
-        self.partitions = len(groups)
+        return summaries
 
     def read(self, start: int, n: int) -> pa.Table:
         """The benefits of rows ``[start, start + n)`` of the input stream (fewer at its end).
@@ -1006,10 +1109,10 @@ def spill_benefits(batches, rules: BenefitRules, hospitals, *, n_rows: int | Non
 
     Admission numbers and the annual cap follow each patient over the whole stream, so the
     cases are hash-partitioned by ``patient_id`` (:func:`partition_of`; a case without one is
-    its own patient) into temporary Arrow IPC files, with their row numbers. The unchanged
-    ``compute_benefits`` then runs on each partition, in row order: all admissions of a patient
-    are in one partition, so admission numbers, caps and ``case_id`` tie-breaks are exactly those
-    of the whole table. Each partition's result is written with its row numbers;
+    its own patient) into temporary Arrow IPC files as their :func:`benefit_terms`, with their
+    row numbers (:class:`BenefitSpiller`). :func:`benefit_walk` then runs on each partition, in
+    row order: all admissions of a patient are in one partition, so admission numbers, caps and
+    ``case_id`` tie-breaks are exactly those of ``compute_benefits`` on the whole table. Each partition's result is written with its row numbers;
     :meth:`BenefitSpill.read` merges them back into row order. Memory is that of one partition
     (at most :data:`PARTITION_ROWS` rows when the partitions are chosen here) plus the batches.
 
@@ -1023,7 +1126,7 @@ def spill_benefits(batches, rules: BenefitRules, hospitals, *, n_rows: int | Non
     ----------
     batches : iterable of pa.RecordBatch or pa.Table
         The normalised case table in row order, in pieces of any size (as
-        :func:`dipengine.reader.iter_cases` / ``map_cases`` yield it). Only the columns of
+        :func:`dipengine.reader.iter_cases` / ``map_cases`` yield it). Only the terms of
         :data:`BENEFIT_COLUMNS` (and ``carry``) are kept; absent ones count as null, as for
         ``compute_benefits``.
     rules : BenefitRules
@@ -1062,66 +1165,144 @@ def spill_benefits(batches, rules: BenefitRules, hospitals, *, n_rows: int | Non
     ValueError
         ``partitions`` < 1, or a ``carry`` name that is an output column.
     """
-    import tempfile
-
-    if partitions is not None and int(partitions) < 1:
-        raise ValueError(f"spill_benefits: partitions must be >= 1, not {partitions}")
-    carry = tuple(carry)
-    hosp = _hospital_table(hospitals)
-    base_schema = _result_schema({})
-    clash = [c for c in carry if c in base_schema.names or c == _ROW]
-    if clash:
-        raise ValueError(f"spill_benefits: carry column {clash[0]!r} is a benefits output column")
-    if partitions is not None:
-        n_buckets = int(partitions)
-    elif n_rows is not None:
-        n_buckets = max(1, -(-int(n_rows) // PARTITION_ROWS))
-    else:
-        n_buckets = SPILL_BUCKETS
-    directory = Path(tempfile.mkdtemp(prefix="dipengine-benefits-", dir=spill_dir))
-    spill = BenefitSpill(directory, base_schema)
-    buckets: list = []
+    spiller = BenefitSpiller(rules, hospitals, n_rows=n_rows, spill_dir=spill_dir, partitions=partitions,
+                             carry=carry)
     try:
-        carry_types: dict | None = None
-        pos = 0
         for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if carry_types is None:  # the spill's layout, from the first batch
-                names = batch.schema.names
-                carry_types = {}
-                for c in carry:
-                    if c in BENEFIT_COLUMNS:
-                        continue
-                    typ = batch.schema.field(c).type if c in names else _S
-                    carry_types[c] = typ.value_type if pa.types.is_dictionary(typ) else typ
-                part_schema = _benefit_input(pa.table({}), carry_types, np.zeros(0, np.int64)).schema
-                spill._spill_schema = part_schema
-                buckets = [_Bucket(directory / f"b{k}.arrows", part_schema) for k in range(n_buckets)]
-            rows = np.arange(pos, pos + batch.num_rows, dtype=np.int64)
-            cases = _benefit_input(batch, carry_types, rows)
-            _scatter(cases, partition_of(cases.column("patient_id"), rows, n_buckets), buckets)
-            pos += batch.num_rows
-        for b in buckets:
-            b.close()
-        spill.n_rows = pos
-        spill.schema = _result_schema({c: (carry_types or {}).get(c, dict(BENEFIT_INPUT).get(c, _S))
-                                       for c in carry})
-        if partitions is None and buckets:
-            buckets = _split_large(buckets, directory, spill._spill_schema, PARTITION_ROWS)
-            groups = _join_small(buckets, PARTITION_ROWS)
-        else:
-            groups = [[b] for b in buckets if b.rows]
-            for b in buckets:
-                if not b.rows:
-                    b.path.unlink()
-        spill._compute(groups, rules, hosp, carry, progress)
+            spiller.write(spiller.prepare(batch))
     except BaseException:
-        for b in buckets:
-            b.close()
-        spill.close()
+        spiller.abort()
         raise
-    return spill
+    return spiller.finish(progress=progress)[0]
+
+
+_CARRY = "__dipengine_carry__"  # prefix of a carried column in the spill (never a TERMS name)
+
+
+class BenefitSpiller:
+    """:func:`spill_benefits` fed one batch at a time, for a pipeline that reads the cases once.
+
+    :meth:`prepare` is pure (any thread): the batch's :func:`benefit_terms`, its carried columns
+    and its hash partitions. :meth:`write` (one thread, batches in row order) appends them to the
+    partition files; :meth:`finish` runs :func:`benefit_walk` on every partition, on ``workers``
+    threads, and returns the :class:`BenefitSpill`. :meth:`abort` removes the files after an
+    error. ``keep`` columns are spilled like ``carry`` ones but handed only to ``summarise``
+    (see :meth:`finish`), not returned by ``read``; ``columns``, when given, are the
+    :func:`compute_benefits` columns ``read`` returns (default: all).
+    """
+
+    def __init__(self, rules: BenefitRules, hospitals, *, n_rows: int | None = None, spill_dir=None,
+                 partitions: int | None = None, carry=(), keep=(), columns=None):
+        import tempfile
+
+        if partitions is not None and int(partitions) < 1:
+            raise ValueError(f"spill_benefits: partitions must be >= 1, not {partitions}")
+        self.rules, self.hosp = rules, _hospital_table(hospitals)
+        self.carry, self.keep = tuple(carry), tuple(keep)
+        base_schema = _result_schema({})
+        self.columns = None if columns is None else tuple(columns)
+        unknown = [c for c in self.columns or () if c not in base_schema.names]
+        if unknown:
+            raise ValueError(f"spill_benefits: {unknown[0]!r} is not a benefits output column")
+        clash = [c for c in self.carry + self.keep if c in base_schema.names or c == _ROW]
+        if clash:
+            raise ValueError(f"spill_benefits: carry column {clash[0]!r} is a benefits output column")
+        self.fixed = partitions is not None
+        if partitions is not None:
+            self.n_buckets = int(partitions)
+        elif n_rows is not None:
+            self.n_buckets = max(1, -(-int(n_rows) // PARTITION_ROWS))
+        else:
+            self.n_buckets = SPILL_BUCKETS
+        self.directory = Path(tempfile.mkdtemp(prefix="dipengine-benefits-", dir=spill_dir))
+        self.spill = BenefitSpill(self.directory, base_schema)
+        self.buckets: list = []
+        self.carry_types: dict | None = None
+        self.pos = 0
+
+    def _carried(self, t: pa.Table) -> tuple[list, dict]:
+        arrays, types = [], {}
+        for c in self.carry + self.keep:
+            if c in BENEFIT_COLUMNS:
+                typ = dict(BENEFIT_INPUT)[c]
+            elif c in t.column_names:
+                typ = t.schema.field(c).type
+                typ = typ.value_type if pa.types.is_dictionary(typ) else typ
+            else:
+                typ = _S
+            arrays.append(_column(t, c, typ))
+            types[c] = typ
+        return arrays, types
+
+    def prepare(self, batch):
+        """``(terms sorted by partition, their row order, rows per partition, carried types)``
+        of one batch of normalised cases; pure, safe on any thread."""
+        t = _as_table(batch)
+        terms = benefit_terms(t, self.rules, self.hosp)
+        carried, types = self._carried(t)
+        names = terms.schema.names + [_CARRY + c for c in types]
+        terms = pa.RecordBatch.from_arrays(terms.columns + carried, names=names)
+        n = terms.num_rows
+        if self.n_buckets == 1:
+            return terms, np.arange(n, dtype=np.int64), np.array([n], dtype=np.int64), types
+        _, order, counts = _partition(terms.column("patient_id"), np.arange(n, dtype=np.int64), self.n_buckets)
+        return terms.take(pa.array(order)), order, counts, types
+
+    def write(self, prepared) -> None:
+        """Append a :meth:`prepare` result; batches in row order, one thread."""
+        terms, order, counts, types = prepared
+        if terms.num_rows == 0:
+            return
+        if self.carry_types is None:  # the spill's layout, from the first batch
+            self.carry_types = types
+            self.spill._spill_schema = terms.schema.append(pa.field(_ROW, pa.int64()))
+            self.buckets = [_Bucket(self.directory / f"b{k}.arrows", self.spill._spill_schema)
+                            for k in range(self.n_buckets)]
+        elif terms.schema != self.spill._spill_schema.remove(len(terms.schema)):
+            terms = terms.cast(self.spill._spill_schema.remove(len(terms.schema)))
+        rows = pa.array(self.pos + np.asarray(order, dtype=np.int64))
+        terms = pa.RecordBatch.from_arrays(terms.columns + [rows], schema=self.spill._spill_schema)
+        ends = np.cumsum(counts)
+        for p in np.flatnonzero(counts):
+            self.buckets[p].write(terms.slice(int(ends[p] - counts[p]), int(counts[p])))
+        self.pos += terms.num_rows
+
+    def abort(self) -> None:
+        """Close and remove everything spilled so far (after an error)."""
+        for b in self.buckets:
+            b.close()
+        self.spill.close()
+
+    def finish(self, *, workers: int = 1, summarise=None, progress=None) -> tuple["BenefitSpill", list]:
+        """Walk every partition (``workers`` threads) and return ``(spill, summaries)``.
+
+        ``summarise(terms, result)``, when given, is called once per partition with its spilled
+        terms (carried and ``keep`` columns under their own names, ``_ROW``) and its
+        :func:`benefit_walk` result; ``summaries`` are its returns in partition order.
+        """
+        spill = self.spill
+        try:
+            for b in self.buckets:
+                b.close()
+            spill.n_rows = self.pos
+            types = self.carry_types or {c: dict(BENEFIT_INPUT).get(c, _S) for c in self.carry + self.keep}
+            spill.schema = _result_schema({c: types[c] for c in self.carry})
+            if self.columns is not None:
+                spill.schema = pa.schema([spill.schema.field(c) for c in self.columns + self.carry])
+            buckets = self.buckets
+            if not self.fixed and buckets:
+                buckets = _split_large(buckets, self.directory, spill._spill_schema, PARTITION_ROWS)
+                groups = _join_small(buckets, PARTITION_ROWS)
+            else:
+                groups = [[b] for b in buckets if b.rows]
+                for b in buckets:
+                    if not b.rows:
+                        b.path.unlink()
+            summaries = spill._compute(groups, self.carry, self.columns, progress, workers, summarise)
+        except BaseException:
+            self.abort()
+            raise
+        return spill, summaries
 
 
 # --------------------------------------------------------------------------- pure-Python twin

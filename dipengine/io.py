@@ -1014,14 +1014,15 @@ def unique_dictionaries(t: pa.Table, cache: dict) -> pa.Table:
     return t
 
 
-def write_batches(tables, path, schema: pa.Schema, *, write_statistics=True) -> int:
+def write_batches(tables, path, schema: pa.Schema, *, write_statistics=True, use_dictionary=True) -> int:
     """Write a stream of tables/record batches to one file atomically; returns the row count.
 
     Parquet (one row group per item; dictionary columns are written as Parquet dictionaries but
     read back as their value type, as :func:`write_table` output would be) or CSV when the name
     ends in ``.csv``. Nothing appears at ``path`` unless the whole stream was written; with no
     items an empty file with ``schema`` is written. ``write_statistics`` (Parquet): True, False
-    or the columns whose min/max statistics are written (as ``pyarrow.parquet.ParquetWriter``).
+    or the columns whose min/max statistics are written (as ``pyarrow.parquet.ParquetWriter``);
+    ``use_dictionary`` likewise: True, False or the columns Parquet dictionary-encodes.
     """
     path = _resolve_output(path, directory=False)
     rows = 0
@@ -1034,7 +1035,8 @@ def write_batches(tables, path, schema: pa.Schema, *, write_statistics=True) -> 
                     w.write_table(_csv_ready(t, escape=True))
                     rows += t.num_rows
         else:
-            with pq.ParquetWriter(tmp, schema, store_schema=False, write_statistics=write_statistics) as w:
+            with pq.ParquetWriter(tmp, schema, store_schema=False, write_statistics=write_statistics,
+                                  use_dictionary=use_dictionary) as w:
                 for t in _pulled(tables):
                     t = t if isinstance(t, pa.Table) else pa.Table.from_batches([t])
                     w.write_table(t)

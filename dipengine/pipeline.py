@@ -7,7 +7,12 @@ money ones) to an Arrow IPC file beside the output. The point values are then co
 from the exact totals (:func:`~dipengine.settlement.finish`). Pass 2 reads the spill back batch
 by batch, adds the case money (:func:`~dipengine.settlement.add_case_money`) and writes
 ``cases.parquet``. A monthly pre-settlement knows its point values before it starts (the
-budget values), so it writes the case results in pass 1 and spills nothing.
+budget values), so without estimate mode it writes the case results in pass 1 and spills nothing.
+
+Estimate mode reads the input once too: the pass-1 workers also compute each case's benefit terms
+(:func:`dipengine.benefits.benefit_terms`), spilled by patient partition; between the passes each
+partition's admissions are walked (:class:`dipengine.benefits.BenefitSpiller`) and its payments
+added to the totals; pass 2 merges the payments back into the case rows.
 
 Memory is bounded by the batch size, the hospitals and the groups, not by the cases. Every
 total is an integer sum, so the outputs do not depend on the batch size, the file split, the
@@ -28,8 +33,8 @@ from dipengine.errors import DataError
 from dipengine.io import BATCH_SIZE, sha256_file, source_files
 from dipengine.policy import POOLS, Policy, load_policy
 from dipengine.settlement import (
-    SettlementResult, Totals, add_case_money, case_table, finish, manifest_of, merge_benefits, parse_period,
-    read_monthly, resolve_benefits, write_result,
+    MERGED_BENEFITS, SettlementResult, Totals, add_case_money, case_table, finish, manifest_of, merge_benefits,
+    parse_period, read_monthly, resolve_benefits, write_result,
 )
 
 __all__ = ["SettleRun", "prepare", "score_batch", "settle", "settle_to", "write_result"]
@@ -162,52 +167,61 @@ def _normalised_batches(cases, run: SettleRun, fn, *, batch_size, workers, progr
                      progress=progress, batch_size=batch_size, workers=workers, **layout)
 
 
-class _WholeBenefits:
-    """The estimate-mode benefit columns of a run, computed on the whole normalised table."""
-
-    def __init__(self, table: pa.Table):
-        self.table = table
-
-    def read(self, start: int, n: int) -> pa.Table:
-        return self.table.slice(start, n)
-
-    def close(self) -> None:
-        self.table = None
+_LABEL, _POOL = "__dipengine_label__", "__dipengine_pool__"
+_KEEP = ("patient_paid_fen", _LABEL, _POOL)
+"""What estimate mode spills with each case's benefit terms for its payment totals."""
 
 
-def _benefit_source(cases, run, *, batch_size, workers, layout):
-    """Estimate mode's first pass: the benefit columns of every row (``read(start, n)``)."""
-    from dipengine import benefits as ben
-
-    stream = _normalised_batches(cases, run, lambda t: t, batch_size=batch_size, workers=workers, progress=None,
-                                 layout=layout)
-    if hasattr(ben, "spill_benefits"):
-        return ben.spill_benefits(stream, run.benefit_rules, run.hospitals)
-    tables = list(stream)
-    whole = pa.concat_tables(tables) if tables else None
-    return _WholeBenefits(ben.compute_benefits(whole, run.benefit_rules, run.hospitals) if whole is not None
-                          else None)
-
-
-def _pass1(cases, run: SettleRun, totals: Totals, *, batch_size, workers, progress, layout, benefit_source=None):
+def _pass1(cases, run: SettleRun, totals: Totals, *, batch_size, workers, progress, layout):
     """Yield the :func:`case_table` rows of pass 1 in input order, adding every batch to ``totals``."""
-    if benefit_source is None:
-        stream = _normalised_batches(cases, run, lambda t: settle_batch(t, run), batch_size=batch_size,
-                                     workers=workers, progress=progress, layout=layout)
-        for table, part in stream:
-            totals.merge(part)
-            yield table
-        return
-    # estimate mode: the payments of a row depend on its patient's other admissions, read back in
-    # row order here; grouping and scoring (which do not use payments) stay in the workers
-    stream = _normalised_batches(cases, run, lambda t: (t, score_batch(t, run)), batch_size=batch_size,
+    stream = _normalised_batches(cases, run, lambda t: settle_batch(t, run), batch_size=batch_size,
                                  workers=workers, progress=progress, layout=layout)
+    for table, part in stream:
+        totals.merge(part)
+        yield table
+
+
+def _pass1_estimate(cases, run: SettleRun, totals: Totals, spiller, *, batch_size, workers, progress, layout):
+    """Pass 1 of estimate mode: as :func:`_pass1`, with the cases' recorded payments (their totals
+    wait for the benefits), and each batch's benefit terms handed to ``spiller`` in row order.
+
+    The payments of a case depend on its patient's other admissions, which later batches may
+    hold: the workers compute everything a case decides alone (grouping, scoring,
+    :func:`dipengine.benefits.benefit_terms`); the admissions are walked per patient partition
+    once every case has been read (:meth:`dipengine.benefits.BenefitSpiller.finish`).
+    """
+    from dipengine.settlement import payment_labels
+
+    def work(t):
+        scored = score_batch(t, run)
+        part = run.totals().add(scored, t, run.hosp_ids, payments=False)
+        label, pool = payment_labels(scored, run.hosp_ids)
+        keep = t.append_column(_LABEL, pa.array(label)).append_column(_POOL, pa.array(pool))
+        return case_table(scored, t), part, spiller.prepare(keep)
+
+    stream = _normalised_batches(cases, run, work, batch_size=batch_size, workers=workers, progress=progress,
+                                 layout=layout)
+    for table, part, prepared in stream:
+        totals.merge(part)
+        spiller.write(prepared)
+        yield table
+
+
+def _payment_totals(run: SettleRun):
+    """``summarise`` of a benefit partition: the Totals of its payments (estimate mode applied)."""
+    def summarise(terms: pa.Table, result: pa.Table) -> Totals:
+        recorded = pa.table({"patient_paid_fen": terms["patient_paid_fen"], "fund_paid_fen": terms["fund_paid_fen"]})
+        merged = merge_benefits(recorded, result)
+        return run.totals().add_payments(merged, terms[_LABEL].to_numpy(), terms[_POOL].to_numpy())
+    return summarise
+
+
+def _merged(tables, benefits):
+    """Pass-1 case tables with the estimate mode's payments (``benefits.read`` in row order)."""
     at = 0
-    for t, scored in stream:
-        t = merge_benefits(t, benefit_source.read(at, t.num_rows))
+    for t in tables:
+        yield merge_benefits(t, benefits.read(at, t.num_rows))
         at += t.num_rows
-        totals.add(scored, t, run.hosp_ids)
-        yield case_table(scored, t)
 
 
 class _Spill:
@@ -290,59 +304,79 @@ class _Run:
         self.due = 0
         self.rows = None  # cases in the run, once known (fixes the output's row groups)
         self.monthly = run.kind == "monthly"
-        self.progress = _Progress(progress, 1 if self.monthly else 2)
+        self.one_pass = self.monthly and not run.with_benefits
+        self.progress = _Progress(progress, 1 if self.one_pass else 2)
 
     def _with_money(self, tables, values_fen):
         for t in tables:
             out, per_pool = add_case_money(t, values_fen)
             self.standard += per_pool
             self.due += int(out["fund_due_fen"].to_numpy().sum())
-            if not self.monthly:
+            if not self.one_pass:
                 self.progress.pass2(out.num_rows)
             yield out
 
-    def _read_back(self, spill: "_Spill", values_fen):
-        """Pass 2: the spill read back and given its money in a background thread, while the
-        caller writes the previous batch."""
-        return _prefetched(self._with_money(spill.tables(), values_fen))
+    def _read_back(self, spill: "_Spill", benefits, values_fen):
+        """Pass 2: the spill read back (with the estimate mode's payments) and given its money in
+        a background thread, while the caller writes the previous batch."""
+        tables = spill.tables() if benefits is None else _merged(spill.tables(), benefits)
+        return _prefetched(self._with_money(tables, values_fen))
 
     def _finish(self):
         r = self.run
         self.values = finish(self.totals, r.hospitals, r.policy, r.period, monthly=r.monthly)
         return self.values
 
+    def _benefits(self, spiller):
+        """Between the passes of estimate mode: walk the benefit partitions and add their payments."""
+        ben, parts = spiller.finish(workers=self.kw["workers"], summarise=_payment_totals(self.run))
+        for part in parts:
+            self.totals.merge(part)
+        return ben
+
     def tables(self):
         r = self.run
-        benefit_source = None
+        spiller = None
         try:
             if r.with_benefits:
-                benefit_source = _benefit_source(self.cases, r, **{k: self.kw[k] for k in ("batch_size", "workers",
-                                                                                        "layout")})
-            first = _pass1(self.cases, r, self.totals, progress=self.progress.pass1,
-                           benefit_source=benefit_source, **self.kw)
-            if self.monthly:  # the budget point values are known: one pass
+                from dipengine.benefits import BenefitSpiller
+
+                spiller = BenefitSpiller(r.benefit_rules, r.hospitals, spill_dir=self.spill_dir, keep=_KEEP,
+                                         columns=MERGED_BENEFITS)
+                first = _pass1_estimate(self.cases, r, self.totals, spiller, progress=self.progress.pass1, **self.kw)
+            else:
+                first = _pass1(self.cases, r, self.totals, progress=self.progress.pass1, **self.kw)
+            if self.one_pass:  # monthly, no estimate mode: the budget point values are known
                 yield from self._with_money(first, r.budget_values_fen())
                 self._finish()
                 return
             if self.spill_dir is None:  # in memory: the pass-1 tables are the spill
                 kept = list(first)
                 self.rows = sum(t.num_rows for t in kept)
-                yield from self._with_money(kept, self._finish().case_value_fen)
+                ben = self._benefits(spiller) if spiller is not None else None
+                values_fen = self._values_fen()
+                yield from self._with_money(kept if ben is None else _merged(kept, ben), values_fen)
                 return
             spill = _Spill(Path(self.spill_dir) / SPILL_NAME)
             try:
                 spill.write_all(first)
                 self.rows = spill.rows
-                yield from self._read_back(spill, self._finish().case_value_fen)
+                ben = self._benefits(spiller) if spiller is not None else None
+                yield from self._read_back(spill, ben, self._values_fen())
             finally:
                 spill.remove()
         finally:
-            if benefit_source is not None:
-                benefit_source.close()
+            if spiller is not None:
+                spiller.abort()
+
+    def _values_fen(self):
+        """Fen per point of each pool for the case money (point values computed here)."""
+        values = self._finish()
+        return self.run.budget_values_fen() if self.monthly else values.case_value_fen
 
     def total_rows(self):
         """Cases in the run when known (else None): where the output's last row group starts."""
-        return self.progress.n if self.monthly else self.rows
+        return self.progress.n if self.one_pass else self.rows
 
 
 def _empty_cases(cases, run: SettleRun, layout) -> pa.Table:

@@ -222,7 +222,7 @@ def write_result(out_dir, case_tables, hospitals, manifest_fn, *, total_rows=Non
             write_table(empty(), tmp / "cases.parquet")
         else:
             write_batches(row_groups(itertools.chain([first], it), total=total_rows or (lambda: None)),
-                          tmp / "cases.parquet", first.schema)
+                          tmp / "cases.parquet", first.schema, use_dictionary=dictionary_columns(first.schema))
         statements = hospitals() if callable(hospitals) else hospitals
         manifest = manifest_fn()
         write_table(statements, tmp / "hospitals.parquet")
@@ -230,6 +230,18 @@ def write_result(out_dir, case_tables, hospitals, manifest_fn, *, total_rows=Non
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     return out_dir
+
+
+PLAIN_COLUMNS = frozenset(("case_id", "ratio", "case_points", "points_e4"))
+"""Case-result columns written without a Parquet dictionary, as are all money columns (``*_fen``):
+nearly one value per case, so a dictionary is built and then dropped for plain encoding (a
+third of the writing time of ``cases.parquet``)."""
+
+
+def dictionary_columns(schema: pa.Schema) -> list:
+    """Columns of a case-result schema that Parquet dictionary-encodes (codes, names, flags,
+    coefficients and extra input columns): all but :data:`PLAIN_COLUMNS` and ``*_fen``."""
+    return [n for n in schema.names if n not in PLAIN_COLUMNS and not n.endswith("_fen")]
 
 
 LABEL_SUMS = ("units", "patient", "other", "fund", "total", "n", "rejected", "out")
@@ -253,6 +265,24 @@ def _other_column(cases: pa.Table):
     return pa.nulls(cases.num_rows, pa.int64())
 
 
+def _labels(scored: pa.Table, hosp_ids: pa.Array):
+    """``(label, pool, in_pool, scored, ok)`` per row: label ``2 * hospital + pool`` (-1 when
+    either is unknown, ``ok`` False), pool code (-1 unknown), in-pool and scored-path masks."""
+    h = _codes(scored["hospital_id"], hosp_ids)
+    pool = _codes(scored["pool"], pa.array(POOLS))
+    in_pool = _np(scored["in_pool"], np.bool_, False)
+    scored_mask = _np(pc.is_in(scored["match_path"], pa.array(SCORED_PATHS)), np.bool_, False)
+    ok = (h >= 0) & (pool >= 0)
+    return np.where(ok, h * 2 + pool, -1), pool, in_pool, scored_mask, ok
+
+
+def payment_labels(scored: pa.Table, hosp_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(label, pool)`` (int32) under which :meth:`Totals.add_payments` sums a row's payments:
+    its hospital × pool label and its pool code for in-pool rows, -1 for the others."""
+    label, pool, in_pool, _, ok = _labels(scored, hosp_ids)
+    return (np.where(in_pool & ok, label, -1).astype(np.int32), np.where(in_pool, pool, -1).astype(np.int32))
+
+
 class Totals:
     """Exact integer sums of the scored cases of a run, or of any part of it.
 
@@ -273,52 +303,70 @@ class Totals:
         self.case_sums = {k: 0 for k in CASE_SUMS}
         self.n_paid_estimated = np.zeros(len(POOLS), dtype=np.int64)
 
-    def add(self, scored: pa.Table, cases: pa.Table, hosp_ids: pa.Array) -> "Totals":
-        """Add the rows of a scored batch (``case_points`` output) and its normalised cases."""
+    def add(self, scored: pa.Table, cases: pa.Table, hosp_ids: pa.Array, *, payments: bool = True) -> "Totals":
+        """Add the rows of a scored batch (``case_points`` output) and its normalised cases.
+
+        ``payments=False`` leaves out what the estimate mode decides later (patient and fund
+        payments, ``paid_source``): :meth:`add_payments` adds them, e.g. per benefit partition.
+        """
         n_labels = 2 * self.n_hospitals
         if len(hosp_ids) != self.n_hospitals:
             raise ValueError(f"{len(hosp_ids)} hospitals, Totals was made for {self.n_hospitals}")
-        h = _codes(scored["hospital_id"], hosp_ids)
-        pool = _codes(scored["pool"], pa.array(POOLS))
-        in_pool = _np(scored["in_pool"], np.bool_, False)
-        scored_mask = _np(pc.is_in(scored["match_path"], pa.array(SCORED_PATHS)), np.bool_, False)
+        label, pool, in_pool, scored_mask, ok = _labels(scored, hosp_ids)
         other_col = _other_column(cases)
         values = {
             "units": _np(scored["points_e4"], np.int64, 0),
-            "patient": _np(cases["patient_paid_fen"], np.int64, 0),
             "other": _np(other_col, np.int64, 0),  # other funds (大额, 大病, 公务员补助, 医疗救助): null = 0
-            "fund": _np(cases["fund_paid_fen"], np.int64, 0),
             "total": _np(cases["total_cost_fen"], np.int64, 0),
         }
-        ok = (h >= 0) & (pool >= 0)
-        base = np.where(ok, h * 2 + pool, -1).astype(np.int32)
-        for key, mask, vals in (("units", in_pool, values["units"]), ("patient", in_pool, values["patient"]),
-                                ("other", in_pool, values["other"]), ("fund", in_pool, values["fund"]),
+        base = np.where(ok, label, -1).astype(np.int32)
+        for key, mask, vals in (("units", in_pool, values["units"]), ("other", in_pool, values["other"]),
                                 ("total", in_pool, values["total"]), ("n", in_pool, None),
                                 ("rejected", ~scored_mask, None), ("out", scored_mask & ~in_pool, None)):
-            lab = np.where(mask, base, -1).astype(np.int32)
-            out = np.zeros(n_labels, dtype=np.int64)
-            if vals is None:
-                count_by_label(lab, out)
-            else:
-                sum_by_label(lab, np.ascontiguousarray(vals, dtype=np.int64), out)
-            self.labels[key] += out
+            self._label_sum(key, np.where(mask, base, -1).astype(np.int32), vals, n_labels)
         self.cases += scored.num_rows
         self.in_pool += int(in_pool.sum())
         self.special_review += int(_np(scored["special_review"], np.bool_, False).sum())
         self.without_statement += int((~ok).sum())
         for k in COUNTED:
             _merge_counts(self.counts[k], scored[k])
-        names = ["patient_paid_fen", "other_fund_paid_fen", "fund_paid_fen"]
+        self.case_sums["other_fund_paid_fen"] += int(pc.sum(other_col).as_py() or 0)
+        if payments:
+            self.add_payments(cases, *payment_labels(scored, hosp_ids))
+        return self
+
+    def _label_sum(self, key, lab: np.ndarray, vals, n_labels: int) -> None:
+        out = np.zeros(n_labels, dtype=np.int64)
+        if vals is None:
+            count_by_label(lab, out)
+        else:
+            sum_by_label(lab, np.ascontiguousarray(vals, dtype=np.int64), out)
+        self.labels[key] += out
+
+    def add_payments(self, cases: pa.Table, label: np.ndarray, pool: np.ndarray) -> "Totals":
+        """Add the payments of rows whose other sums :meth:`add` took with ``payments=False``.
+
+        ``cases``: ``patient_paid_fen`` and ``fund_paid_fen`` (and, in estimate mode,
+        ``paid_source``, ``fund_benefit_fen``, ``fund_diff_fen``) of the rows; ``label`` and
+        ``pool`` (int32): :func:`payment_labels` of the same rows, in any order or split.
+        """
+        n_labels = 2 * self.n_hospitals
+        label = np.ascontiguousarray(label, dtype=np.int32)
+        if len(label) != cases.num_rows or len(pool) != cases.num_rows:
+            raise ValueError(f"add_payments: {cases.num_rows} rows but {len(label)} labels and {len(pool)} pools")
+        if len(label) and (label.max() >= n_labels or label.min() < -1):
+            raise ValueError(f"add_payments: labels must lie in [-1, {n_labels})")
+        self._label_sum("patient", label, _np(cases["patient_paid_fen"], np.int64, 0), n_labels)
+        self._label_sum("fund", label, _np(cases["fund_paid_fen"], np.int64, 0), n_labels)
+        names = ["patient_paid_fen", "fund_paid_fen"]
         if self.benefits:
             _merge_counts(self.counts["paid_source"], cases["paid_source"])
             names += ["fund_benefit_fen", "fund_diff_fen"]
             estimated = _np(pc.equal(cases["paid_source"], "estimated"), np.bool_, False)
             for pi in range(len(POOLS)):
-                self.n_paid_estimated[pi] += int(((pool == pi) & in_pool & estimated).sum())
+                self.n_paid_estimated[pi] += int(((pool == pi) & estimated).sum())
         for c in names:
-            col = other_col if c == "other_fund_paid_fen" else cases[c]
-            self.case_sums[c] += int(pc.sum(col).as_py() or 0)
+            self.case_sums[c] += int(pc.sum(cases[c]).as_py() or 0)
         return self
 
     def merge(self, other: "Totals") -> "Totals":
@@ -632,9 +680,14 @@ def apply_benefits(cases: pa.Table, benefit_rules, hospitals: pa.Table) -> pa.Ta
     return merge_benefits(cases, compute_benefits(cases, benefit_rules, hospitals))
 
 
+MERGED_BENEFITS = ("fund_benefit_fen", "patient_share_fen", "fund_diff_fen", "benefit_note")
+"""The :func:`dipengine.benefits.compute_benefits` columns :func:`merge_benefits` reads."""
+
+
 def merge_benefits(cases: pa.Table, ben: pa.Table) -> pa.Table:
     """:func:`apply_benefits` with the benefits of the same rows already computed (``ben``:
-    :func:`dipengine.benefits.compute_benefits` columns, e.g. read back from a spill)."""
+    :func:`dipengine.benefits.compute_benefits` columns, at least :data:`MERGED_BENEFITS`, e.g.
+    read back from a spill)."""
     cases = _as_table(cases)
     if ben.num_rows != cases.num_rows:
         raise ValueError(f"{cases.num_rows} cases but {ben.num_rows} benefit rows")

@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from dipengine._libs.benefits import accumulate_cap
 from dipengine.benefits import (
-    accumulate_cap_py, benefit_case, compute_benefits, load_benefits, reference_benefits,
+    TERMS, BenefitSpiller, accumulate_cap_py, benefit_case, benefit_terms, benefit_walk, compute_benefits,
+    load_benefits, reference_benefits,
 )
 from dipengine.errors import DataError
 from dipengine.io import sha256_file
@@ -440,6 +441,78 @@ def test_vectorised_matches_reference_and_money_adds_up(small_caps, raw_rows):
             key = (r["patient_id"], r["discharge_date"].year)
             fund_by_patient[key] = fund_by_patient.get(key, 0) + g["fund_benefit_fen"]
     assert all(v <= 6000_00 for v in fund_by_patient.values())
+
+
+def _hypothesis_rows(raw_rows):
+    rows = []
+    for i, r in enumerate(raw_rows):
+        total = r["total_cost_fen"]
+        rows.append({
+            "case_id": f"{r['case_id']}{i % 3}", "hospital_id": r["hospital_id"], "patient_id": r["patient_id"],
+            "insurance_type": r["insurance_type"], "person_type": r["person_type"],
+            "insured_region": r["insured_region"], "remote_filing": r["remote_filing"],
+            "admit_date": r["discharge_date"] - dt.timedelta(days=r["los"]),
+            "discharge_date": r["discharge_date"], "total_cost_fen": total,
+            "out_of_catalogue_cost_fen": total * r["ooc_share"] // 100,
+            "class_b_cost_fen": None if r["class_b_fen"] is None else min(r["class_b_fen"], total),
+            "fund_paid_fen": None if i % 4 else total // 2, "other_fund_paid_fen": r["other_fen"],
+            "reason": r["reason"],
+        })
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(case_rows, min_size=1, max_size=30), st.integers(1, 7), st.integers(1, 5), st.integers(1, 2))
+def test_terms_row_by_row_and_partitioned_walks_equal_the_whole_table(small_caps, raw_rows, batch, parts,
+                                                                      workers):
+    """benefit_terms depends on each row alone (any batching gives the same rows), and the
+    BenefitSpiller (terms per batch, hash partitions by patient, walks on 1 or 2 threads) gives
+    compute_benefits on the whole table, row for row, whatever the partition count."""
+    table = make_cases(_hypothesis_rows(raw_rows))
+    whole_terms = benefit_terms(table, small_caps, HOSPITALS)
+    assert whole_terms.schema.names == [name for name, _ in TERMS]
+    pieces = [benefit_terms(table.slice(a, batch), small_caps, HOSPITALS) for a in range(0, table.num_rows, batch)]
+    assert pa.Table.from_batches(pieces).equals(pa.Table.from_batches([whole_terms]))
+    want = compute_benefits(table, small_caps, HOSPITALS)
+    assert benefit_walk(whole_terms).equals(want)
+    spiller = BenefitSpiller(small_caps, HOSPITALS, partitions=parts, carry=("insurance_type",),
+                             keep=("total_cost_fen",))
+    for a in range(0, table.num_rows, batch):
+        spiller.write(spiller.prepare(table.slice(a, batch)))
+    seen = []
+    spill, summaries = spiller.finish(workers=workers,
+                                      summarise=lambda terms, result: seen.append(terms.num_rows) or result.num_rows)
+    try:
+        got = spill.read(0, table.num_rows)
+        assert got.drop_columns(["insurance_type"]).equals(want)
+        assert got["insurance_type"].to_pylist() == table["insurance_type"].to_pylist()
+        assert sum(summaries) == sum(seen) == table.num_rows and len(summaries) == spill.partitions
+    finally:
+        spill.close()
+    assert not spill.directory.exists()
+
+
+def test_spiller_columns_and_bad_arguments(demo, tmp_path):
+    """``columns`` narrows what read returns; unknown columns, output names as carry and
+    partitions < 1 are ValueErrors; abort removes the spill."""
+    table = make_cases([{"patient_id": "p"}, {"patient_id": "p"}, {"patient_id": None}])
+    spiller = BenefitSpiller(demo, HOSPITALS, spill_dir=tmp_path, columns=("fund_benefit_fen", "benefit_note"))
+    spiller.write(spiller.prepare(table))
+    spill, _ = spiller.finish()
+    got = spill.read(0, 3)
+    assert got.column_names == ["fund_benefit_fen", "benefit_note"]
+    assert got.equals(compute_benefits(table, demo, HOSPITALS).select(["fund_benefit_fen", "benefit_note"]))
+    spill.close()
+    with pytest.raises(ValueError, match="not a benefits output column"):
+        BenefitSpiller(demo, HOSPITALS, spill_dir=tmp_path, columns=("nope",))
+    with pytest.raises(ValueError, match="is a benefits output column"):
+        BenefitSpiller(demo, HOSPITALS, spill_dir=tmp_path, keep=("fund_benefit_fen",))
+    with pytest.raises(ValueError, match="partitions must be >= 1"):
+        BenefitSpiller(demo, HOSPITALS, spill_dir=tmp_path, partitions=0)
+    spiller = BenefitSpiller(demo, HOSPITALS, spill_dir=tmp_path)
+    spiller.write(spiller.prepare(table))
+    spiller.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_single_case_function_agrees_with_worked_example(demo):

@@ -355,15 +355,60 @@ def test_settle_duplicate_pass_memory_vs_spill(runner, monkeypatch, period, bene
 
 @pytest.mark.parametrize("period", ["2026", "2026-03"], ids=["annual", "monthly"])
 def test_settle_benefit_partitions(runner, monkeypatch, period):
-    """Estimate mode partitions the cases by patient (benefits.spill_benefits): 32 buckets joined
+    """Estimate mode partitions the cases by patient (benefits.BenefitSpiller): 32 buckets joined
     into one partition (the default at this size) vs 3 buckets split into partitions of at most
-    200 rows: byte-identical outputs, streaming and in memory."""
+    200 rows, walked on 2 threads: byte-identical outputs, streaming and in memory."""
     runs = {"default partitions": digest(runner.to("one", period, batch_size=1000, n_threads=2))}
     monkeypatch.setattr(benefits_mod, "SPILL_BUCKETS", 3)
     monkeypatch.setattr(benefits_mod, "PARTITION_ROWS", 200)
     runs["small partitions"] = digest(runner.to("one", period, batch_size=1000, n_threads=2))
     runs["small partitions, in memory"] = digest(runner.memory("one", period, batch_size=337))
     assert_same(runs)
+
+
+@pytest.mark.parametrize("period", ["2026", "2026-03"], ids=["annual", "monthly"])
+def test_estimate_mode_pays_what_the_whole_table_computes(runner, data, monkeypatch, period):
+    """The streaming estimate mode (benefit terms on the pass-1 workers, admissions walked per
+    patient partition, payments merged back in pass 2) pays every case exactly what
+    ``apply_benefits`` on the whole normalised table does, and each statement's patient and fund
+    payments are the sums of its in-pool cases' (the totals added per partition)."""
+    from dipengine.benefits import load_benefits
+    from dipengine.hospitals import read_hospitals
+    from dipengine.settlement import apply_benefits
+
+    monkeypatch.setattr(benefits_mod, "PARTITION_ROWS", 300)  # several partitions, joined and split
+    out = runner.to("one", period, batch_size=337, n_threads=2)
+    cases = pq.read_table(out / "cases.parquet")
+    hosp = read_hospitals(data["hospitals"])
+    whole = apply_benefits(reader.read_cases(data["one"], hosp, period=period), load_benefits([PRICING]), hosp)
+    for name in ("patient_paid_fen", "fund_paid_fen", "paid_source", "fund_benefit_fen", "fund_diff_fen",
+                 "benefit_note"):
+        assert cases[name].to_pylist() == whole[name].to_pylist(), name
+    assert "estimated" in cases["paid_source"].to_pylist()
+    in_pool = cases.filter(pc.fill_null(cases["in_pool"], False))
+    sums = in_pool.group_by(["hospital_id", "pool"]).aggregate([("patient_paid_fen", "sum"),
+                                                                 ("fund_paid_fen", "sum")])
+    expected = {(h, p): (a or 0, b or 0) for h, p, a, b in zip(*(sums[c].to_pylist() for c in (
+        "hospital_id", "pool", "patient_paid_fen_sum", "fund_paid_fen_sum")))}
+    statements = pq.read_table(out / "hospitals.parquet").to_pylist()
+    assert statements
+    for row in statements:
+        # recorded_fen: what the fund recorded as paid (dip-rules §7)
+        assert (row["patient_paid_fen"], row["recorded_fen"]) == expected.get((row["hospital_id"], row["pool"]),
+                                                                              (0, 0)), row
+
+
+def test_case_results_plain_encode_per_case_columns(runner):
+    """cases.parquet dictionary-encodes codes, names and flags but not the columns with about one
+    value per case (case_id, ratio, points, money): same values, a third less writing time."""
+    out = runner.to("one", "2026")
+    meta = pq.ParquetFile(out / "cases.parquet").metadata
+    rg = meta.row_group(0)
+    encodings = {rg.column(i).path_in_schema: rg.column(i).encodings for i in range(rg.num_columns)}
+    for name in ("case_id", "ratio", "points_e4", "standard_fen", "fund_due_fen", "patient_paid_fen"):
+        assert "RLE_DICTIONARY" not in encodings[name] and "PLAIN_DICTIONARY" not in encodings[name], name
+    for name in ("dip_code", "hospital_id", "match_path", "pool"):
+        assert "RLE_DICTIONARY" in encodings[name] or "PLAIN_DICTIONARY" in encodings[name], name
 
 
 @pytest.mark.parametrize("benefits", [None, False], ids=["benefits", "no-benefits"])

@@ -695,3 +695,44 @@ def test_estimate_mode_keeps_recorded_other_funds(tmp_path):
         assert sum(x["standard_fen"] for x in st) == info["total_cost_budget_fen"] == \
             info["fund_available_fen"] + info["patient_paid_fen"] + info["other_fund_paid_fen"]
         assert sum(x["fund_due_fen"] for x in st) == info["fund_available_fen"]
+
+
+def test_totals_payments_added_later_equal_one_add():
+    """Totals.add(payments=False) + add_payments (what estimate mode does per benefit partition,
+    rows in any order) equals Totals.add with the payments, sum for sum and count for count."""
+    import pyarrow.compute as pc
+
+    from dipengine.pipeline import prepare, score_batch
+    from dipengine.policy import resolve_pricing_dir
+    from dipengine.reader import read_cases
+    from dipengine.rules import resolve_rules_dir
+    from dipengine.settlement import Totals, apply_benefits, payment_labels
+    from dipengine.synth import synth_region
+
+    cases, hospitals = synth_region(2026, 600, seed=5, bad_rows=0.05)
+    n = cases.num_rows
+    unpaid = pa.array(np.arange(n) % 7 == 3)
+    cases = cases.set_column(cases.schema.get_field_index("fund_paid"), "fund_paid",
+                             pc.if_else(unpaid, pa.nulls(n, cases["fund_paid"].type), cases["fund_paid"]))
+    run = prepare(str(resolve_rules_dir("demo")), str(resolve_pricing_dir("440200/2026")), hospitals, "2026")
+    t = apply_benefits(read_cases(cases, run.hospitals, period="2026"), run.benefit_rules, run.hospitals)
+    scored = score_batch(t, run)
+    one = Totals(len(run.hosp_ids), benefits=True).add(scored, t, run.hosp_ids)
+    later = Totals(len(run.hosp_ids), benefits=True)
+    for a in (0, 250):  # two batches, payments added in reverse row order
+        b = 250 if a == 0 else n
+        later.add(scored.slice(a, b - a), t.slice(a, b - a), run.hosp_ids, payments=False)
+    label, pool = payment_labels(scored, run.hosp_ids)
+    rev = np.arange(n)[::-1]
+    later.add_payments(t.take(pa.array(rev)), label[rev], pool[rev])
+    assert one.counts["paid_source"].get("estimated", 0) > 0
+    for k in one.labels:
+        assert np.array_equal(one.labels[k], later.labels[k]), k
+    assert one.case_sums == later.case_sums and one.counts == later.counts
+    assert np.array_equal(one.n_paid_estimated, later.n_paid_estimated)
+    assert (one.cases, one.in_pool, one.special_review, one.without_statement) == \
+        (later.cases, later.in_pool, later.special_review, later.without_statement)
+    with pytest.raises(ValueError, match="labels must lie"):
+        later.add_payments(t.slice(0, 1), np.array([10**6], np.int32), np.array([0], np.int32))
+    with pytest.raises(ValueError, match="1 rows but 2 labels"):
+        later.add_payments(t.slice(0, 1), np.array([0, 0], np.int32), np.array([0], np.int32))
