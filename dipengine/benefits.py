@@ -1292,7 +1292,8 @@ class BenefitSpiller:
             buckets = self.buckets
             if not self.fixed and buckets:
                 buckets = _split_large(buckets, self.directory, spill._spill_schema, PARTITION_ROWS)
-                groups = _join_small(buckets, PARTITION_ROWS)
+                # small buckets are joined up to a share of PARTITION_ROWS per thread walking them
+                groups = _join_small(buckets, max(1, PARTITION_ROWS // max(1, int(workers))))
             else:
                 groups = [[b] for b in buckets if b.rows]
                 for b in buckets:
