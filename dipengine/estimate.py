@@ -250,6 +250,8 @@ class Estimator:
                 aux_coef=1.0 if out["aux_coef"] is None else out["aux_coef"], level_coef=coef,
                 total_cost_fen=c["total_cost_fen"], ref_fen=ref, level=level, policy=self.policy)
             pv = self.point_value if self.point_value is not None else self.policy.budget_value[pool]
+            if pv is None:
+                self.policy.require_budget_value("an estimate without --point-value")
             standard = math.floor(pe4 * (pv * 100.0) / 10000.0 + 0.5)
             out.update(level_coef=coef, ref_source=source, ratio=None if math.isnan(ratio) else ratio,
                        deviation=deviation, case_points=pe4 / 10000.0, point_value=pv, standard_fen=standard)

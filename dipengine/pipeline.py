@@ -75,8 +75,9 @@ class SettleRun:
         return self.benefit_rules is not None
 
     def budget_values_fen(self) -> np.ndarray:
-        """Fen per point of each pool at the budget point value (what a monthly run applies)."""
-        return np.array([self.policy.budget_value[p] * 100.0 for p in POOLS], dtype=np.float64)
+        """Fen per point of each pool at the budget point value (what a monthly run applies; 0 for
+        a pool without one, which only an annual clearing may have)."""
+        return np.array([(self.policy.budget_value[p] or 0.0) * 100.0 for p in POOLS], dtype=np.float64)
 
     def totals(self) -> Totals:
         """An empty :class:`Totals` for this run's registry."""
@@ -106,6 +107,8 @@ def prepare(rules, policy, hospitals, period, *, monthly=None, benefits=None,
         warnings.append(out_of_period)
     hosp_files = source_files(hospitals) if not isinstance(hospitals, pa.Table) else []
     hosp_table = hospitals if isinstance(hospitals, pa.Table) else read_hospitals(hospitals)
+    if kind == "monthly":
+        policy.require_budget_value(f"the monthly pre-settlement {period}")
     if monthly and kind != "annual":
         raise DataError("--monthly applies to the annual clearing (period YYYY) only", column="period",
                         value=str(period))

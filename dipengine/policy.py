@@ -84,7 +84,8 @@ class Policy:
     budget_fen : dict
         Fund budget per pool (``employee``, ``resident``), int fen, before the reserve.
     budget_value : dict
-        Budget point value per pool, yuan per point (float).
+        Budget point value per pool, yuan per point (float), or None where the policy gives none
+        (then only an annual clearing without a ``band`` can be run: see :meth:`require_budget_value`).
     level_coef : dict
         Level coefficient by hospital level 1, 2, 3; ``basic_group_coef`` for basic groups.
     same_level_avg : pa.Table
@@ -115,6 +116,15 @@ class Policy:
     same_level_avg: pa.Table
     sha256: dict = field(default_factory=dict)
     defaults_applied: tuple = ()
+
+    def require_budget_value(self, why: str) -> None:
+        """Raise :class:`DataError` (naming ``policy.toml`` and the key) unless every pool has a
+        budget point value; ``why`` says what needs it (a monthly run, an estimate)."""
+        missing = [p for p in POOLS if self.budget_value.get(p) is None]
+        if missing:
+            raise DataError(f"{why} pays at the budget point value, but the policy gives none for pool "
+                            f"{missing[0]} (set [point_value] budget_value)", file=self.path / "policy.toml",
+                            column="point_value.budget_value")
 
     def fund_available_fen(self, pool: str) -> int:
         """Fund budget of ``pool`` net of the reserve, int fen (half up)."""
@@ -349,11 +359,15 @@ def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
             r.bad("point_value", "band", f"{raw_band!r} must be [lo, hi] with 0 < lo <= 1 <= hi")
         else:
             band = (float(raw_band[0]), float(raw_band[1]))
-    bv = r.number("point_value", "budget_value", lo=0, lo_open=True)
+    bv = r.number("point_value", "budget_value", lo=0, lo_open=True, required=False)
     budget_value = {}
     for pool in POOLS:
         own = r.number("point_value", f"budget_value_{pool}", lo=0, lo_open=True, required=False)
         budget_value[pool] = own if own is not None else bv
+    if band is not None and any(v is None for v in budget_value.values()):
+        missing = [p for p in POOLS if budget_value[p] is None]
+        r.bad("point_value", "budget_value", f"missing (pool {missing[0]}): point_value.band clamps the "
+              "settlement value around it")
 
     level_coef = {}
     for lvl in LEVELS:

@@ -418,7 +418,9 @@ def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, month
     h_units, h_patient, h_other, h_fund, h_total, h_n = (L[k] for k in ("units", "patient", "other", "fund",
                                                                        "total", "n"))
     h_rejected, h_out = L["rejected"], L["out"]
-    bv_fen = {p: policy.budget_value[p] * 100.0 for p in POOLS}
+    bv_fen = {p: None if policy.budget_value[p] is None else policy.budget_value[p] * 100.0 for p in POOLS}
+    if kind == "monthly" or policy.band is not None:
+        policy.require_budget_value("a monthly pre-settlement" if kind == "monthly" else "the point value band")
     pool_info = {}
     pv_case = np.zeros(2, dtype=np.float64)
     h_standard = np.zeros(n_labels, dtype=np.int64)

@@ -75,7 +75,7 @@ def test_policy_toml_path_also_accepted(tmp_path):
 
 @pytest.mark.parametrize("section,key", [
     (None, "region"), ("budget", "resident"), ("budget", "reserve_rate"), ("budget", "include_remote"),
-    ("point_value", "settlement_method"), ("point_value", "budget_value"), ("level_coefficients", "2"),
+    ("point_value", "settlement_method"), ("level_coefficients", "2"),
     ("level_coefficients", "basic_group"), ("deviation", "high_ratio"), ("deviation", "high_formula"),
     ("deviation", "blank_group_factor"), ("settlement", "quality_deposit"), ("settlement", "bands"),
 ])
@@ -289,3 +289,54 @@ def test_load_policy_accepts_shipped_region_year(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = load_policy("440200/2026")  # before: "policy file not found" (the CLI accepted it)
     assert p.path == packaged_pricing_root() / "440200" / "2026" and p.year == 2026
+
+
+def test_budget_value_needed_only_by_the_band():
+    """``budget_value`` is optional (an annual clearing without a band never uses it); with a
+    ``band`` it is required, because the band clamps around it."""
+    doc = policy_doc()
+    del doc["point_value"]["budget_value"]
+    with pytest.raises(RuleSetError) as e:
+        parse_policy(doc)
+    assert "[point_value] budget_value" in str(e.value) and "band" in str(e.value)
+    doc["point_value"].pop("band", None)
+    kw = parse_policy(doc)
+    assert kw["budget_value"] == {"employee": None, "resident": None} and kw["band"] is None
+
+
+def test_settle_without_budget_value(tmp_path):
+    """Annual clearing without ``budget_value`` (and no band) settles and reports none; a monthly
+    run refuses it before writing anything, naming the file and the key."""
+    import shutil
+
+    from dipengine.errors import DataError
+    from dipengine.pipeline import settle_to
+    from dipengine.policy import resolve_pricing_dir
+    from dipengine.rules import resolve_rules_dir
+    from dipengine.synth import synth_region
+
+    pricing = tmp_path / "pricing"
+    shutil.copytree(resolve_pricing_dir("440200/2026"), pricing)
+    toml = pricing / "policy.toml"
+    text = "".join(line for line in toml.read_text(encoding="utf-8").splitlines(keepends=True)
+                   if not line.startswith(("budget_value", "band ")))
+    toml.write_text(text, encoding="utf-8")
+    manifest = pricing / "manifest.toml"
+    if manifest.exists():  # the pricing dir's own sha256 of policy.toml
+        import hashlib
+        import re
+
+        digest = hashlib.sha256(toml.read_bytes()).hexdigest()
+        m = manifest.read_text(encoding="utf-8")
+        manifest.write_text(re.sub(r'("?policy\.toml"?\s*=\s*")[0-9a-f]{64}', lambda g: g.group(1) + digest, m),
+                            encoding="utf-8")
+    cases, hospitals = synth_region(2026, 300, seed=3)
+    rules = str(resolve_rules_dir("demo"))
+    res = settle_to(tmp_path / "annual", cases, rules, str(pricing), hospitals, "2026")
+    pools = res.manifest["pools"]
+    assert all(pools[p]["budget_value_yuan"] is None for p in pools)
+    assert all(pools[p]["point_value_yuan"] > 0 for p in pools if pools[p]["points_e4"])
+    with pytest.raises(DataError) as e:
+        settle_to(tmp_path / "monthly", cases, rules, str(pricing), hospitals, "2026-03")
+    assert "budget point value" in str(e.value) and "point_value.budget_value" in str(e.value)
+    assert not (tmp_path / "monthly").exists()
