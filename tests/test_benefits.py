@@ -399,9 +399,8 @@ case_rows = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.lists(case_rows, min_size=1, max_size=25))
-def test_vectorised_matches_reference_and_money_adds_up(small_caps, raw_rows):
+def _hypothesis_rows(raw_rows, recorded: bool = False):
+    """Case rows from ``case_rows`` draws; ``recorded``: a recorded fund payment on every fourth row."""
     rows = []
     for i, r in enumerate(raw_rows):
         total = r["total_cost_fen"]
@@ -413,8 +412,16 @@ def test_vectorised_matches_reference_and_money_adds_up(small_caps, raw_rows):
             "discharge_date": r["discharge_date"], "total_cost_fen": total,
             "out_of_catalogue_cost_fen": total * r["ooc_share"] // 100,
             "class_b_cost_fen": None if r["class_b_fen"] is None else min(r["class_b_fen"], total),
-            "fund_paid_fen": None, "other_fund_paid_fen": r["other_fen"], "reason": r["reason"],
+            "fund_paid_fen": total // 2 if recorded and i % 4 == 0 else None,
+            "other_fund_paid_fen": r["other_fen"], "reason": r["reason"],
         })
+    return rows
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(case_rows, min_size=1, max_size=25))
+def test_vectorised_matches_reference_and_money_adds_up(small_caps, raw_rows):
+    rows = _hypothesis_rows(raw_rows)
     table = make_cases(rows)
     got = compute_benefits(table, small_caps, HOSPITALS).to_pylist()
     want = reference_benefits(rows, small_caps, HOSP_DICT)
@@ -443,24 +450,6 @@ def test_vectorised_matches_reference_and_money_adds_up(small_caps, raw_rows):
     assert all(v <= 6000_00 for v in fund_by_patient.values())
 
 
-def _hypothesis_rows(raw_rows):
-    rows = []
-    for i, r in enumerate(raw_rows):
-        total = r["total_cost_fen"]
-        rows.append({
-            "case_id": f"{r['case_id']}{i % 3}", "hospital_id": r["hospital_id"], "patient_id": r["patient_id"],
-            "insurance_type": r["insurance_type"], "person_type": r["person_type"],
-            "insured_region": r["insured_region"], "remote_filing": r["remote_filing"],
-            "admit_date": r["discharge_date"] - dt.timedelta(days=r["los"]),
-            "discharge_date": r["discharge_date"], "total_cost_fen": total,
-            "out_of_catalogue_cost_fen": total * r["ooc_share"] // 100,
-            "class_b_cost_fen": None if r["class_b_fen"] is None else min(r["class_b_fen"], total),
-            "fund_paid_fen": None if i % 4 else total // 2, "other_fund_paid_fen": r["other_fen"],
-            "reason": r["reason"],
-        })
-    return rows
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(case_rows, min_size=1, max_size=30), st.integers(1, 7), st.integers(1, 5), st.integers(1, 2))
 def test_terms_row_by_row_and_partitioned_walks_equal_the_whole_table(small_caps, raw_rows, batch, parts,
@@ -468,7 +457,7 @@ def test_terms_row_by_row_and_partitioned_walks_equal_the_whole_table(small_caps
     """benefit_terms depends on each row alone (any batching gives the same rows), and the
     BenefitSpiller (terms per batch, hash partitions by patient, walks on 1 or 2 threads) gives
     compute_benefits on the whole table, row for row, whatever the partition count."""
-    table = make_cases(_hypothesis_rows(raw_rows))
+    table = make_cases(_hypothesis_rows(raw_rows, recorded=True))
     whole_terms = benefit_terms(table, small_caps, HOSPITALS)
     assert whole_terms.schema.names == [name for name, _ in TERMS]
     pieces = [benefit_terms(table.slice(a, batch), small_caps, HOSPITALS) for a in range(0, table.num_rows, batch)]
