@@ -45,9 +45,8 @@ cdef enum:
     N_FIXED_SUBTYPES = 6   # auxiliary subtypes 0-5; 6 + k is age band k
 
 
-cdef inline int8_t _comp_rank(int8_t cls) noexcept nogil:
-    """Priority rank of a comprehensive group of class ``cls`` (dip-rules §2.5)."""
-    return 11 if cls == 0 else 9 - cls
+cdef enum:
+    N_TIE = 4              # tie-break criteria: 0 main procedure, 1 terms, 2 matched codes, 3 cost
 
 def _frozen(a):
     """A read-only C-contiguous copy of ``a`` (its dtype kept)."""
@@ -98,7 +97,16 @@ cdef class CompiledRules:
         Age-key limits of the age bands.
     cci_cuts : int32[3]
         CCI sums of levels 1, 2, 3.
-    match_all, sev_los, death_mode, cons_max_class, cons_max_level : int
+    comp_rank : int8[4]
+        Priority rank of a comprehensive group of each treatment class (as ``g_rank``).
+    tie_order : int8[<= 4]
+        Tie-breaks among core/basic candidates of one rank, in order, each at most once:
+        0 keyed on the main procedure, 1 more terms, 2 more matched codes, 3 closest cost
+        (then row order).
+    proc_parent : int32[n_proc] or empty
+        Prefix matching: the id of the longest other procedure code that is a prefix of each
+        (-1 none; each smaller than its own id); empty: codes match whole.
+    match_all, sev_los, death_mode, cons_max_class, cons_max_level, main_any : int
         Options (see ``docs/grouping.md``).
 
     Raises
@@ -116,13 +124,16 @@ cdef class CompiledRules:
                  const double[::1] aux_coef not None, const int32_t[::1] band_lo not None,
                  const int32_t[::1] band_hi not None, const int32_t[::1] cci_cuts not None,
                  int32_t match_all, int32_t sev_los, int32_t death_mode, int32_t cons_max_class,
-                 int32_t cons_max_level):
+                 int32_t cons_max_level, const int8_t[::1] comp_rank not None,
+                 const int8_t[::1] tie_order not None, const int32_t[::1] proc_parent not None,
+                 int32_t main_any):
         arrays = {name: _frozen(a) for name, a in (
             ("sub_off", sub_off), ("sub_cand", sub_cand), ("sub_cons", sub_cons), ("g_type", g_type),
             ("g_rank", g_rank), ("g_avg_fen", g_avg_fen), ("g_term_off", g_term_off), ("term_off", term_off),
             ("term_codes", term_codes), ("comp_lookup", comp_lookup), ("aux_off", aux_off),
             ("aux_sub", aux_sub), ("aux_coef", aux_coef), ("band_lo", band_lo), ("band_hi", band_hi),
-            ("cci_cuts", cci_cuts))}
+            ("cci_cuts", cci_cuts), ("comp_rank", comp_rank), ("tie_order", tie_order),
+            ("proc_parent", proc_parent))}
         a = arrays
         n_groups = a["g_type"].shape[0]
         n_sub = a["sub_cons"].shape[0]
@@ -148,6 +159,19 @@ cdef class CompiledRules:
         check_len("band_hi", band_hi.shape[0], band_lo.shape[0], "one per age band, as band_lo")
         _within("aux_sub", a["aux_sub"], 0, N_FIXED_SUBTYPES + band_lo.shape[0] - 1)
         check_len("cci_cuts", cci_cuts.shape[0], 3, "the CCI sums of levels 1, 2, 3")
+        check_len("comp_rank", comp_rank.shape[0], N_CLASSES, "one rank per treatment class")
+        if tie_order.shape[0] > N_TIE:
+            raise ValueError(f"tie_order has length {tie_order.shape[0]}, expected at most {N_TIE}")
+        _within("tie_order", a["tie_order"], 0, N_TIE - 1)
+        if len(set(a["tie_order"].tolist())) != tie_order.shape[0]:
+            raise ValueError(f"tie_order {a['tie_order'].tolist()} names a tie-break twice")
+        n_proc = proc_parent.shape[0]
+        if n_proc:
+            if int(a["term_codes"].max(initial=-1)) >= n_proc or int(a["term_codes"].min(initial=0)) < 0:
+                raise range_error("term_codes", a["term_codes"], 0, n_proc - 1)
+            if bool((a["proc_parent"] >= np.arange(n_proc)).any()) or int(a["proc_parent"].min()) < -1:
+                raise ValueError("proc_parent: every entry must be -1 or a smaller id than its own "
+                                 "(the longest prefix of a code sorts before it)")
         self.sub_off = a["sub_off"]
         self.sub_cand = a["sub_cand"]
         self.sub_cons = a["sub_cons"]
@@ -163,6 +187,13 @@ cdef class CompiledRules:
         self.aux_coef = a["aux_coef"]
         self.band_lo = a["band_lo"]
         self.band_hi = a["band_hi"]
+        self.comp_rank = a["comp_rank"]
+        self.tie_order = a["tie_order"]
+        self.proc_parent = a["proc_parent"]
+        self.n_tie = <int32_t>tie_order.shape[0]
+        self.n_proc = <int32_t>n_proc
+        self.prefix = n_proc > 0
+        self.main_any = main_any
         self.n_groups = <int32_t>n_groups
         self.n_sub = <int32_t>n_sub
         self.n_cat = <int32_t>(comp_lookup.shape[0] // N_CLASSES)
@@ -177,7 +208,7 @@ cdef class CompiledRules:
         self.cons_max_class = cons_max_class
         self.cons_max_level = cons_max_level
         scalars = {"blank": blank, "match_all": match_all, "sev_los": sev_los, "death_mode": death_mode,
-                   "cons_max_class": cons_max_class, "cons_max_level": cons_max_level}
+                   "cons_max_class": cons_max_class, "cons_max_level": cons_max_level, "main_any": main_any}
         self._arrays = {**arrays, **scalars}
         self._ready = True
 
@@ -230,29 +261,40 @@ cdef class _Cases:
     cdef int64_t n_p, n_d
 
 
-cdef inline bint _present(_Cases C, int64_t j0, int64_t j1, int32_t code) noexcept nogil:
-    """Is procedure id ``code`` among the counted procedures [j0, j1) (full or base code)?"""
+cdef inline bint _is(CompiledRules R, _Cases C, int64_t j, int32_t code) noexcept nogil:
+    """Does procedure entry ``j`` match procedure id ``code``: its full or base code, or with
+    prefix matching any code on its chain of prefixes (``p_full`` is then the longest)?"""
+    cdef int32_t x
+    if not R.prefix:
+        return C.p_full[j] == code or C.p_base[j] == code
+    x = C.p_full[j]
+    while x >= 0:
+        if x == code:
+            return True
+        x = R.proc_parent[x]
+    return False
+
+
+cdef inline bint _present(CompiledRules R, _Cases C, int64_t j0, int64_t j1, int32_t code) noexcept nogil:
+    """Is procedure id ``code`` among the counted procedures [j0, j1)?"""
     cdef int64_t j
     for j in range(j0, j1):
-        if C.p_class[j] >= 0 and (C.p_full[j] == code or C.p_base[j] == code):
+        if C.p_class[j] >= 0 and _is(R, C, j, code):
             return True
     return False
 
 
-cdef inline bint _better(int rank, int m_main, int nterms, int nmatch, int64_t diff, int32_t g,
-                         int b_rank, int b_main, int b_nterms, int b_nmatch, int64_t b_diff,
-                         int32_t b) noexcept nogil:
-    """Does candidate ``g`` beat the best so far (dip-rules §2.5 order, then row index)?"""
+cdef inline bint _better(CompiledRules R, int rank, int64_t* v, int32_t g,
+                         int b_rank, int64_t* bv, int32_t b) noexcept nogil:
+    """Does candidate ``g`` beat the best so far: rank, then ``R.tie_order`` over the criteria
+    ``v`` (larger wins: main procedure, terms, matched codes, minus the cost distance), then row?"""
+    cdef int k, c
     if rank != b_rank:
         return rank < b_rank
-    if m_main != b_main:
-        return m_main > b_main
-    if nterms != b_nterms:
-        return nterms > b_nterms
-    if nmatch != b_nmatch:
-        return nmatch > b_nmatch
-    if diff != b_diff:
-        return diff < b_diff
+    for k in range(R.n_tie):
+        c = R.tie_order[k]
+        if v[c] != bv[c]:
+            return v[c] > bv[c]
     return g < b
 
 
@@ -262,9 +304,10 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
     cdef int64_t j0, j1, j, k, t, c, d, d2, d0, d1
     cdef int32_t g, best = -1, s, sub, cat, cc, w
     cdef int8_t cls = 0, lvl = 0, rank, best_rank = 127, sev = 0, cci_level = 0, pc
-    cdef int best_main = 0, best_nterms = 0, best_nmatch = 0
-    cdef int m_main, nterms, nmatch, hit, all_hit, counted = 0
-    cdef int64_t diff, best_diff = 0, cci = 0
+    cdef int nterms, nmatch, hit, all_hit, counted = 0
+    cdef int64_t diff, cci = 0
+    cdef int64_t v[N_TIE]      # this candidate's tie-break criteria (larger wins)
+    cdef int64_t bv[N_TIE]     # the best candidate's
     cdef bint cons_eq, has_main, ok, q, dup
     cdef double best_coef
     cdef int32_t best_sub, key
@@ -323,10 +366,10 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
             rank = R.g_rank[g]
             t = R.g_term_off[g]
             nterms = <int>(R.g_term_off[g + 1] - t)
+            v[0] = 0
             if nterms == 0:
                 if not cons_eq:
                     continue
-                m_main = 0
                 nmatch = 0
             else:
                 ok = True
@@ -335,7 +378,7 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
                     hit = 0
                     all_hit = 1
                     for c in range(R.term_off[t], R.term_off[t + 1]):
-                        if _present(C, j0, j1, R.term_codes[c]):
+                        if _present(R, C, j0, j1, R.term_codes[c]):
                             hit += 1
                         else:
                             all_hit = 0
@@ -345,32 +388,34 @@ cdef inline int _group_one(CompiledRules R, _Cases C, Py_ssize_t i) noexcept nog
                         break
                 if not ok:
                     continue
-                m_main = 0
                 if has_main:
+                    # keyed on the main procedure: it matches the first term (or, main_any, any term)
                     t = R.g_term_off[g]
-                    for c in range(R.term_off[t], R.term_off[t + 1]):
-                        if C.p_full[j0] == R.term_codes[c] or C.p_base[j0] == R.term_codes[c]:
-                            m_main = 1
+                    for c in range(R.term_off[t], R.term_off[R.g_term_off[g + 1] if R.main_any else t + 1]):
+                        if _is(R, C, j0, R.term_codes[c]):
+                            v[0] = 1
                             break
             diff = R.g_avg_fen[g] - C.total_fen[i]
             if diff < 0:
                 diff = -diff
-            # priority, then main procedure, more terms, more matched codes, closest cost, row
-            if best < 0 or _better(rank, m_main, nterms, nmatch, diff, g,
-                                   best_rank, best_main, best_nterms, best_nmatch, best_diff, best):
+            v[1] = nterms
+            v[2] = nmatch
+            v[3] = -diff
+            # priority, then the tie-breaks in the rule set's order, then row
+            if best < 0 or _better(R, rank, v, g, best_rank, bv, best):
                 best = g
                 best_rank = rank
-                best_main = m_main
-                best_nterms = nterms
-                best_nmatch = nmatch
-                best_diff = diff
+                bv[0] = v[0]
+                bv[1] = v[1]
+                bv[2] = v[2]
+                bv[3] = v[3]
 
     # comprehensive fallback on the case's class (longest prefix, then range: precompiled)
     if cat >= 0:
         g = R.comp_lookup[cat * N_CLASSES + cls]
-        if g >= 0 and _comp_rank(cls) < best_rank:
+        if g >= 0 and R.comp_rank[cls] < best_rank:
             best = g
-            best_rank = _comp_rank(cls)
+            best_rank = R.comp_rank[cls]
     if best < 0:
         best = R.blank
     if best < 0:
@@ -482,7 +527,8 @@ def group_cases(
     Raises
     ------
     ValueError
-        An array's length disagrees with the others, ``p_off``/``d_off`` do not run from 0 to
+        An array's length disagrees with the others, ``p_full`` holds an id outside the rules'
+        procedure vocabulary under prefix matching, ``p_off``/``d_off`` do not run from 0 to
         their arrays' lengths, or an offset, ``sub_id``, ``cat`` or ``p_class`` read by the
         loop is out of range (every case's ``p_off``, ``sub_id``, ``cat``; ``p_class`` of the
         cases grouped; ``d_off`` of the cases whose group has auxiliary subtypes, the only ones
@@ -510,6 +556,10 @@ def group_cases(
     if d_off[0] != 0 or d_off[n] != d_cci_cat.shape[0]:
         raise ValueError(f"d_off runs from {d_off[0]} to {d_off[n]}, expected 0 to len(d_cci_cat) = "
                          f"{d_cci_cat.shape[0]}")
+    if rules.prefix and p_full.shape[0]:
+        ids = np.asarray(p_full)
+        if int(ids.max()) >= rules.n_proc or int(ids.min()) < -1:
+            raise range_error("p_full", p_full, -1, rules.n_proc - 1)
     if n == 0:
         return
     C.pre_reason = pre_reason

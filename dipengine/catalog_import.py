@@ -13,7 +13,8 @@ is written then), :func:`write_catalog` writes the rule set with
 
 Procedure terms must be complete codes (``rules.is_complete_proc``): the grouper matches whole
 codes, so a prefix (``47.01``) is refused, or with ``proc_prefix="expand"`` replaced by the any-of
-list of the codes of a procedure code list that start with it.
+list of the codes of a procedure code list that start with it, or with ``proc_prefix="match"`` kept
+for the grouper's prefix matching (``[options] proc_prefix = true``).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ REQUIRED = ("dip_code", "group_type", "dx_key", "score", "avg_cost")
 VALUE_TARGETS = {"group_type": GROUP_TYPES, "treat_class": TREAT_CLASSES, "basic_flag": ("yes", "no")}
 """Columns whose cell words the values file maps, and what they may map to."""
 
-PROC_PREFIX_POLICIES = ("refuse", "expand")
+PROC_PREFIX_POLICIES = ("refuse", "expand", "match")
 
 # A procedure cell meaning "no procedure" (保守治疗): empty, 无, dashes, 保守(治疗).
 _CONSERVATIVE = {"", "无", "-", "--", "—", "——", "/", "保守治疗", "保守", "无手术", "无手术操作"}
@@ -506,6 +507,9 @@ class _Converter:
         return out_terms
 
     def expand(self, r: _Row, target: str, prefix: str) -> list[str]:
+        if self.proc_prefix == "match":  # kept: the rule set gets [options] proc_prefix = true
+            self.expanded[prefix] = 0
+            return [prefix]
         if self.proc_prefix == "refuse":
             raise r.error(target, f"{prefix!r} is not a complete procedure code (a prefix?); a rule set matches "
                                   "whole codes only: give the full codes, or --proc-prefix expand with "
@@ -553,9 +557,10 @@ def read_catalog(source, mapping="published", *, sheet=None, encoding=None, proc
         Workbook sheet (name or 0-based index; default the first).
     encoding : str, optional
         CSV text encoding (default: detected by ``read_table``).
-    proc_prefix : {"refuse", "expand"}
-        A procedure term that is a code prefix (``47.01``): refused (DataError), or replaced by the
-        any-of list of the codes of ``codes_icd9`` that start with it.
+    proc_prefix : {"refuse", "expand", "match"}
+        A procedure term that is a code prefix (``47.01``): refused (DataError), replaced by the
+        any-of list of the codes of ``codes_icd9`` that start with it, or kept as it is for prefix
+        matching (the manifest then sets ``[options] proc_prefix = true``).
     codes_icd9 : path, optional
         Procedure code list (TSV/CSV with a ``code`` column, e.g. the official ICD-9-CM-3 医保版).
 
@@ -661,6 +666,7 @@ def catalog_manifest(cat: ImportedCatalog, *, name, version=None, effective_from
         "effective_from": eff_from,
         "effective_to": eff_to,
         "source": source_text or f"imported from {Path(cat.file).name} by dipengine rules import",
+        "options": {"proc_prefix": True} if cat.proc_prefix == "match" else None,
         "import": {k: v for k, v in imp.items() if v is not None},
     }
     return {k: v for k, v in meta.items() if v is not None}

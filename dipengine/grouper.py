@@ -182,8 +182,13 @@ def _proc_maps(u: pa.Array, rs: RuleSet):
     """Per distinct procedure code: full id, base id, class rank (-1 not counted), level."""
     comp = rs.compiled
     base = pc.replace_substring_regex(u, _EXT, r"\1")
-    full_id = _np(pc.index_in(u, value_set=comp.proc_vocab), np.int32, -1)
-    base_id = _np(pc.index_in(base, value_set=comp.proc_vocab), np.int32, -1)
+    if rs.options["proc_prefix"]:
+        # the longest expression code the procedure starts with (the kernel walks its prefixes)
+        full_id = longest_prefix(u, comp.proc_vocab.to_pylist())
+        base_id = np.full(len(u), -1, np.int32)
+    else:
+        full_id = _np(pc.index_in(u, value_set=comp.proc_vocab), np.int32, -1)
+        base_id = _np(pc.index_in(base, value_set=comp.proc_vocab), np.int32, -1)
     pcodes = rs.procedures["code"]
     row = _np(pc.index_in(u, value_set=pcodes), np.int32, -1)
     row_b = _np(pc.index_in(base, value_set=pcodes), np.int32, -1)
@@ -452,7 +457,8 @@ def kernel_rules(rs: RuleSet):
             comp_lookup=c.comp_lookup, blank=int(c.blank), aux_off=c.aux_off, aux_sub=c.aux_sub,
             aux_coef=c.aux_coef, band_lo=c.band_lo, band_hi=c.band_hi, cci_cuts=c.cci_cuts,
             match_all=int(c.match_all), sev_los=int(c.severity_min_los), death_mode=int(c.death_mode),
-            cons_max_class=int(c.cons_max_class), cons_max_level=int(c.cons_max_level))
+            cons_max_class=int(c.cons_max_class), cons_max_level=int(c.cons_max_level), comp_rank=c.comp_rank,
+            tie_order=c.tie_order, proc_parent=c.proc_parent, main_any=int(c.main_any))
         c.__dict__["_kernel_rules"] = k  # not a dataclass field: never written to the rules cache
     return k
 

@@ -21,7 +21,8 @@ CLASSES = ["conservative", "diagnostic", "therapeutic", "surgery"]  # ascending
 DX_RE = re.compile(codes.DX_PATTERN)
 EXTENSION_RE = re.compile(r"^([0-9]{2}\.[0-9A-Zx]{4})x[0-9]+$")
 
-# dip-rules §2.5: the first kind with a candidate wins.
+# dip-rules §2.5: the first kind with a candidate wins (the default; a rule set's
+# [options] tier_order may give another order).
 PRIORITY_ORDER = [
     ("core", "surgery"), ("basic", "surgery"), ("core", "therapeutic"), ("basic", "therapeutic"),
     ("core", "diagnostic"), ("basic", "diagnostic"),
@@ -29,6 +30,11 @@ PRIORITY_ORDER = [
     ("core", "conservative"), ("basic", "conservative"), ("comprehensive", "conservative"),
     ("blank", None),
 ]
+
+
+def priority_order(options) -> list:
+    """``(group_type, treat_class)`` kinds, first wins: the rule set's ``tier_order``, then blank."""
+    return [tuple(k.split(":")) for k in options["tier_order"]] + [("blank", None)]
 
 
 def base_code(proc: str) -> str:
@@ -192,8 +198,15 @@ def group_case(case: dict, rule_set) -> dict:
     trace.append(f"procedures counted: {counted or 'none'}; treatment class {case_class}; "
                  f"conservative-equivalent: {'yes' if conservative_equivalent else 'no'}")
 
+    def matches(p, code):
+        if opts["proc_prefix"]:  # expression codes are prefixes
+            return p.startswith(code)
+        return p == code or base_code(p) == code
+
     def present(code):
-        return any(p == code or base_code(p) == code for p in counted)
+        return any(matches(p, code) for p in counted)
+
+    order = priority_order(opts)
 
     # 4. core and basic candidates of the subcategory
     candidates = []  # (priority, sort key, group)
@@ -220,11 +233,15 @@ def group_case(case: dict, rule_set) -> dict:
                     break
             if not ok:
                 continue
+            main_terms = g["terms"] if opts["plus_main_term"] == "any" else g["terms"][:1]
             keyed_on_main = int(main_proc is not None and any(
-                c == main_proc or c == base_code(main_proc) for c in g["terms"][0]))
+                matches(main_proc, c) for t in main_terms for c in t))
         avg_fen = yuan_float_to_fen(g["avg_cost"])  # exact, half up, as the compiled rules
         distance = abs(avg_fen - case.get("total_cost_fen", 0))
-        key = (PRIORITY_ORDER.index(kind), -keyed_on_main, -len(g["terms"]), -n_matched, distance, g["row"])
+        # rank, then the tie-breaks in the rule set's order (each: smaller wins), then row
+        crit = {"main": -keyed_on_main, "terms": -len(g["terms"]), "matched": -n_matched, "cost": distance}
+        ties = (["main"] if opts["main_procedure_first"] else []) + list(opts["tie_break"])
+        key = (order.index(kind), *[crit[t] for t in ties], g["row"])
         trace.append(f"  candidate {g['dip_code']} ({g['group_type']} {g['treat_class']}, proc_expr "
                      f"{g['proc_expr'] or '-'}): main procedure {'yes' if keyed_on_main else 'no'}, "
                      f"{len(g['terms'])} terms, {n_matched} codes matched, |avg - cost| = {distance} fen")
@@ -251,7 +268,7 @@ def group_case(case: dict, rule_set) -> dict:
             comp = min(ranges, key=lambda r: (r[0], r[1]))[2]
     if comp is not None:
         trace.append(f"  candidate {comp['dip_code']} (comprehensive {case_class}, dx_key {comp['dx_key']})")
-        candidates.append(((PRIORITY_ORDER.index(("comprehensive", case_class)), 0, 0, 0, 0, comp["row"]), comp))
+        candidates.append(((order.index(("comprehensive", case_class)),), comp))
     else:
         trace.append(f"  no comprehensive group for category {category} and class {case_class}")
 

@@ -40,6 +40,7 @@ from dipengine import money as _money
 from dipengine.errors import DataError, RuleSetError
 from dipengine.io import atomic_dir
 from dipengine.manifest import check_files, key_line, listed_path, read_manifest_text, write_manifest
+from dipengine.presets import PresetError, load_preset
 
 GROUP_TYPES = ("core", "basic", "comprehensive", "blank")
 TREAT_CLASSES = _codes.TREAT_CLASSES  # conservative < diagnostic < therapeutic < surgery
@@ -94,7 +95,22 @@ DEFAULT_OPTIONS = {
     # empty high = open); the subtype is "age_<name>" (dip-rules §3.1 item 5).
     "age_bands": ["0_28d:0d:28d", "29d_1y:29d:364d", "1_6:1:6", "7_17:7:17",
                   "65_69:65:69", "70_79:70:79", "80p:80:"],
+    # dip-rules §2.5 (1): among core/basic candidates prefer those keyed on the main procedure.
+    "main_procedure_first": True,
+    # Which terms of a "+" expression the main procedure may match to count as "keyed on the
+    # main procedure": "first" (the first term, the main one) or "any" (every term counts).
+    "plus_main_term": "first",
+    # dip-rules §2.5: the order in which group kinds win, "group_type:treat_class" (first wins).
+    "tier_order": [f"{t}:{c}" for (t, c), _r in sorted(PRIORITY.items(), key=lambda kv: kv[1]) if t != "blank"],
+    # dip-rules §2.5 (2)-(3): tie-breaks after the main procedure, in order; then row order.
+    # "terms": more "+" terms; "matched": more matched codes; "cost": avg_cost closest to the cost.
+    "tie_break": ["terms", "matched", "cost"],
+    # proc_expr codes are prefixes: a term code matches every procedure code that starts with it.
+    "proc_prefix": False,
 }
+TIE_BREAKS = ("terms", "matched", "cost")
+TIE_MAIN = 0  # tie-break code of the main-procedure preference (TIE_BREAKS are 1, 2, 3)
+TIERS = tuple(DEFAULT_OPTIONS["tier_order"])
 
 FIXED_SUBTYPES = ("death", "severity_III", "severity_II", "cci_3", "cci_2", "cci_1")
 
@@ -174,9 +190,18 @@ def is_complete_proc(code) -> bool:
     return isinstance(code, str) and _PROC_COMPLETE.match(code) is not None
 
 
-def canonical_expr(terms: list[list[str]]) -> str:
-    """Order-free form of a parsed expression (for duplicate detection)."""
-    return "+".join(sorted("/".join(sorted(t)) for t in terms))
+def canonical_expr(terms: list[list[str]], options: dict | None = None) -> str:
+    """Order-free form of a parsed expression (for duplicate detection).
+
+    Two expressions with the same form match the same cases and tie the same way. The order of
+    the ``+`` terms matters only where the grouper reads it: with ``main_procedure_first`` and
+    ``plus_main_term = "first"`` the first term is the main one, so ``A+B`` and ``B+A`` differ.
+    """
+    o = DEFAULT_OPTIONS if options is None else options
+    forms = ["/".join(sorted(t)) for t in terms]
+    if o["main_procedure_first"] and o["plus_main_term"] == "first" and len(forms) > 1:
+        return forms[0] + "+" + "+".join(sorted(forms[1:]))
+    return "+".join(sorted(forms))
 
 
 def category_number(cat: str) -> int:
@@ -330,12 +355,15 @@ def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
     if not isinstance(given, dict):
         problems.append(Problem("manifest.toml", line_of("options"), "options", "[options] must be a table"))
         return opts
+    if "preset" in given:
+        # a named preset's options, under the ones the manifest writes itself (docs/presets.md)
+        given = dict(given)
+        name = given.pop("preset")
+        try:
+            given = {**load_preset(name).options, **given}
+        except PresetError as e:
+            problems.append(Problem("manifest.toml", line_of("preset"), "preset", str(e)))
     for k, v in given.items():
-        if k == "proc_prefix":
-            problems.append(Problem("manifest.toml", line_of(k), k,
-                                    "option proc_prefix is not supported: proc_expr terms match whole procedure "
-                                    "codes only (expand a prefix into its codes: rules import --proc-prefix expand)"))
-            continue
         if k not in DEFAULT_OPTIONS:
             problems.append(Problem("manifest.toml", line_of(k), k, "unknown option"))
             continue
@@ -353,6 +381,16 @@ def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
             bad = "must be a non-negative integer"
         elif k == "conservative_max_class" and v not in TREAT_CLASSES:
             bad = f"must be one of {', '.join(TREAT_CLASSES)}"
+        elif k in ("main_procedure_first", "proc_prefix") and not isinstance(v, bool):
+            bad = "must be true or false"
+        elif k == "plus_main_term" and v not in ("first", "any"):
+            bad = "must be 'first' or 'any'"
+        elif k == "tier_order" and not (isinstance(v, list) and sorted(map(str, v)) == sorted(TIERS)
+                                        and len(set(map(str, v))) == len(TIERS)):
+            bad = f"must list each of the {len(TIERS)} kinds once: {', '.join(TIERS)}"
+        elif k == "tie_break" and not (isinstance(v, list) and all(isinstance(x, str) and x in TIE_BREAKS for x in v)
+                                       and len(set(v)) == len(v)):
+            bad = f"must be a list of distinct tie-breaks among {', '.join(TIE_BREAKS)}"
         elif k == "age_bands":
             if not isinstance(v, list):
                 bad = "must be a list of 'name:low:high' strings"
@@ -487,10 +525,13 @@ def _check(directory: Path, head=None):
         except ValueError as e:
             problems.append(Problem(f, line, "proc_expr", f"malformed proc_expr: {e}"))
         for code in sorted({c for t in terms or () for c in t if not _PROC_COMPLETE.match(c)}):
+            if options["proc_prefix"]:
+                break
             # Terms match whole codes: a prefix would take no case (NO_GROUP) without a word.
             problems.append(Problem(f, line, "proc_expr",
                                     f"{code!r} is not a complete procedure code (a prefix?); terms match whole "
-                                    "codes only: list the full codes (rules import --proc-prefix expand does)"))
+                                    "codes only: list the full codes (rules import --proc-prefix expand does) or "
+                                    "set [options] proc_prefix = true"))
         score = _float(r["score"])
         if score is None or score <= 0:
             problems.append(Problem(f, line, "score", f"score must be a positive number, got {r['score']!r}"))
@@ -507,7 +548,7 @@ def _check(directory: Path, head=None):
                 problems.append(Problem(f, line, "treat_class",
                                         "conservative groups have an empty proc_expr and procedure groups a non-empty one"))
             if terms is not None:
-                key = ("sub", dx, canonical_expr(terms))
+                key = ("sub", dx, canonical_expr(terms, options))
                 if key in keys_seen:
                     problems.append(Problem(f, line, "proc_expr",
                                             f"same dx_key {dx!r} and proc_expr {expr!r} as line {keys_seen[key]}"))
@@ -601,6 +642,57 @@ def check_rules(path) -> list[Problem]:
     the name of a shipped rule set (``"demo"``, :func:`resolve_rules_dir`).
     """
     return _check(resolve_rules_dir(path))[0]
+
+
+def check_reachable(rs: "RuleSet") -> list[Problem]:
+    """Warnings about a loaded rule set: groups no case can reach, and procedure codes of
+    ``procedures.csv`` that look like prefixes (the class lookup matches whole codes).
+
+    A group is unreachable when every case that could take it is stopped first: its
+    ``dx_key`` lies under an ``excluded_dx.csv`` prefix (such cases are EXCLUDED), a term of
+    its ``proc_expr`` lists only codes under ``excluded_proc.csv`` prefixes (not counted, so
+    the term never holds), or (comprehensive) more specific groups of its class take every
+    category it covers. Lines are those of the CSV files (1 = header), as in :func:`check_rules`.
+    """
+    out: list[Problem] = []
+    g = rs.groups.to_pydict()
+    excl_dx = rs.excluded_dx["code"].to_pylist()
+    excl_proc = rs.excluded_proc["code"].to_pylist()
+    comp = rs.compiled.comp_lookup.reshape(-1, len(TREAT_CLASSES))
+
+    def under(code, prefixes):
+        return next((p for p in prefixes if code.startswith(p)), None)
+
+    def category_excluded(n):
+        return under(f"{chr(65 + n // 100)}{n % 100:02d}", excl_dx) is not None
+
+    for i, (code, gtype, dx, expr) in enumerate(zip(g["dip_code"], g["group_type"], g["dx_key"], g["proc_expr"])):
+        line = i + 2
+        if gtype in ("core", "basic"):
+            hit = under(dx, excl_dx)
+            if hit is not None:
+                out.append(Problem("groups.csv", line, "dx_key", f"group {code!r} can never be reached: its dx_key "
+                                   f"{dx!r} is under the excluded diagnosis {hit!r} (excluded_dx.csv)"))
+                continue
+            for term in parse_proc_expr(expr):
+                if all(under(c, excl_proc) is not None for c in term):
+                    out.append(Problem("groups.csv", line, "proc_expr",
+                                       f"group {code!r} can never be reached: every code of its term "
+                                       f"{'/'.join(term)!r} is not counted for grouping (excluded_proc.csv)"))
+                    break
+        elif gtype == "comprehensive":
+            cells = np.flatnonzero((comp == i).any(axis=1))
+            live = [n for n in cells if not category_excluded(int(n))]
+            if not live:
+                why = ("every category it covers is excluded (excluded_dx.csv)" if len(cells)
+                       else "more specific comprehensive groups of its treat_class take every category it covers")
+                out.append(Problem("groups.csv", line, "dx_key", f"group {code!r} can never be reached: {why}"))
+    for i, c in enumerate(rs.procedures["code"].to_pylist()):
+        if not is_complete_proc(c):
+            out.append(Problem("procedures.csv", i + 2, "code",
+                               f"{c!r} is not a complete procedure code (a prefix?): procedure classes are looked up "
+                               "by whole code (then without the x### extension), so no performed code takes it"))
+    return out
 
 
 # --------------------------------------------------------------------------- RuleSet
@@ -815,6 +907,10 @@ class Compiled:
     death_mode: int
     cons_max_class: int
     cons_max_level: int
+    comp_rank: np.ndarray        # int8[4]: priority rank of a comprehensive group per class
+    tie_order: np.ndarray        # int8 tie-breaks in order: 0 main procedure, 1 terms, 2 matched, 3 cost
+    main_any: int                # 1 = the main procedure may match any "+" term
+    proc_parent: np.ndarray      # int32[len(proc_vocab)] longest prefix code's id (-1); empty: no prefixes
     proc_class: dict             # procedures.csv code -> (class rank, level)
 
 
@@ -838,7 +934,10 @@ def compile_rules(rs: RuleSet) -> Compiled:
     sub_cons = np.array([p[0] if len(p) == 1 else (-2 if p else -1) for p in plain], np.int32)
     cls_rank = {c: k for k, c in enumerate(TREAT_CLASSES)}
     g_class = np.array([cls_rank.get(c, -1) for c in g["treat_class"]], np.int8)
-    g_rank = np.array([PRIORITY[(t, None if t == "blank" else c)] for t, c in zip(gtype, g["treat_class"])], np.int8)
+    tier = {k: r for r, k in enumerate(rs.options["tier_order"])}
+    tier["blank:"] = len(tier)
+    g_rank = np.array([tier[f"{t}:{'' if t == 'blank' else c}"] for t, c in zip(gtype, g["treat_class"])], np.int8)
+    comp_rank = np.array([tier[f"comprehensive:{c}"] for c in TREAT_CLASSES], np.int8)
     g_avg_fen = _avg_cost_fen(rs.groups["avg_cost"])
     g_term_off = np.zeros(n + 1, np.int64)
     g_term_off[1:] = np.cumsum([len(t) for t in parsed])
@@ -892,6 +991,8 @@ def compile_rules(rs: RuleSet) -> Compiled:
         if name not in cci_cats:
             cci_cats.append(name)
     o = rs.options
+    tie_order = ([TIE_MAIN] if o["main_procedure_first"] else []) + [TIE_BREAKS.index(t) + 1 for t in o["tie_break"]]
+    proc_parent = _proc_parents(proc_codes) if o["proc_prefix"] else np.zeros(0, np.int32)
     return Compiled(
         sub_vocab=pa.array(subs, pa.string()),
         sub_off=sub_off,
@@ -919,8 +1020,27 @@ def compile_rules(rs: RuleSet) -> Compiled:
         death_mode=int(o["death_discharge_mode"]),
         cons_max_class=cls_rank[o["conservative_max_class"]],
         cons_max_level=int(o["conservative_max_level"]),
+        comp_rank=comp_rank,
+        tie_order=np.array(tie_order, np.int8),
+        main_any=1 if o["plus_main_term"] == "any" else 0,
+        proc_parent=proc_parent,
         proc_class=_proc_class(rs.procedures),
     )
+
+
+def _proc_parents(proc_codes: list[str]) -> np.ndarray:
+    """For prefix matching: per procedure id (``proc_codes`` sorted), the id of the longest other
+    code that is a prefix of it (int32, -1 none). A prefix sorts before its extensions, so a
+    parent id is always smaller than its child's and every chain ends."""
+    ids = {c: i for i, c in enumerate(proc_codes)}
+    out = np.full(len(proc_codes), -1, np.int32)
+    for i, c in enumerate(proc_codes):
+        for L in range(len(c) - 1, 0, -1):
+            j = ids.get(c[:L])
+            if j is not None:
+                out[i] = j
+                break
+    return out
 
 
 def _avg_cost_fen(avg_cost) -> np.ndarray:
@@ -979,7 +1099,7 @@ def longest_prefix(values: pa.Array, prefixes: list[str]) -> np.ndarray:
 # exists but fails (damaged, foreign, tampered, compiled from other tables) is recompiled,
 # rewritten and reported once with a :class:`CacheWarning`. Any failure to write is ignored.
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 _ENGINE_SOURCES = ("rules.py", "codes.py")  # compiled content depends on these files
 _counters = {"hits": 0, "misses": 0, "writes": 0, "rejected": 0}
 _warned: set = set()
@@ -1064,7 +1184,7 @@ def _ipc_table(arr: np.ndarray) -> pa.Table:
 
 
 _JSON_FIELDS = ("blank", "match_all", "severity_min_los", "death_mode", "cons_max_class", "cons_max_level",
-                "cci_categories")
+                "cci_categories", "main_any")
 _VOCAB_FIELDS = ("sub_vocab", "proc_vocab")
 _DERIVED_FIELDS = ("proc_class",)  # rebuilt from the procedures table on read
 

@@ -314,6 +314,21 @@ def test_prefix_expands_into_the_listed_codes(tmp_path):
     assert e.row == 5 and "matches no code" in e.message
 
 
+def test_prefix_kept_for_prefix_matching(tmp_path):
+    rows = [list(r) for r in ROWS]
+    rows[3][6] = "51.22+54.5100"
+    out = tmp_path / "rs"
+    res = CliRunner().invoke(cli, ["rules", "import", "--from", str(write_csv(tmp_path / "p.csv", rows)),
+                                   "--proc-prefix", "match", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    manifest = tomllib.loads((out / "manifest.toml").read_text(encoding="utf-8"))
+    assert manifest["options"] == {"proc_prefix": True} and manifest["import"]["proc_prefix"] == "match"
+    from dipengine.rules import load_rules
+
+    rs = load_rules(out)
+    assert rs.groups["proc_expr"][3].as_py() == "51.22+54.5100" and rs.options["proc_prefix"] is True
+
+
 def test_prefix_expansion_with_the_official_list(tmp_path, icd9_path):
     rows = [list(r) for r in ROWS]
     rows[0][6] = "47.0"
@@ -337,7 +352,11 @@ def test_check_rules_refuses_a_prefix_term(tmp_path):
                         {"name": "p", "version": "1", "options": {"proc_prefix": "match"}})
     problems = check_rules(d2)
     assert [(p.file, p.column) for p in problems] == [("manifest.toml", "proc_prefix")]
-    assert "not supported" in problems[0].message
+    assert "must be true or false" in problems[0].message
+    # with prefix matching named, the same prefixes are what the terms mean
+    d3 = write_rule_set(tmp_path / "r3", {"groups.csv": groups},
+                        {"name": "p", "version": "1", "options": {"proc_prefix": True}})
+    assert check_rules(d3) == []
 
 
 def test_every_official_procedure_code_is_complete(icd9_path):
@@ -415,7 +434,7 @@ def test_cli_import_ok_and_exit_codes(tmp_path, capsys):
                  str(tmp_path / "missing.csv")]) == 1
     assert "mapping not found" in capsys.readouterr().err
     res = CliRunner().invoke(cli, ["rules", "import", "--from", str(src), "--out", str(tmp_path / "y"),
-                                   "--proc-prefix", "match"])
+                                   "--proc-prefix", "glob"])
     assert res.exit_code == 2
 
 

@@ -245,3 +245,95 @@ def test_every_official_code_gets_its_subcategory(icd10_path, tmp_path):
     out = group(pa.table({"case_id": codes, "main_dx": codes}), rules)
     assert out["reason"].null_count == len(codes)
     assert out["dip_code"].to_pylist() == expected
+
+
+# --------------------------------------------------------------------------- grouping options (issue 17)
+
+def _with_options(tmp_path, options, extra_groups=()):
+    t = tables()
+    t["groups.csv"] = t["groups.csv"] + [
+        dict(dip_code=c, dip_name=c, group_type="core", dx_key=dx, proc_expr=e, treat_class="surgery",
+             score=1000.0, avg_cost=float(a), n_cases=20) for c, dx, e, a in extra_groups]
+    return load_rules(write_rule_set(tmp_path / "opt", t, {"name": "o", "version": "1", "options": options}))
+
+
+def both(rules, *cases):
+    """dip_code per case from the Cython grouper, checked equal to the pure-Python reference."""
+    from dipengine.reference import group_table
+
+    rows = [dict(c, case_id=f"c{i}") for i, c in enumerate(cases)]
+    schema = pa.schema([("case_id", pa.string()), ("main_dx", pa.string()), ("main_proc", pa.string()),
+                        ("other_procs", pa.list_(pa.string())), ("other_dx", pa.list_(pa.string())),
+                        ("total_cost_fen", pa.int64()), ("los", pa.int32()), ("age", pa.int32()),
+                        ("age_days", pa.int32()), ("discharge_mode", pa.int8()), ("reason", pa.string())])
+    t = pa.Table.from_pylist(rows, schema=schema)
+    fast = group(t, rules)["dip_code"].to_pylist()
+    assert fast == group_table(t, rules)["dip_code"].to_pylist()
+    return fast
+
+
+def test_main_procedure_first_option(tmp_path):
+    # main 47.0900 with 47.0100 also done, cost 10,000: APP-LAP (10,400) is the closer average
+    c = case("K35.800", "47.0900", ["47.0100"], cost=10000)
+    assert both(_with_options(tmp_path / "a", {}), c) == ["APP-OPEN"]  # keyed on the main procedure
+    assert both(_with_options(tmp_path / "b", {"main_procedure_first": False}), c) == ["APP-LAP"]
+
+
+def test_plus_main_term_option(tmp_path):
+    extra = [("X", "K80.1", "51.2200+51.2300", 20000), ("Y", "K80.1", "51.2300+51.2200/51.1000", 30000)]
+    c = case("K80.100", "51.2300", ["51.2200"], cost=20000)
+    # first: only Y's first term holds the main procedure; any: both do, and X's cost is closer
+    assert both(_with_options(tmp_path / "a", {}, extra), c) == ["Y"]
+    assert both(_with_options(tmp_path / "b", {"plus_main_term": "any"}, extra), c) == ["X"]
+
+
+def test_tie_break_option(tmp_path):
+    c = case("K80.100", "51.2300", ["51.8800"], cost=15000)
+    assert both(_with_options(tmp_path / "a", {}), c) == ["GB-LAP-CBD"]  # more "+" terms first
+    assert both(_with_options(tmp_path / "b", {"tie_break": ["cost", "terms"]}), c) == ["GB-LAP"]  # closest cost
+    # without any tie-break the earlier row wins
+    assert both(_with_options(tmp_path / "c", {"tie_break": [], "main_procedure_first": False}), c) == ["GB-LAP"]
+
+
+def test_tier_order_option(tmp_path):
+    from dipengine.rules import DEFAULT_OPTIONS
+
+    order = list(DEFAULT_OPTIONS["tier_order"])
+    order.remove("comprehensive:surgery")
+    c = [case("K35.800", "47.0100"), case("K80.100")]
+    assert both(_with_options(tmp_path / "a", {}), *c) == ["APP-LAP", "GB-C"]
+    rs = _with_options(tmp_path / "b", {"tier_order": ["comprehensive:surgery"] + order})
+    assert both(rs, *c) == ["ZH-K35-S", "GB-C"]  # only the surgical comprehensive tier moved
+    assert rs.compiled.g_rank.tolist()[rs.groups["dip_code"].to_pylist().index("ZH-K35-S")] == 0
+
+
+def test_proc_prefix_option(tmp_path):
+    extra = [("PFX", "K40.9", "53.1", 7000), ("PFX2", "K40.9", "53.10/53.2", 7500)]
+    c = [case("K40.900", "53.1000x001"), case("K40.900", "53.1100"), case("K40.900", "53.2100"),
+         case("K40.900", "53.0100")]
+    rs = _with_options(tmp_path / "a", {"proc_prefix": True}, extra)
+    # 53.1000x001 starts with both 53.1 and 53.10 (cost 0: PFX's average is closer); 53.1100 only
+    # with 53.1; 53.2100 with 53.2; 53.0100 is a whole code of HERNIA-B
+    assert both(rs, *c) == ["PFX", "PFX", "PFX2", "HERNIA-B"]
+    from dipengine.rules import check_rules
+
+    t = tables()
+    t["groups.csv"] = t["groups.csv"] + [dict(dip_code="PFX", dip_name="", group_type="core", dx_key="K40.9",
+                                              proc_expr="53.1", treat_class="surgery", score=1.0, avg_cost=1.0)]
+    problems = check_rules(write_rule_set(tmp_path / "b", t, {"name": "o", "version": "1"}))
+    assert [(p.file, p.column) for p in problems] == [("groups.csv", "proc_expr")]  # a prefix needs the option
+
+
+@pytest.mark.parametrize("options, key", [
+    ({"main_procedure_first": "yes"}, "main_procedure_first"),
+    ({"plus_main_term": "last"}, "plus_main_term"),
+    ({"tier_order": ["core:surgery"]}, "tier_order"),
+    ({"tie_break": ["cost", "cost"]}, "tie_break"),
+    ({"tie_break": ["price"]}, "tie_break"),
+    ({"proc_prefix": 1}, "proc_prefix"),
+])
+def test_bad_grouping_options(tmp_path, options, key):
+    from dipengine.rules import check_rules
+
+    problems = check_rules(write_rule_set(tmp_path / "r", tables(), {"name": "o", "version": "1", "options": options}))
+    assert [(p.file, p.column) for p in problems] == [("manifest.toml", key)]

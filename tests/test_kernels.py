@@ -127,6 +127,13 @@ def _rule_changes(a: dict) -> list:
         ("aux_sub", {"aux_sub": _set(a["aux_sub"], 0, -1)}),
         ("band_hi", {"band_hi": np.append(a["band_hi"], 0).astype(np.int32)}),
         ("cci_cuts", {"cci_cuts": a["cci_cuts"][:2].copy()}),
+        ("comp_rank", {"comp_rank": a["comp_rank"][:3].copy()}),
+        ("tie_order", {"tie_order": np.array([0, 1, 2, 3, 0], np.int8)}),
+        ("tie_order", {"tie_order": np.array([4], np.int8)}),
+        ("tie_order", {"tie_order": np.array([1, 1], np.int8)}),
+        # prefix matching: one parent per expression code, each smaller than its child
+        ("term_codes", {"proc_parent": np.full(int(a["term_codes"].max()), -1, np.int32)}),
+        ("proc_parent", {"proc_parent": np.arange(int(a["term_codes"].max()) + 1, dtype=np.int32)}),
         ("dtype mismatch", {"sub_off": a["sub_off"].astype(np.int32)}),
     ]
 
@@ -146,7 +153,9 @@ def test_compiled_rules_accepts_an_empty_rule_set():
                        g_avg_fen=np.zeros(0, np.int64), g_term_off=z64, term_off=z64, term_codes=z32,
                        comp_lookup=np.full(2600 * 4, -1, np.int32), blank=-1, aux_off=z64, aux_sub=z8,
                        aux_coef=np.zeros(0), band_lo=z32, band_hi=z32, cci_cuts=np.array([1, 3, 5], np.int32),
-                       match_all=0, sev_los=0, death_mode=5, cons_max_class=0, cons_max_level=0)
+                       match_all=0, sev_los=0, death_mode=5, cons_max_class=0, cons_max_level=0,
+                       comp_rank=np.array([11, 8, 7, 6], np.int8), tie_order=np.array([0, 1, 2, 3], np.int8),
+                       proc_parent=z32, main_any=0)
     n = 2
     args = {"pre_reason": np.zeros(n, np.int8), "excluded": np.zeros(n, np.int8), "sub_id": np.full(n, -1, np.int32),
             "cat": np.array([-1, 7], np.int32), "p_off": np.zeros(n + 1, np.int64), "p_full": z32, "p_base": z32,
@@ -382,6 +391,7 @@ SCORE = {
     "low_ratio": THRESH, "high_ratio": THRESH + 0.1, "extreme_ratio": THRESH + 1.0,
     "high_formula": 0, "apply_coef_to_outliers": False, "blank_factor": 1.0, "extreme_rule": 0,
     "low_inclusive": False,
+    "high_inclusive": False,
     "ratio_out": np.zeros(3), "deviation_out": np.zeros(3, np.int8), "points_e4_out": np.zeros(3, np.int64),
 }
 

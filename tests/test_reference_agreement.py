@@ -143,7 +143,11 @@ SUBS = ["K35.8", "K35.3", "K80.1", "A01.0"]
 COMP_KEYS = ["K35", "K3", "K", "K80", "A00-B99", "A00-K99", "K30-K39"]
 CLASSES = ["conservative", "diagnostic", "therapeutic", "surgery"]
 
-term = st.lists(st.sampled_from(PROCS), min_size=1, max_size=2, unique=True)
+PREFIXES = ["47", "47.0", "51.2", "51.23", "88"]  # prefix codes (only with proc_prefix = true)
+TIERS = ["core:surgery", "basic:surgery", "core:therapeutic", "basic:therapeutic", "core:diagnostic",
+         "basic:diagnostic", "comprehensive:surgery", "comprehensive:therapeutic", "comprehensive:diagnostic",
+         "core:conservative", "basic:conservative", "comprehensive:conservative"]
+term = st.lists(st.sampled_from(PROCS + PREFIXES), min_size=1, max_size=2, unique=True)
 core_row = st.tuples(st.sampled_from(["core", "basic"]), st.sampled_from(SUBS),
                      st.lists(term, min_size=0, max_size=2), st.sampled_from(CLASSES[1:]),
                      st.sampled_from([5000.0, 6000.0, 6000.004]))
@@ -153,12 +157,13 @@ comp_row = st.tuples(st.sampled_from(COMP_KEYS), st.sampled_from(CLASSES), st.sa
 @st.composite
 def rule_sets(draw):
     rows, seen_codes, keys = [], set(), set()
+    prefix = draw(st.booleans())
     for gtype, sub, terms, cls, cost in draw(st.lists(core_row, max_size=10)):
         flat = [c for t in terms for c in t]
-        if len(flat) != len(set(flat)):
+        if len(flat) != len(set(flat)) or (not prefix and set(flat) & set(PREFIXES)):
             continue
         expr = "+".join("/".join(t) for t in terms)
-        key = (sub, "+".join(sorted("/".join(sorted(t)) for t in terms)))
+        key = (sub, "+".join(sorted("/".join(sorted(t)) for t in terms)))  # duplicates in every option set
         if key in keys:
             continue
         keys.add(key)
@@ -197,7 +202,12 @@ def rule_sets(draw):
     options = {"match_mode": draw(st.sampled_from(["any_of", "all_listed"])),
                "conservative_max_class": draw(st.sampled_from(CLASSES)),
                "conservative_max_level": draw(st.sampled_from([0, 2, 4])),
-               "severity_min_los": draw(st.sampled_from([0, 3]))}
+               "severity_min_los": draw(st.sampled_from([0, 3])),
+               "main_procedure_first": draw(st.booleans()),
+               "plus_main_term": draw(st.sampled_from(["first", "any"])),
+               "tie_break": draw(st.lists(st.sampled_from(["terms", "matched", "cost"]), unique=True, max_size=3)),
+               "tier_order": draw(st.permutations(TIERS)),
+               "proc_prefix": prefix}
     return tables, options
 
 

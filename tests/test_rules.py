@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from dipengine.cli import cli
 from dipengine.errors import DataError, RuleSetError
 from dipengine.rules import (
-    Problem, category_number, check_rules, load_rules, parse_age_band, parse_proc_expr, write_rule_set)
+    Problem, category_number, check_reachable, check_rules, load_rules, parse_age_band, parse_proc_expr,
+    write_rule_set)
 
 
 def g(code, gtype="core", dx="K35.8", expr="47.0100", cls="surgery", score="1300", avg="10400"):
@@ -98,9 +99,24 @@ def test_malformed_proc_expr(tmp_path):
 
 
 def test_same_dx_key_and_proc_expr(tmp_path):
-    # the same expression written in another order is the same group
-    p = only(check_rules(make(tmp_path, GOOD + [g("A9", expr="51.8800/51.1000+51.2300")])))
+    # the same expression with its codes and later terms in another order is the same group
+    p = only(check_rules(make(tmp_path / "a", GOOD + [g("A9", expr="51.2300+51.1000/51.8800")])))
     assert (p.file, p.line, p.column) == ("groups.csv", 8, "proc_expr") and "line 4" in p.message
+
+
+@pytest.mark.parametrize("options, duplicate", [
+    ({}, False),                                   # the first term is the main one: A+B is not B+A
+    ({"plus_main_term": "any"}, True),             # the main procedure may match any term
+    ({"main_procedure_first": False}, True),       # no main-procedure preference: order never read
+])
+def test_term_order_counts_as_the_grouper_reads_it(tmp_path, options, duplicate):
+    d = make(tmp_path, GOOD + [g("A9", expr="51.8800/51.1000+51.2300")], options=options)
+    problems = check_rules(d)
+    if duplicate:
+        p = only(problems)
+        assert (p.file, p.line, p.column) == ("groups.csv", 8, "proc_expr") and "line 4" in p.message
+    else:
+        assert problems == []
 
 
 def test_unknown_group_type(tmp_path):
@@ -161,7 +177,8 @@ def test_rules_check_cli(tmp_path, rules_features):
     assert res.exit_code == 1
     assert res.output.splitlines()[0].startswith("groups.csv:8:dip_code: duplicate dip_code")
     res = CliRunner().invoke(cli, ["rules", "check", str(rules_features)])
-    assert res.exit_code == 0 and res.output.startswith("OK features 2027.1:") and "blank" in res.output
+    last = res.output.splitlines()[-1]
+    assert res.exit_code == 0 and last.startswith("OK features 2027.1:") and "blank" in last
     res = CliRunner().invoke(cli, ["rules", "show", str(rules_features)])
     assert res.exit_code == 0 and "comprehensive" in res.output
 
@@ -303,3 +320,30 @@ def test_load_rules_accepts_a_shipped_name_and_a_local_path_wins(tmp_path, monke
     make(tmp_path)  # ./rs
     (tmp_path / "rs").rename(tmp_path / "demo")
     assert load_rules("demo").name == "t"
+
+
+def test_unreachable_groups_are_warned(tmp_path):
+    groups = GOOD + [
+        g("X1", dx="K80.0", expr="", cls="conservative"),      # under excluded_dx K80
+        g("X2", dx="K35.3", expr="99.0400/99.0401"),            # every code of its term not counted
+        g("X3", dx="K35.3", expr="47.0100+99.0400/51.2200"),    # one code of the term still counts: reachable
+        g("X4", gtype="comprehensive", dx="K35-K35", expr="", cls="surgery"),  # C1 (K35) takes all of it
+        g("X5", gtype="comprehensive", dx="K8", expr="", cls="surgery"),       # K80-K89: K81... still reach it
+    ]
+    d = make(tmp_path, groups, **{"excluded_dx.csv": [{"code": "K80"}], "excluded_proc.csv": [{"code": "99.04"}],
+                                  "procedures.csv": [{"code": "47.01", "class": "surgery"},
+                                                     {"code": "47.0100", "class": "surgery"}]})
+    assert check_rules(d) == []  # warnings, not problems: the rule set loads
+    warned = check_reachable(load_rules(d))
+    assert [(w.file, w.line, w.column) for w in warned] == [
+        ("groups.csv", 8, "dx_key"), ("groups.csv", 9, "proc_expr"), ("groups.csv", 11, "dx_key"),
+        ("procedures.csv", 2, "code")]
+    assert "'X1' can never be reached" in warned[0].message and "'K80'" in warned[0].message
+    assert "more specific comprehensive groups" in warned[2].message
+    res = CliRunner().invoke(cli, ["rules", "check", str(d)])
+    assert res.exit_code == 0
+    assert res.output.splitlines()[0] == "groups.csv:8:dx_key: " + "warning: " + warned[0].message
+    assert res.output.splitlines()[-1].endswith("4 warning(s)")
+    res = CliRunner().invoke(cli, ["rules", "check", "--strict", str(d)])
+    assert res.exit_code == 1
+    assert check_reachable(load_rules(make(tmp_path / "good"))) == []

@@ -22,6 +22,10 @@ class CompiledRules:
     death_mode: int
     cons_max_class: int
     cons_max_level: int
+    main_any: int
+    n_tie: int
+    n_proc: int
+    prefix: bool
     def __init__(
         self, *,
         sub_off: npt.NDArray[np.int64], sub_cand: npt.NDArray[np.int32], sub_cons: npt.NDArray[np.int32],
@@ -31,6 +35,8 @@ class CompiledRules:
         aux_off: npt.NDArray[np.int64], aux_sub: npt.NDArray[np.int8], aux_coef: npt.NDArray[np.float64],
         band_lo: npt.NDArray[np.int32], band_hi: npt.NDArray[np.int32], cci_cuts: npt.NDArray[np.int32],
         match_all: int, sev_los: int, death_mode: int, cons_max_class: int, cons_max_level: int,
+        comp_rank: npt.NDArray[np.int8], tie_order: npt.NDArray[np.int8], proc_parent: npt.NDArray[np.int32],
+        main_any: int,
     ) -> None: ...
     def as_dict(self) -> dict[str, Any]: ...
 

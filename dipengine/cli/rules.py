@@ -16,19 +16,22 @@ def command():
 
 @command.command("check")
 @click.argument("rules_dir", type=click.Path(file_okay=False))
-def check(rules_dir):
+@click.option("--strict", is_flag=True, help="Exit 1 on warnings too (unreachable groups, prefix-looking codes).")
+def check(rules_dir, strict):
     """List every problem of the rule set in RULES_DIR as file:line:column: message; exit 1 if any.
 
-    A rule set that checks is also compiled afresh and compared with its entry in the
-    compiled-rules cache, if there is one: a stale or tampered entry is reported and rewritten.
+    A rule set that loads is then checked for groups no case can reach and for prefix-looking
+    procedure codes, printed as file:line:column: warning: message (exit 0, or 1 with --strict).
+    It is also compiled afresh and compared with its entry in the compiled-rules cache, if
+    there is one: a stale or tampered entry is reported and rewritten.
     """
     from dipengine.rules import check_cache, resolve_rules_dir
 
     path = resolve_rules_dir(rules_dir)
-    _check_and_report(path, cache_check=check_cache)
+    _check_and_report(path, cache_check=check_cache, strict=strict)
 
 
-def _check_and_report(rules_dir, where=None, cache_check=None):
+def _check_and_report(rules_dir, where=None, cache_check=None, strict=False):
     """Print every problem and raise DataError (exit 1), else print the OK line with counts.
 
     ``where(problem)`` may add text to a problem's line (the catalogue line of an imported group).
@@ -36,7 +39,7 @@ def _check_and_report(rules_dir, where=None, cache_check=None):
     cache entry with a fresh compile before the rule set is loaded; a repaired entry is a
     ``warning:`` line on stderr, the exit status stays 0 (the rule set itself is sound).
     """
-    from dipengine.rules import check_rules, load_rules
+    from dipengine.rules import check_reachable, check_rules, load_rules
 
     problems = check_rules(rules_dir)
     if problems:
@@ -49,9 +52,15 @@ def _check_and_report(rules_dir, where=None, cache_check=None):
     if found is not None and found.status in ("repaired", "unrepaired"):
         click.echo(f"warning: {found}", err=True)
     rs = load_rules(rules_dir)
+    warned = check_reachable(rs)
+    for w in warned:
+        click.echo(f"{w.file}:{w.line}:{w.column}: warning: {w.message}" + (where(w) if where else ""))
+    if warned and strict:
+        raise DataError(f"{len(warned)} warning(s) in the rule set (--strict)", file=rules_dir)
     by_type = Counter(rs.groups["group_type"].to_pylist())
     counts = ", ".join(f"{by_type[t]} {t}" for t in ("core", "basic", "comprehensive", "blank") if by_type[t])
-    click.echo(f"OK {rs.name} {rs.version}: {rs.groups.num_rows} groups ({counts})")
+    tail = f", {len(warned)} warning(s)" if warned else ""
+    click.echo(f"OK {rs.name} {rs.version}: {rs.groups.num_rows} groups ({counts}){tail}")
 
 
 @command.command("show")
@@ -64,6 +73,8 @@ def show(rules_dir):
     click.echo(f"{rs.name} {rs.version} ({rs.manifest.get('scheme', '-')}), "
                f"effective {rs.manifest.get('effective_from', '-')} to {rs.manifest.get('effective_to', '-')}")
     click.echo(f"source: {rs.manifest.get('source', '-')}")
+    preset = (rs.manifest.get("options") or {}).get("preset")
+    click.echo(f"preset: {preset}" if preset else "preset: none")
     click.echo("options: " + ", ".join(f"{k}={v}" for k, v in rs.options.items()))
     kinds = Counter(zip(rs.groups["group_type"].to_pylist(), rs.groups["treat_class"].to_pylist()))
     click.echo(f"groups: {rs.groups.num_rows}")
@@ -92,9 +103,11 @@ def show(rules_dir):
               help="Where the catalogue comes from, for the manifest (notice number, date, annex).")
 @click.option("--sheet", default=None, help="Workbook sheet: name or 0-based index  [default: the first].")
 @click.option("--encoding", default=None, help="CSV text encoding, e.g. gbk  [default: detected].")
-@click.option("--proc-prefix", type=click.Choice(["refuse", "expand"]), default="refuse", show_default=True,
-              help="A procedure term that is a code prefix (47.01): refuse it, or expand it into the any-of "
-                   "list of the codes of --codes-icd9 that start with it.")
+@click.option("--proc-prefix", type=click.Choice(["refuse", "expand", "match"]), default="refuse",
+              show_default=True,
+              help="A procedure term that is a code prefix (47.01): refuse it, expand it into the any-of "
+                   "list of the codes of --codes-icd9 that start with it, or keep it and match by prefix "
+                   "(the rule set gets [options] proc_prefix = true).")
 @click.option("--codes-icd9", type=click.Path(exists=True, dir_okay=False), default=None, metavar="FILE",
               help="Procedure code list (TSV code<TAB>name, e.g. ICD-9-CM-3 医保版 2.0) for --proc-prefix expand.")
 @click.option("--force", is_flag=True,

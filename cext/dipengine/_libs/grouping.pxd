@@ -25,9 +25,14 @@ cdef class CompiledRules:
     cdef const double[::1] aux_coef
     cdef const int32_t[::1] band_lo      # [n_bands] age-key limits
     cdef const int32_t[::1] band_hi
+    cdef const int8_t[::1] comp_rank     # [4]: priority rank of a comprehensive group per class
+    cdef const int8_t[::1] tie_order     # tie-breaks in order: 0 main procedure, 1 terms, 2 matched, 3 cost
+    cdef const int32_t[::1] proc_parent  # [n_proc] id of the longest prefix code (-1); empty: whole codes
     cdef readonly int32_t n_groups, n_sub, n_cat, n_bands
     cdef readonly int32_t blank          # blank group index, -1 none
     cdef readonly int32_t cci1, cci2, cci3
     cdef readonly int32_t match_all, sev_los, death_mode, cons_max_class, cons_max_level
+    cdef readonly int32_t main_any, n_tie, n_proc
+    cdef readonly bint prefix            # proc_expr codes match as prefixes (proc_parent given)
     cdef object _arrays                  # the constructor's arguments (for pickling and as_dict)
     cdef bint _ready                     # set when __init__ has checked everything
