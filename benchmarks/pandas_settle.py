@@ -150,7 +150,7 @@ def read_policy(pricing_dir: Path) -> dict:
         pol = tomllib.load(f, parse_float=Decimal)  # exact yuan amounts
     sla = pd.read_csv(pricing_dir / "same_level_avg.csv", dtype={"dip_code": str})
     sla["ref_fen"] = half_up(sla["avg_cost"] * 100)
-    pol["same_level_avg"] = sla[["dip_code", "level", "ref_fen"]]
+    pol["same_level_avg"] = sla[["dip_code", "level", "ref_fen"] + (["pool"] if "pool" in sla else [])]
     return pol
 
 
@@ -453,7 +453,9 @@ def score(df: pd.DataFrame, res: pd.DataFrame, hospitals: pd.DataFrame, policy: 
     coef = coef.where(res["group_type"] != "basic", float(lc["basic_group"]))
     coef = coef.where(scored)
 
-    ref = res[["dip_code"]].assign(level=level.fillna(0).astype(int)).merge(policy["same_level_avg"], on=["dip_code", "level"], how="left")
+    keys = ["dip_code", "level"] + (["pool"] if policy["deviation"].get("reference_by") == "level_pool" else [])
+    ref = res[["dip_code"]].assign(level=level.fillna(0).astype(int), pool=df["insurance_type"].to_numpy()).merge(
+        policy["same_level_avg"], on=keys, how="left")
     ref = pd.Series(ref["ref_fen"].to_numpy(), index=res.index)
     group_avg = res["dip_code"].map(rules["groups"].set_index("dip_code")["avg_fen"])
     source = np.where(ref > 0, "same_level", np.where(group_avg > 0, "group_avg", "none"))
@@ -464,7 +466,8 @@ def score(df: pd.DataFrame, res: pd.DataFrame, hospitals: pd.DataFrame, policy: 
     lvl = level.fillna(3)
     low, high, extreme = (by_level(d[k], lvl) for k in ("low_ratio", "high_ratio", "extreme_ratio"))
     low_hit = (ratio < low) | ((ratio == low) if d.get("low_inclusive", False) else False)
-    deviation = pd.Series(np.select([ratio.isna(), low_hit, ratio > extreme, ratio > high],
+    high_hit = (ratio > high) | ((ratio == high) if d.get("high_inclusive", False) else False)
+    deviation = pd.Series(np.select([ratio.isna(), low_hit, ratio > extreme, high_hit],
                                     ["normal", "low", "extreme", "high"], "normal"), index=res.index)
     out_coef = coef if d["apply_level_coef_to_outliers"] else 1.0
     s = res["base_score"]
@@ -591,6 +594,8 @@ def settle(df: pd.DataFrame, sc: pd.DataFrame, hospitals: pd.DataFrame, policy: 
             a = due.astype(float)
         elif rule == "share_overspend":
             a = due + float(bd["fund_share"]) * (rec - due)
+        elif rule == "retain_share_of_due":
+            a = rec + float(bd["share"]) * due
         else:
             a = due + float(bd["fund_share"]) * float(bd["cap_over"]) * due
         amounts.append(a)

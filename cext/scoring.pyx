@@ -36,6 +36,7 @@ def score_cases(
     double blank_factor,
     int extreme_rule,
     bint low_inclusive,
+    bint high_inclusive,
     double[::1] ratio_out not None,
     int8_t[::1] deviation_out not None,
     int64_t[::1] points_e4_out not None,
@@ -44,7 +45,9 @@ def score_cases(
 
     ``low_ratio``/``high_ratio``/``extreme_ratio`` are indexed by hospital level (length 4,
     index 0 unused). ``ref_fen`` <= 0 means no reference cost: ratio NaN, class normal. ``kind``:
-    0 no points, 1 grouped, 2 blank group; ``level`` outside 1-3 counts as 3.
+    0 no points, 1 grouped, 2 blank group; ``level`` outside 1-3 counts as 3. Classes: low when
+    ``r < low`` (``r <= low`` with ``low_inclusive``), else extreme when ``r > extreme``, else high
+    when ``r > high`` (``r >= high`` with ``high_inclusive``), else normal.
 
     Raises ``ValueError`` when a per-case array's length differs from ``kind``'s, a threshold
     array does not have 4 entries, or a ``kind`` is not 0, 1 or 2.
@@ -83,7 +86,7 @@ def score_cases(
                     dev = 1
                 elif r > extreme_ratio[lvl]:
                     dev = 3
-                elif r > high_ratio[lvl]:
+                elif r > high_ratio[lvl] or (high_inclusive and r == high_ratio[lvl]):
                     dev = 2
             coef = level_coef[i]
             out_coef = coef if apply_coef_to_outliers else 1.0

@@ -47,7 +47,7 @@ from dipengine.catalog_stats import year_table as _year_table
 from dipengine.errors import DataError
 from dipengine.io import BATCH_SIZE, atomic_dir, iter_batches, sha256_file, source_files
 from dipengine.money import fen_to_yuan_text, yuan_float_to_fen
-from dipengine.rules import is_complete_proc
+from dipengine.rules import DEFAULT_OPTIONS, FIXED_SUBTYPES, is_complete_proc, parse_age_band
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -56,9 +56,18 @@ CLASS_LETTER = "CDTS"
 CLASS_LABEL = ("保守治疗", "诊断性操作", "治疗性操作", "相关手术")
 PROC_CLASS_RANK = {"diagnostic": 1, "therapeutic": 2, "interventional": 2, "surgery": 3}
 
-AGE_BANDS = ("age_0_28d", "age_29d_1y", "age_1_6", "age_7_17", "age_65_69", "age_70_79", "age_80p")
-SUBTYPES = ("death", "severity_III", "severity_II", "cci_3", "cci_2", "cci_1") + AGE_BANDS
-"""Auxiliary subtypes of contract §4 ``aux_coefficients.csv``, in the order they are written."""
+CATALOG_OPTIONS = ("cci_levels", "severity_min_los", "death_discharge_mode", "age_bands")
+"""The grouping options (``manifest.toml [options]``, :data:`dipengine.rules.DEFAULT_OPTIONS`) that
+decide which auxiliary subtype a case is of: the builder takes them (``options=``) and writes them
+into the ``[options]`` of the rule set it builds, so the grouper applies the coefficients to the
+cases they were computed from."""
+
+AGE_BANDS = tuple(parse_age_band(b)[0] for b in DEFAULT_OPTIONS["age_bands"])
+SUBTYPES = FIXED_SUBTYPES + AGE_BANDS
+"""Auxiliary subtypes of contract §4 ``aux_coefficients.csv`` under the default options, in the
+order they are written (:func:`subtypes` for other age bands)."""
+
+MAX_AGE_BANDS = 64  # one bit per band in the per-case band mask
 
 # ICD-10 chapters as category ranges (WHO chapter boundaries), for range groups.
 CHAPTERS = (
@@ -69,9 +78,74 @@ CHAPTERS = (
     ("V01", "Y98"), ("Z00", "Z99"),
 )
 
-SEVERITY_LOS_GATE = 3  # days; severity II/III only with LOS >= 3 (dip-rules §3.1 item 2)
-CCI_LEVEL_CUTS = (1, 3, 5)  # CCI score 1-2 -> cci_1, 3-4 -> cci_2, >= 5 -> cci_3 (dip-rules §3.1 item 1)
+# defaults of the catalogue options (DEFAULT_OPTIONS): severity II/III only with LOS >= 3 (dip-rules
+# §3.1 item 2); CCI score 1-2 -> cci_1, 3-4 -> cci_2, >= 5 -> cci_3 (item 1)
+SEVERITY_LOS_GATE = DEFAULT_OPTIONS["severity_min_los"]
+CCI_LEVEL_CUTS = tuple(DEFAULT_OPTIONS["cci_levels"])
 DEFAULT_WEIGHTS = (1, 2, 7)
+
+
+def catalog_options(options=None) -> dict:
+    """The catalogue options (:data:`CATALOG_OPTIONS`): ``options`` over their defaults, checked.
+
+    ``cci_levels``: three increasing positive integers (the CCI score cut points of cci_1..3);
+    ``severity_min_los``, ``death_discharge_mode``: non-negative integers; ``age_bands``: a list of
+    distinct ``"name:low:high"`` bands (:func:`dipengine.rules.parse_age_band`), at most
+    :data:`MAX_AGE_BANDS`. The checks are those ``rules check`` makes of ``[options]``.
+
+    Raises
+    ------
+    ValueError
+        Naming the option and the value; also for a key that is not a catalogue option.
+    """
+    out = {k: (list(DEFAULT_OPTIONS[k]) if isinstance(DEFAULT_OPTIONS[k], list) else DEFAULT_OPTIONS[k])
+           for k in CATALOG_OPTIONS}
+    for k, v in (options or {}).items():
+        if k not in CATALOG_OPTIONS:
+            raise ValueError(f"options: {k!r} is not an option of the catalogue build "
+                             f"(it takes {', '.join(CATALOG_OPTIONS)})")
+        bad = None
+        if k == "cci_levels":
+            if not (isinstance(v, (list, tuple)) and len(v) == 3
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and 0 < v[0] <= v[1] <= v[2]):
+                bad = "must be three increasing positive integers [cci_1, cci_2, cci_3]"
+        elif k in ("severity_min_los", "death_discharge_mode"):
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                bad = "must be a non-negative integer"
+        elif not isinstance(v, (list, tuple)) or not all(isinstance(b, str) for b in v):
+            bad = "must be a list of 'name:low:high' strings"
+        elif len(v) > MAX_AGE_BANDS:
+            bad = f"at most {MAX_AGE_BANDS} age bands"
+        else:
+            names = set()
+            for band in v:
+                try:
+                    name = parse_age_band(band)[0]
+                except ValueError as e:
+                    bad = str(e)
+                    break
+                if name in names:
+                    bad = f"age band {name} twice"
+                    break
+                names.add(name)
+        if bad:
+            raise ValueError(f"option {k} = {v!r}: {bad}")
+        out[k] = list(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def subtypes(options: dict) -> tuple:
+    """The auxiliary subtypes under ``options`` (:func:`catalog_options`), in the order written:
+    death, severity_III, severity_II, cci_3, cci_2, cci_1, then ``age_<name>`` per age band."""
+    return FIXED_SUBTYPES + tuple(parse_age_band(b)[0] for b in options["age_bands"])
+
+
+def age_keys(age: np.ndarray, age_days: np.ndarray) -> np.ndarray:
+    """The grouper's age key per case (int64): age in days under one year when known, else 365 ×
+    age in years; -1 unknown (``age``/``age_days`` -1 where null). See :func:`dipengine.rules.parse_age_band`."""
+    age = age.astype(np.int64)
+    days = age_days.astype(np.int64)
+    return np.where(age == 0, np.where(days >= 0, days, -1), np.where(age > 0, 365 * age, -1))
 
 _COLUMNS = (
     "main_dx", "main_proc", "other_procs", "other_dx", "total_cost_fen", "fund_paid_fen",
@@ -105,6 +179,10 @@ class CatalogResult:
         Groupable cases read per history item.
     counts : dict
         Groups by type.
+    params : dict
+        The build parameters (the manifest's ``[build]``).
+    options : dict
+        The catalogue options used (:func:`catalog_options`), written to ``[options]``.
     """
 
     groups: pa.Table
@@ -117,6 +195,7 @@ class CatalogResult:
     cases_used: list
     counts: dict
     params: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
     rules_dir: Path | None = None
     pricing_dir: Path | None = None
 
@@ -305,7 +384,14 @@ def _list_flat(col, n):
 class _Reducer:
     """Turns normalised case batches into compact per-case columns (one list per history year)."""
 
-    def __init__(self, hospitals: pa.Table, proc_classes: dict, cci, severity, diagnostic_as_conservative):
+    def __init__(self, hospitals: pa.Table, proc_classes: dict, cci, severity, diagnostic_as_conservative,
+                 options=None):
+        opts = catalog_options(options)
+        self.cci_cuts = np.asarray(opts["cci_levels"], dtype=np.int64)
+        self.severity_min_los = int(opts["severity_min_los"])
+        self.death_mode = int(opts["death_discharge_mode"])
+        self.bands = [parse_age_band(b)[1:] for b in opts["age_bands"]]  # (low, high) age keys
+        self.mask_dtype = catalog_stats.mask_dtype(len(self.bands))
         self.dx = _Vocab()  # subcategory keys
         self.proc = _ProcVocab(proc_classes)
         self.hosp_ids = hospitals["hospital_id"].combine_chunks()
@@ -404,8 +490,8 @@ class _Reducer:
 
     def _subtype_flags(self, batch, n) -> dict:
         names = batch.schema.names
-        mode = _int_col(batch, "discharge_mode", n, 1, np.int16)
-        los = _int_col(batch, "los", n, 0, np.int32)
+        mode = _int_col(batch, "discharge_mode", n, -1, np.int16)
+        los = _int_col(batch, "los", n, -1, np.int32)
         age = _int_col(batch, "age", n, -1, np.int32)
         age_days = _int_col(batch, "age_days", n, -1, np.int32)
         sev = np.zeros(n, np.int8)
@@ -428,18 +514,14 @@ class _Reducer:
                     best = np.zeros(len(uni), np.int64)
                     np.maximum.at(best, inv, self.cci_weight[u_cci[has]])
                     np.add.at(cci, uni // self.n_cci_cat, best)
-        sev[los < SEVERITY_LOS_GATE] = 0
-        cci_level = np.searchsorted(np.asarray(CCI_LEVEL_CUTS), cci, side="right").astype(np.int8)
-        band = np.full(n, -1, np.int8)
-        infant = age == 0
-        band[infant & (age_days >= 0) & (age_days <= 28)] = 0
-        band[infant & (age_days >= 29) & (age_days <= 364)] = 1
-        band[(age >= 1) & (age <= 6)] = 2
-        band[(age >= 7) & (age <= 17)] = 3
-        band[(age >= 65) & (age <= 69)] = 4
-        band[(age >= 70) & (age <= 79)] = 5
-        band[age >= 80] = 6
-        return {"death": mode == 5, "sev": sev, "cci": cci_level, "age_band": band}
+        sev[(los < 0) | (los < self.severity_min_los)] = 0  # no LOS: no severity subtype (as the grouper)
+        cci_level = np.searchsorted(self.cci_cuts, cci, side="right").astype(np.int8)
+        # age bands as the grouper reads them: one bit per band the case's age key falls in
+        key = age_keys(age, age_days)
+        band = np.zeros(n, self.mask_dtype)
+        for b, (lo, hi) in enumerate(self.bands):  # loop over bands
+            band |= ((key >= lo) & (key <= hi)).astype(self.mask_dtype) << self.mask_dtype(b)
+        return {"death": mode == self.death_mode, "sev": sev, "cci": cci_level, "age_mask": band}
 
 
 def _is_normalised(item) -> bool:
@@ -562,8 +644,10 @@ def _normalise_weights(weights, n_years: int) -> np.ndarray:
 
 
 def check_params(n_years: int, *, weights=DEFAULT_WEIGHTS, threshold=15, scale=1000, trim=(0.025, 0.975),
-                 min_trim_group=25, basic_share=0.5, basic_cv=0.7) -> np.ndarray:
-    """Check the build parameters; returns the normalised year weights. Raises ValueError."""
+                 min_trim_group=25, basic_share=0.5, basic_cv=0.7, comprehensive_threshold=None,
+                 options=None) -> np.ndarray:
+    """Check the build parameters (and the catalogue ``options``, :func:`catalog_options`); returns
+    the normalised year weights. Raises ValueError."""
     if n_years < 1:
         raise ValueError("history: at least one year is needed")
     if tuple(weights) == DEFAULT_WEIGHTS and n_years != 3:
@@ -573,6 +657,9 @@ def check_params(n_years: int, *, weights=DEFAULT_WEIGHTS, threshold=15, scale=1
     w = _normalise_weights(weights, n_years)
     if threshold <= 0:
         raise ValueError("threshold must be positive")
+    if comprehensive_threshold is not None and not comprehensive_threshold > 0:
+        raise ValueError("comprehensive_threshold must be positive")
+    catalog_options(options)
     if scale <= 0:
         raise ValueError("scale must be positive")
     if trim is not None:
@@ -598,6 +685,7 @@ def build_catalog(
     *,
     weights=DEFAULT_WEIGHTS,
     threshold: float = 15,
+    comprehensive_threshold: float | None = None,
     scale: float = 1000,
     trim=(0.025, 0.975),
     min_trim_group: int = 25,
@@ -607,6 +695,7 @@ def build_catalog(
     aux_min_cases: float = 15,
     aux_min_diff: float = 0.1,
     diagnostic_as_conservative: bool = False,
+    options: dict | None = None,
     name: str = "local",
     version: str | None = None,
     procedures=None,
@@ -639,8 +728,11 @@ def build_catalog(
     weights : sequence of float
         Year weights, oldest first (default 1:2:7; with fewer than 3 years the newest defaults).
     threshold : float
-        Weighted average annual cases a combination needs to be a core group (also comprehensive
-        and range groups).
+        Weighted average annual cases a combination needs to be a core group.
+    comprehensive_threshold : float, optional
+        Weighted average annual cases a pool of the other cases needs to be a group: a
+        comprehensive (category × treatment class) or range (chapter × class) group, and the blank
+        group to be scored from its own cases. Default ``threshold`` (one threshold for all).
     scale : float
         Score scale K: score = group mean / overall mean × K.
     trim : (float, float) or None
@@ -656,6 +748,11 @@ def build_catalog(
         Auxiliary subtypes need this many weighted cases and ``|coefficient - 1| >= aux_min_diff``.
     diagnostic_as_conservative : bool
         Drop diagnostic procedures before building combinations (such cases are conservative).
+    options : dict, optional
+        Grouping options that decide the auxiliary subtypes (:data:`CATALOG_OPTIONS`:
+        ``cci_levels``, ``severity_min_los``, ``death_discharge_mode``, ``age_bands``), over
+        :data:`dipengine.rules.DEFAULT_OPTIONS`; all four are written into the rule set's
+        ``manifest.toml [options]``.
     name, version : str
         Rule-set name and version (version default ``<next year>.1``).
     procedures : path or pa.Table, optional
@@ -691,7 +788,10 @@ def build_catalog(
     ny = len(history)
     trim = None if trim is None else (float(trim[0]), float(trim[1]))
     w = check_params(ny, weights=weights, threshold=threshold, scale=scale, trim=trim,
-                     min_trim_group=min_trim_group, basic_share=basic_share, basic_cv=basic_cv)
+                     min_trim_group=min_trim_group, basic_share=basic_share, basic_cv=basic_cv,
+                     comprehensive_threshold=comprehensive_threshold, options=options)
+    opts = catalog_options(options)
+    comp_threshold = threshold if comprehensive_threshold is None else comprehensive_threshold
     if tuple(weights) == DEFAULT_WEIGHTS and ny < 3:
         weights = DEFAULT_WEIGHTS[-ny:]
     if years is not None and len(years) != ny:
@@ -705,30 +805,33 @@ def build_catalog(
     cci = load_prefix_table(cci_path, "weight")
     sev = load_prefix_table(sev_path, "level", allowed={"II", "III"})
     proc_classes = _procedure_classes(procedures)
-    red = _Reducer(hosp, proc_classes, cci, sev, diagnostic_as_conservative)
+    red = _Reducer(hosp, proc_classes, cci, sev, diagnostic_as_conservative, opts)
 
     params = dict(
-        weights=[float(x) for x in weights], threshold=float(threshold), scale=float(scale),
+        weights=[float(x) for x in weights], threshold=float(threshold),
+        comprehensive_threshold=float(comp_threshold), scale=float(scale),
         trim=list(trim) if trim is not None else "none", min_trim_group=int(min_trim_group),
         related_min_gain=float(related_min_gain), basic_share=float(basic_share), basic_cv=float(basic_cv),
         aux_min_cases=float(aux_min_cases), aux_min_diff=float(aux_min_diff),
         diagnostic_as_conservative=bool(diagnostic_as_conservative),
     )
-    build = dict(threshold=threshold, scale=scale, trim=trim, min_trim_group=min_trim_group,
-                 related_min_gain=related_min_gain, basic_share=basic_share, basic_cv=basic_cv,
-                 aux_min_cases=aux_min_cases, aux_min_diff=aux_min_diff)
+    build = dict(threshold=threshold, comp_threshold=comp_threshold, scale=scale, trim=trim,
+                 min_trim_group=min_trim_group, related_min_gain=related_min_gain, basic_share=basic_share,
+                 basic_cv=basic_cv, aux_min_cases=aux_min_cases, aux_min_diff=aux_min_diff,
+                 subtypes=subtypes(opts))
     layout = dict(schema=schema, encoding=encoding, sheet=sheet)
     if method == "memory":
         res = _build_in_memory(history, hosp, red, w, years, batch_size, layout, progress, build)
     else:
         spill = catalog_stats.SpillDir(spill_dir)
         try:
-            stats = catalog_stats.HistoryStats(ny, spill)
+            stats = catalog_stats.HistoryStats(ny, spill, n_bands=len(opts["age_bands"]))
             cases_used, years = _pass1(history, hosp, red, years, batch_size, layout, progress, stats)
             res = _assemble_bounded(stats, red, w, years, cases_used, partition_rows=partition_rows, **build)
         finally:
             spill.close()
     res.params = params
+    res.options = opts
     if out is not None:
         meta = _rules_meta(history, hospitals, res, name, version, cci_path, sev_path)
         res.rules_dir = write_rules(out, res, red, proc_classes, cci_path, sev_path, meta)
@@ -825,7 +928,7 @@ def _drop_mirrored_pairs(selected, base_keys, rels, nw, P, proc_names) -> None:
             selected[j] = False
 
 
-def _classify(sub, main, rel, cls, table, red, w, *, threshold, related_min_gain):
+def _classify(sub, main, rel, cls, table, red, w, *, threshold, comp_threshold, related_min_gain):
     """The groups, and the group of every element (a case, or a cell of cases sharing its keys).
 
     Parameters
@@ -841,6 +944,8 @@ def _classify(sub, main, rel, cls, table, red, w, *, threshold, related_min_gain
         Its vocabularies name the codes.
     w : numpy.ndarray
         Normalised year weights.
+    threshold, comp_threshold : float
+        Weighted cases of a core group; of a comprehensive or range pool.
 
     Returns
     -------
@@ -900,13 +1005,13 @@ def _classify(sub, main, rel, cls, table, red, w, *, threshold, related_min_gain
     comp_key = cat * 4 + cls
     rest = ~is_core
     comp_cnt = table(comp_key[rest], len(cat_names) * 4, rest)
-    comp_ok = _enough(comp_cnt @ w, threshold)
+    comp_ok = _enough(comp_cnt @ w, comp_threshold)
     is_comp = rest & comp_ok[comp_key]
     chap = chap_of_cat[cat]
     range_key = np.where(chap >= 0, chap * 4 + cls, -1)
     rest2 = rest & ~is_comp & (range_key >= 0)
     range_cnt = table(range_key[rest2], len(CHAPTERS) * 4, rest2)
-    range_ok = _enough(range_cnt @ w, threshold)
+    range_ok = _enough(range_cnt @ w, comp_threshold)
     is_range = rest2 & range_ok[np.maximum(range_key, 0)]
 
     # group rows (dip_code etc.), and a group id per element
@@ -961,8 +1066,8 @@ def _classify(sub, main, rel, cls, table, red, w, *, threshold, related_min_gain
     return gid, rows, n_core
 
 
-def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_trim_group,
-              related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff) -> CatalogResult:
+def _assemble(cols, red, w, years, cases_used, *, threshold, comp_threshold, scale, trim, min_trim_group,
+              related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff, subtypes) -> CatalogResult:
     """The catalogue from whole per-case columns (the in-memory reference of :func:`_assemble_bounded`).
 
     ``cols`` holds the concatenated ``_Reducer.reduce`` columns of all history years plus
@@ -977,7 +1082,8 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
                            None if not sums else (cost if mask is None else cost[mask]))
 
     gid, rows, n_core = _classify(cols["sub"], cols["main"], cols["rel"], cols["cls"], table, red, w,
-                                  threshold=threshold, related_min_gain=related_min_gain)
+                                  threshold=threshold, comp_threshold=comp_threshold,
+                                  related_min_gain=related_min_gain)
     G = len(rows)
     keep = _trim_mask(gid, year, cost, ny, trim, min_trim_group)
     k_cnt = _year_table(gid[keep], year[keep], ny, G)
@@ -994,13 +1100,14 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
         "cci_2": cols["cci"] == 2,
         "cci_1": cols["cci"] == 1,
     }
-    for b, band in enumerate(AGE_BANDS):
-        flags[band] = cols["age_band"] == b
-    subtypes = []
-    for st in SUBTYPES:
+    mask = cols["age_mask"]
+    for b, band in enumerate(subtypes[len(FIXED_SUBTYPES):]):
+        flags[band] = ((mask >> mask.dtype.type(b)) & 1).astype(bool)
+    sub_tabs = []
+    for st in subtypes:
         mk = flags[st] & core_case
         if mk.any():
-            subtypes.append((st, _year_table(gid[mk], year[mk], ny, G), _year_table(gid[mk], year[mk], ny, G, cost[mk])))
+            sub_tabs.append((st, _year_table(gid[mk], year[mk], ny, G), _year_table(gid[mk], year[mk], ny, G, cost[mk])))
     last = (year == ny - 1) & keep
     lv = cols["level"].astype(np.int64)
     sl_sum = np.zeros(G * 4, np.int64)
@@ -1013,16 +1120,16 @@ def _assemble(cols, red, w, years, cases_used, *, threshold, scale, trim, min_tr
         g_cnt=_year_table(gid, year, ny, G), k_cnt=k_cnt, k_sum=k_sum,
         a_sum=_year_table(gid, year, ny, G, cost), n1=_year_table(gid[lvl1], year[lvl1], ny, G),
         ss=np.bincount(gid[keep] * ny + year[keep], weights=dev * dev, minlength=G * ny).reshape(G, ny),
-        sub=subtypes, sl_cnt=np.bincount(gid[last] * 4 + lv[last], minlength=G * 4).reshape(G, 4),
+        sub=sub_tabs, sl_cnt=np.bincount(gid[last] * 4 + lv[last], minlength=G * 4).reshape(G, 4),
         sl_sum=sl_sum.reshape(G, 4), total_y=total_y, budgets=budgets,
     )
-    return _finish(rows, n_core, tabs, w, years, cases_used, threshold=threshold, scale=scale,
+    return _finish(rows, n_core, tabs, w, years, cases_used, comp_threshold=comp_threshold, scale=scale,
                    basic_share=basic_share, basic_cv=basic_cv, aux_min_cases=aux_min_cases,
                    aux_min_diff=aux_min_diff)
 
 
-def _assemble_bounded(stats, red, w, years, cases_used, *, threshold, scale, trim, min_trim_group,
-                      related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff,
+def _assemble_bounded(stats, red, w, years, cases_used, *, threshold, comp_threshold, scale, trim, min_trim_group,
+                      related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff, subtypes,
                       partition_rows=None) -> CatalogResult:
     """The catalogue from pass 1's per-cell sums and spill (:mod:`dipengine.catalog_stats`).
 
@@ -1038,21 +1145,22 @@ def _assemble_bounded(stats, red, w, years, cases_used, *, threshold, scale, tri
         return out
 
     cell_gid, rows, n_core = _classify(c["sub"], c["main"], c["rel"], c["cls"], table, red, w,
-                                       threshold=threshold, related_min_gain=related_min_gain)
+                                       threshold=threshold, comp_threshold=comp_threshold,
+                                       related_min_gain=related_min_gain)
     G = len(rows)
     g_cnt = table(cell_gid, G)
     tabs = catalog_stats.group_tables(stats, cell_gid, G, n_core, g_cnt, trim, min_trim_group,
-                                      subtypes=SUBTYPES, partition_rows=partition_rows)
+                                      subtypes=subtypes, partition_rows=partition_rows)
     n1 = np.zeros((G, ny), np.int64)
     np.add.at(n1, cell_gid, c["lvl1"])
     tabs.update(g_cnt=g_cnt, a_sum=table(cell_gid, G, sums=True), n1=n1, total_y=c["cost"].sum(axis=0),
                 budgets=list(stats.budgets))
-    return _finish(rows, n_core, tabs, w, years, cases_used, threshold=threshold, scale=scale,
+    return _finish(rows, n_core, tabs, w, years, cases_used, comp_threshold=comp_threshold, scale=scale,
                    basic_share=basic_share, basic_cv=basic_cv, aux_min_cases=aux_min_cases,
                    aux_min_diff=aux_min_diff)
 
 
-def _finish(rows, n_core, tabs, w, years, cases_used, *, threshold, scale, basic_share, basic_cv,
+def _finish(rows, n_core, tabs, w, years, cases_used, *, comp_threshold, scale, basic_share, basic_cv,
             aux_min_cases, aux_min_diff) -> CatalogResult:
     """Scores, basic groups, auxiliary coefficients, same-level averages and budgets from the
     per-(group, year) tables ``tabs`` (see :func:`_assemble`; counts int64, sums int64 fen)."""
@@ -1066,7 +1174,7 @@ def _finish(rows, n_core, tabs, w, years, cases_used, *, threshold, scale, basic
     M = float(M_y @ w)
     m_g = _weighted_mean(k_sum, k_cnt, w)
     nw = g_cnt @ w
-    if not _enough(nw[blank], threshold):
+    if not _enough(nw[blank], comp_threshold):
         m_g[blank] = M  # too few residual cases: the blank group scores at the overall mean
     score = np.round(m_g / M * scale, 4)
 
@@ -1197,6 +1305,7 @@ def _rules_meta(history, hospitals, res, name, version, cci_path, sev_path) -> d
         "effective_from": _dt.date(next_year, 1, 1),
         "effective_to": _dt.date(next_year, 12, 31),
         "source": f"built from history {first}-{res.years[-1]} by dipengine catalog build",
+        "options": dict(res.options),
         "build": build,
     }
 
@@ -1273,6 +1382,8 @@ apply_level_coef_to_outliers = false
 blank_group_factor = 0.7
 extreme_rule = "high_formula"    # or review_normal_pay (special review, paid as normal)
 low_inclusive = false            # low class at ratio < low_ratio (true: <=)
+high_inclusive = false           # high class at ratio > high_ratio (true: >=)
+reference_by = "level"           # same_level_avg.csv keyed by group x level (or level_pool: x pool)
 
 [settlement]                     # illustrative defaults
 monthly_method = "points"        # or recorded_advance

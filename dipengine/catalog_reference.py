@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 
-from dipengine.catalog import (CCI_LEVEL_CUTS, CHAPTERS, CLASS_LETTER, CLASS_NAMES, DEFAULT_WEIGHTS, PROC_CLASS_RANK,
-                               SEVERITY_LOS_GATE, SUBTYPES, _chapter_of, _enough)
-from dipengine.rules import is_complete_proc
+from dipengine.catalog import (CHAPTERS, CLASS_LETTER, CLASS_NAMES, DEFAULT_WEIGHTS, PROC_CLASS_RANK, _chapter_of,
+                               _enough, catalog_options, subtypes)
+from dipengine.rules import is_complete_proc, parse_age_band
 
 def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, severity,
-                      weights=DEFAULT_WEIGHTS, threshold=15, scale=1000, trim=(0.025, 0.975),
-                      min_trim_group=25, related_min_gain=0.2, basic_share=0.5, basic_cv=0.7,
-                      aux_min_cases=15, aux_min_diff=0.1, diagnostic_as_conservative=False) -> dict:
+                      weights=DEFAULT_WEIGHTS, threshold=15, comprehensive_threshold=None, scale=1000,
+                      trim=(0.025, 0.975), min_trim_group=25, related_min_gain=0.2, basic_share=0.5, basic_cv=0.7,
+                      aux_min_cases=15, aux_min_diff=0.1, diagnostic_as_conservative=False, options=None) -> dict:
     """Pure-Python twin of the catalogue build, one case at a time, straight from the rules.
 
     Parameters
@@ -24,6 +24,8 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
         procedure code -> ``diagnostic``/``therapeutic``/``surgery`` (every code used).
     cci, severity : tuple
         As returned by :func:`load_prefix_table`.
+    comprehensive_threshold, options
+        As for :func:`dipengine.catalog.build_catalog` (default: ``threshold``; the default options).
 
     Returns
     -------
@@ -36,6 +38,17 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
     total_w = sum(weights)
     w = [x / total_w for x in weights]
     min_rank = 2 if diagnostic_as_conservative else 1
+    comp_threshold = threshold if comprehensive_threshold is None else comprehensive_threshold
+    opts = catalog_options(options)
+    cuts = opts["cci_levels"]
+    bands = [parse_age_band(b) for b in opts["age_bands"]]
+
+    def age_key(age, days):  # as the grouper: days under one year when known, else 365 × years
+        if age is None or age < 0:
+            return None
+        if age == 0:
+            return days if days is not None and days >= 0 else None
+        return 365 * age
 
     def longest(code, prefixes):
         code = code.split("+")[0]
@@ -77,32 +90,24 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
                 j = longest(d, cci[0])
                 if j >= 0:
                     cat_weight[cci[2][j]] = max(cat_weight.get(cci[2][j], 0), cci[1][j])
-            if (r.get("los") or 0) < SEVERITY_LOS_GATE:
+            if r.get("los") is None or r["los"] < opts["severity_min_los"]:
                 sev = 0
             score_cci = sum(cat_weight.values())
-            cci_level = sum(score_cci >= cut for cut in CCI_LEVEL_CUTS)
-            subtypes = set()
-            if r.get("discharge_mode") == 5:
-                subtypes.add("death")
+            cci_level = sum(score_cci >= cut for cut in cuts)
+            case_subtypes = set()
+            if r.get("discharge_mode") == opts["death_discharge_mode"]:
+                case_subtypes.add("death")
             if sev:
-                subtypes.add("severity_III" if sev == 3 else "severity_II")
+                case_subtypes.add("severity_III" if sev == 3 else "severity_II")
             if cci_level:
-                subtypes.add(f"cci_{cci_level}")
-            age, days = r.get("age"), r.get("age_days")
-            for band, ok in (
-                ("age_0_28d", age == 0 and days is not None and 0 <= days <= 28),
-                ("age_29d_1y", age == 0 and days is not None and 29 <= days <= 364),
-                ("age_1_6", age is not None and 1 <= age <= 6),
-                ("age_7_17", age is not None and 7 <= age <= 17),
-                ("age_65_69", age is not None and 65 <= age <= 69),
-                ("age_70_79", age is not None and 70 <= age <= 79),
-                ("age_80p", age is not None and age >= 80),
-            ):
-                if ok:
-                    subtypes.add(band)
+                case_subtypes.add(f"cci_{cci_level}")
+            key = age_key(r.get("age"), r.get("age_days"))
+            for band, lo, hi in bands:  # a case counts for every band it is in
+                if key is not None and lo <= key <= hi:
+                    case_subtypes.add(band)
             sub = r["main_dx"].split("+")[0][:5]
             cases.append(dict(year=y, sub=sub, main=main, related=related, cls=cls, cost=r["total_cost_fen"],
-                              level=levels.get(r["hospital_id"], 0), subtypes=subtypes))
+                              level=levels.get(r["hospital_id"], 0), subtypes=case_subtypes))
 
     # pairs (main + related) that change cost materially
     by_base: dict = {}
@@ -143,14 +148,15 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
     core = {k for k, n in count_by(cases, combo).items()
             if _enough(weighted_count(n), threshold) and (k[1] is None or is_complete_proc(k[1]))}
     rest = [c for c in cases if combo(c) not in core]
-    comp = {k for k, n in count_by(rest, lambda c: (c["sub"][:3], c["cls"])).items() if _enough(weighted_count(n), threshold)}
+    comp = {k for k, n in count_by(rest, lambda c: (c["sub"][:3], c["cls"])).items()
+            if _enough(weighted_count(n), comp_threshold)}
     rest = [c for c in rest if (c["sub"][:3], c["cls"]) not in comp]
 
     def chapter(c):
         i = _chapter_of(c["sub"][:3])
         return None if i < 0 else (CHAPTERS[i], c["cls"])
 
-    ranges = {k for k, n in count_by(rest, chapter).items() if k is not None and _enough(weighted_count(n), threshold)}
+    ranges = {k for k, n in count_by(rest, chapter).items() if k is not None and _enough(weighted_count(n), comp_threshold)}
 
     groups: dict = {}
     for c in cases:
@@ -194,7 +200,7 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
         by_year = [[c["cost"] for c in g["kept"] if c["year"] == y] for y in range(ny)]
         n_w = weighted_count([sum(1 for c in g["cases"] if c["year"] == y) for y in range(ny)])
         m = weighted_mean(by_year)
-        if code == "BLANK" and not _enough(n_w, threshold):
+        if code == "BLANK" and not _enough(n_w, comp_threshold):
             m = M
         g.update(avg=m, n_w=n_w, score=round(m / M * scale, 4), n_cases=len(g["cases"]))
         if g["group_type"] == "core":
@@ -214,7 +220,7 @@ def reference_catalog(history: list, levels: dict, proc_class: dict, *, cci, sev
     for code, g in groups.items():
         if g["group_type"] not in ("core", "basic"):
             continue
-        for st in SUBTYPES:
+        for st in subtypes(opts):
             sub_by_year = [[c["cost"] for c in g["cases"] if c["year"] == y and st in c["subtypes"]] for y in range(ny)]
             if not _enough(weighted_count([len(x) for x in sub_by_year]), aux_min_cases):
                 continue

@@ -44,14 +44,26 @@ PARTITION_ROWS = 500_000
 MAX_PARTITIONS = 256
 """Most partition files open at once (``partition_rows`` grows beyond this many)."""
 
-CASE_SCHEMA = pa.schema([
-    pa.field("cell", pa.int32(), nullable=False), pa.field("year", pa.int8(), nullable=False),
-    pa.field("cost", pa.int64(), nullable=False), pa.field("level", pa.int8(), nullable=False),
-    pa.field("flags", pa.uint8(), nullable=False),
-], metadata={"dipengine": "catalog-cases/1"})
-"""Pass-1 spill file: cell id, history-year index, total cost (int fen), hospital level (0: not in
-the registry) and the subtype flags (bit 0 death, bits 1-2 severity 0/2/3, bits 3-4 CCI level,
-bits 5-7 age band + 1), in run order."""
+def mask_dtype(n_bands: int):
+    """Smallest unsigned integer type with one bit per age band (at most 64 bands)."""
+    return next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.dtype(t).itemsize * 8 >= n_bands)
+
+
+def case_schema(n_bands: int = 7) -> pa.Schema:
+    """Pass-1 spill file: cell id, history-year index, total cost (int fen), hospital level (0: not
+    in the registry), the subtype flags (bit 0 death, bits 1-2 severity 0/2/3, bits 3-4 CCI level)
+    and the age-band mask (bit b: the case is in age band b; the smallest unsigned type with
+    ``n_bands`` bits), in run order."""
+    return pa.schema([
+        pa.field("cell", pa.int32(), nullable=False), pa.field("year", pa.int8(), nullable=False),
+        pa.field("cost", pa.int64(), nullable=False), pa.field("level", pa.int8(), nullable=False),
+        pa.field("flags", pa.uint8(), nullable=False),
+        pa.field("bands", pa.from_numpy_dtype(mask_dtype(n_bands)), nullable=False),
+    ], metadata={"dipengine": "catalog-cases/2"})
+
+
+CASE_SCHEMA = case_schema()
+"""The pass-1 spill schema under the default options (7 age bands: ``bands`` uint8)."""
 
 PART_SCHEMA = pa.schema([
     pa.field("seg", pa.int64(), nullable=False), pa.field("cost", pa.int64(), nullable=False),
@@ -266,7 +278,7 @@ class HistoryStats:
         Per history year: discharge calendar year -> cases (years > 0 only).
     """
 
-    def __init__(self, ny: int, spill: SpillDir):
+    def __init__(self, ny: int, spill: SpillDir, n_bands: int = 7):
         self.ny = ny
         self.spill = spill
         self.pairs = KeyIndex()  # (main + 1, related + 1)
@@ -274,7 +286,7 @@ class HistoryStats:
         self._tab = np.zeros((3, ny, 0), np.int64)  # cases, cost fen, level-1 cases; per year and cell
         self.budgets = [0, 0]
         self.cal_years: list[dict] = [{} for _ in range(ny)]
-        self.cases = _Writer(spill.new_path("cases"), CASE_SCHEMA)
+        self.cases = _Writer(spill.new_path("cases"), case_schema(n_bands))
 
     def add(self, r: dict, yi: int) -> None:
         """Take one reduced batch (``_Reducer.reduce`` columns) of history year ``yi``."""
@@ -307,10 +319,11 @@ class HistoryStats:
         for v, c in zip(vals.tolist(), cnt.tolist()):  # loop over distinct discharge years
             found[v] = found.get(v, 0) + c
         flags = (r["death"].astype(np.uint8) | (r["sev"].astype(np.uint8) << 1)
-                 | (r["cci"].astype(np.uint8) << 3) | ((r["age_band"] + 1).astype(np.uint8) << 5))
+                 | (r["cci"].astype(np.uint8) << 3))
         with self.spill.io():
             self.cases.write([pa.array(cell.astype(np.int32)), pa.array(np.full(len(cell), yi, np.int8)),
-                              pa.array(cost, pa.int64()), pa.array(level.astype(np.int8)), pa.array(flags)])
+                              pa.array(cost, pa.int64()), pa.array(level.astype(np.int8)), pa.array(flags),
+                              pa.array(r["age_mask"])])
 
     def finish(self) -> None:
         """Close the case file (call once, after the last batch)."""
@@ -366,8 +379,8 @@ def group_tables(stats: HistoryStats, cell_gid: np.ndarray, n_groups: int, n_cor
     trim, min_trim_group
         As for :func:`trim_mask`.
     subtypes : tuple of str
-        The auxiliary subtypes (``catalog.SUBTYPES``: death, severity_III, severity_II, cci_3,
-        cci_2, cci_1, then the 7 age bands).
+        The auxiliary subtypes (``catalog.subtypes(options)``: death, severity_III, severity_II,
+        cci_3, cci_2, cci_1, then one per age band, in the order of the band mask's bits).
     partition_rows, max_partitions : int, optional
         Default :data:`PARTITION_ROWS`, :data:`MAX_PARTITIONS`; small values only for tests.
 
@@ -399,9 +412,10 @@ def group_tables(stats: HistoryStats, cell_gid: np.ndarray, n_groups: int, n_cor
             cost = batch.column(2).to_numpy()
             level = batch.column(3).to_numpy()
             flags = batch.column(4).to_numpy()
+            bands = batch.column(5).to_numpy()
             gid = cell_gid[cell]
             seg = gid * ny + year
-            _subtype_sums(s_cnt, s_sum, seg, cost, flags, gid < n_core, len(subtypes))
+            _subtype_sums(s_cnt, s_sum, seg, cost, flags, bands, gid < n_core, len(subtypes))
             p = part_of[seg]
             order = np.argsort(p, kind="stable")
             bounds = np.searchsorted(p[order], np.arange(n_parts + 1))
@@ -435,14 +449,13 @@ def group_tables(stats: HistoryStats, cell_gid: np.ndarray, n_groups: int, n_cor
     return res
 
 
-def _subtype_sums(s_cnt, s_sum, seg, cost, flags, core, n_subtypes) -> None:
+def _subtype_sums(s_cnt, s_sum, seg, cost, flags, bands, core, n_subtypes) -> None:
     """Add one batch's core cases to the subtype counts and cost sums (rows: subtypes, flat segments)."""
     death = (flags & 1).astype(bool)
     sev = (flags >> 1) & 3
     cci = (flags >> 3) & 3
-    band = (flags >> 5).astype(np.int64) - 1
     masks = [death, sev == 3, sev == 2, cci == 3, cci == 2, cci == 1]
-    masks += [band == b for b in range(n_subtypes - len(masks))]
+    masks += [((bands >> bands.dtype.type(b)) & 1).astype(bool) for b in range(n_subtypes - len(masks))]
     for i, mk in enumerate(masks):  # loop over subtypes
         mk = mk & core
         if mk.any():

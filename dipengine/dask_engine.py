@@ -245,7 +245,8 @@ def _ordered(client, submit, n: int, window: int):
 def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None, progress=None, benefits=None,
               schema=None, allow_out_of_period: bool = False, batch_size: int = BATCH_SIZE,
               piece_rows: int = PIECE_ROWS, client=None, scheduler: str | None = None,
-              n_workers: int | None = None, on_prepared=None, spill_dir=None) -> SettlementResult:
+              n_workers: int | None = None, on_prepared=None, spill_dir=None, prepayments=None,
+              deductions=None, reviewed=None) -> SettlementResult:
     """Settle a period on a Dask cluster into ``out_dir``: the files of :func:`dipengine.pipeline.settle_to`.
 
     Parameters
@@ -253,6 +254,10 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
     out_dir, cases, rules, policy, hospitals, period, monthly, progress, benefits, allow_out_of_period, batch_size
         As for :func:`dipengine.pipeline.settle_to`; ``cases`` are contract-layout Parquet
         (a file, directory, glob or list), readable by every worker at the same path.
+    prepayments, deductions, reviewed : path, optional
+        As for :func:`dipengine.pipeline.settle_to`: read on the client by ``prepare`` and applied
+        there by :func:`dipengine.settlement.finish` (the special-review decisions on the workers,
+        in :func:`dipengine.pipeline.score_batch`), as the local engine does (same outputs).
     piece_rows : int
         Rows per task (whole row groups). Results never depend on it.
     client : distributed.Client, optional
@@ -274,7 +279,8 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
     from dipengine.settlement import write_result
 
     run = prepare(rules, policy, hospitals, period, monthly=monthly, benefits=benefits,
-                  allow_out_of_period=allow_out_of_period)
+                  allow_out_of_period=allow_out_of_period, prepayments=prepayments, deductions=deductions,
+                  reviewed=reviewed)
     if on_prepared is not None:
         on_prepared(run)
     cases = _one_source(cases)
@@ -284,7 +290,8 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
     n_rows = sum(p.rows for p in parts)
     if n_rows == 0:  # nothing to distribute: the local run writes the empty result
         return local_settle_to(out_dir, cases, run.rules, run.policy, run.hospitals, period, monthly=monthly,
-                               benefits=benefits, allow_out_of_period=allow_out_of_period)
+                               benefits=benefits, allow_out_of_period=allow_out_of_period,
+                               prepayments=prepayments, deductions=deductions, reviewed=reviewed)
     layout = dict(schema=schema, encoding=None, sheet=None)
     input_files = _input_files(cases, schema)
     repeats, seen = repeat_rows(cases, n_rows=n_rows, spill_dir=spill_dir)
@@ -337,7 +344,8 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
                     done += table.num_rows
                     report(done, 1)
                     yield same_schema(table)
-                values = finish(totals, run.hospitals, run.policy, run.period, monthly=run.monthly)
+                values = finish(totals, run.hospitals, run.policy, run.period, monthly=run.monthly,
+                                clearing=run.clearing)
             else:
                 futures = [c.submit(_pass1, *a, pure=False) for a in args]
                 from distributed import as_completed
@@ -349,7 +357,10 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
                     report(done, 2)
                     fut.release()
                 del futures
-                values = finish(totals, run.hospitals, run.policy, run.period, monthly=run.monthly)
+                if run.reviewed is not None:  # every decision found its case: before anything is written
+                    run.reviewed.check(totals.review_found)
+                values = finish(totals, run.hospitals, run.policy, run.period, monthly=run.monthly,
+                                clearing=run.clearing)
                 results = _ordered(c, lambda i: c.submit(_with_money, *args[i], values.case_value_fen, pure=False),
                                    len(parts), IN_FLIGHT_PER_WORKER * workers)
                 for table, per_pool, piece_due, _ in results:
@@ -366,5 +377,7 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
 
         write_result(out_dir, case_tables, lambda: holder["passes"].values.statements, manifest,
                      total_rows=lambda: n_rows,
-                     empty=lambda: _empty_cases(cases, run, layout))
-    return SettlementResult(cases=None, hospitals=holder["passes"].values.statements, manifest=holder["manifest"])
+                     empty=lambda: _empty_cases(cases, run, layout),
+                     special_review=lambda: holder["passes"].values.special_review)
+    return SettlementResult(cases=None, hospitals=holder["passes"].values.statements, manifest=holder["manifest"],
+                            special_review=holder["passes"].values.special_review)

@@ -21,7 +21,9 @@ from dipengine.manifest import read_manifest, write_manifest
 from dipengine.money import format_yuan
 
 POOLS = ("employee", "resident")
-SURPLUS_RULES = ("partial_retention", "pay_due")
+SURPLUS_RULES = ("partial_retention", "pay_due", "retain_share_of_due")
+WITHHOLDING_RULES = ("partial_retention", "retain_share_of_due")
+"""Surplus rules under which the fund keeps part of a hospital's surplus (due − clearing)."""
 OVERSPEND_RULES = ("share_overspend", "cap")
 
 
@@ -32,15 +34,18 @@ class ClearingBreakdown:
     Every amount is int fen. The bands (dip-rules §7.4) decide each hospital's clearing from its
     assessed fund due ``due'`` and what it recorded; summed over the pool::
 
-        fund_due − assessment − withheld_surplus + shared_overspend = clearing      (exact)
+        fund_due − assessment − deductions − withheld_surplus + shared_overspend = clearing      (exact)
 
-    ``withheld_surplus``: Σ (due' − clearing) of hospitals under ``partial_retention`` (the
-    fund keeps that part of their surplus); ``shared_overspend``: Σ (clearing − due') of
-    hospitals under ``share_overspend``/``cap`` (the fund pays that part of their overspend).
-    ``retained_surplus``: Σ (clearing − recorded) of hospitals under ``partial_retention``/
-    ``pay_due`` (the surplus they keep); ``borne_overspend``: Σ (recorded − clearing) of hospitals
-    under ``share_overspend``/``cap`` (the overspend they bear). Hospitals under ``pay_due`` and
-    those without a band (nothing due, nothing recorded) are paid exactly ``due'``.
+    ``deductions``: Σ audit deductions (``deduction_fen``; 0 without ``--deductions``), taken off
+    ``due'`` before the bands: the banded due is ``due' − deductions`` (``fund_due_net_fen``), below
+    called due. ``withheld_surplus``: Σ (due − clearing) of hospitals under ``partial_retention``/
+    ``retain_share_of_due`` (the fund keeps that part of their surplus); ``shared_overspend``:
+    Σ (clearing − due) of hospitals under ``share_overspend``/``cap`` (the fund pays that part of
+    their overspend). ``retained_surplus``: Σ (clearing − recorded) of hospitals under
+    ``partial_retention``/``pay_due``/``retain_share_of_due`` (the surplus they keep);
+    ``borne_overspend``: Σ (recorded − clearing) of hospitals under ``share_overspend``/``cap``
+    (the overspend they bear). Hospitals under ``pay_due`` and those without a band (nothing
+    due, nothing recorded) are paid exactly the banded due.
 
     ``fund_budget`` (before the reserve) and ``fund_available`` (after it) come from the
     settlement manifest and are None without one; Σ fund due equals ``fund_available`` to the
@@ -64,6 +69,13 @@ class ClearingBreakdown:
     clamped: bool = False
     settlement_method: str | None = None
     bands: tuple = ()
+    deductions_fen: int = 0
+    with_deductions: bool = False
+
+    @property
+    def due_banded_fen(self) -> int:
+        """Σ (due' − audit deductions): the due the bands saw."""
+        return self.due_assessed_fen - self.deductions_fen
 
     @property
     def assessment_fen(self) -> int:
@@ -106,7 +118,8 @@ def clearing_breakdown(hospitals, manifest: dict | None = None) -> dict:
     cols = ("pool", "band", "fund_due_fen", "fund_due_assessed_fen", "recorded_fen", "clearing_fen")
     if not isinstance(hospitals, pa.Table):  # a pandas frame of the statements
         hospitals = pa.Table.from_pandas(hospitals, preserve_index=False)
-    rows = hospitals.select(list(cols)).to_pylist()
+    with_deductions = "deduction_fen" in hospitals.column_names
+    rows = hospitals.select(list(cols) + (["deduction_fen"] if with_deductions else [])).to_pylist()
     pools_info = (manifest or {}).get("pools") or {}
     policy = (manifest or {}).get("policy") or {}
     order = list(pools_info) + [r["pool"] for r in rows if r["pool"] not in pools_info]
@@ -116,29 +129,32 @@ def clearing_breakdown(hospitals, manifest: dict | None = None) -> dict:
         if not mine:
             continue
         acc = dict(fund_due_fen=0, due_assessed_fen=0, recorded_fen=0, clearing_fen=0, withheld_surplus_fen=0,
-                   retained_surplus_fen=0, shared_overspend_fen=0, borne_overspend_fen=0)
+                   retained_surplus_fen=0, shared_overspend_fen=0, borne_overspend_fen=0, deductions_fen=0)
         by_band = {}
         for r in mine:
             due_a, rec, clr = int(r["fund_due_assessed_fen"]), int(r["recorded_fen"]), int(r["clearing_fen"])
+            ded = int(r.get("deduction_fen") or 0)
+            due = due_a - ded  # what the bands saw
             acc["fund_due_fen"] += int(r["fund_due_fen"])
             acc["due_assessed_fen"] += due_a
+            acc["deductions_fen"] += ded
             acc["recorded_fen"] += rec
             acc["clearing_fen"] += clr
             band = r["band"]
             by_band[band] = by_band.get(band, 0) + 1
             if band in SURPLUS_RULES:
                 acc["retained_surplus_fen"] += clr - rec
-                if band == "partial_retention":
-                    acc["withheld_surplus_fen"] += due_a - clr
+                if band in WITHHOLDING_RULES:
+                    acc["withheld_surplus_fen"] += due - clr
             elif band in OVERSPEND_RULES:
-                acc["shared_overspend_fen"] += clr - due_a
+                acc["shared_overspend_fen"] += clr - due
                 acc["borne_overspend_fen"] += rec - clr
         info = pools_info.get(pool, {})
         rules_order = [b.get("rule") for b in policy.get("bands", ())] + list(SURPLUS_RULES + OVERSPEND_RULES)
         rank = {rule: i for i, rule in reversed(list(enumerate(rules_order)))}
         by_band = dict(sorted(by_band.items(), key=lambda kv: (kv[0] is None, rank.get(kv[0], 99), str(kv[0]))))
         out[pool] = ClearingBreakdown(
-            pool=pool, n_hospitals=len(mine), hospitals_by_band=by_band, **acc,
+            pool=pool, n_hospitals=len(mine), hospitals_by_band=by_band, with_deductions=with_deductions, **acc,
             fund_budget_fen=info.get("fund_budget_fen"), fund_available_fen=info.get("fund_available_fen"),
             reserve_rate=policy.get("reserve_rate"), clamped=bool(info.get("clamped")),
             settlement_method=info.get("settlement_method"), bands=tuple(policy.get("bands", ())))
@@ -171,6 +187,9 @@ def _band_words(rule: str, bands: tuple) -> str:
     if rule == "share_overspend":
         share = _pct(b["fund_share"]) if "fund_share" in b else "part"
         return f"the fund pays {share} of their overspend"
+    if rule == "retain_share_of_due":
+        share = _pct(b["share"]) if "share" in b else "part"
+        return f"keep their surplus up to {share} of their due, the fund the rest"
     if rule == "cap":
         if "fund_share" in b and "cap_over" in b:
             return (f"the fund pays {_pct(b['fund_share'])} × {_pct(b['cap_over'])} of their due, "
@@ -194,8 +213,9 @@ def clearing_summary(hospitals, manifest: dict | None = None) -> list[str]:
 
     For the summaries of ``dipengine demo`` and ``dipengine settle`` (annual): the clearing
     against the fund budget and the fund available after the reserve, then why, as an exact
-    chain in yuan (Σ fund due − assessment deductions − surplus withheld under
-    ``partial_retention`` + overspend shared under ``share_overspend``/``cap`` = clearing) and
+    chain in yuan (Σ fund due − assessment deductions [− audit deductions] − surplus withheld under
+    ``partial_retention``/``retain_share_of_due`` + overspend shared under ``share_overspend``/``cap``
+    = clearing) and
     what the hospitals kept of their surplus and bore of their overspend. See
     :func:`clearing_breakdown`; lines carry no leading indentation. Empty for a monthly run.
     """
@@ -222,13 +242,19 @@ def clearing_summary(hospitals, manifest: dict | None = None) -> list[str]:
             lines.append(f"    Σ fund due {yuan(b.fund_due_fen)}")
         lines.append(f"  − assessment deductions {yuan(b.assessment_fen)} (fund due × each hospital's "
                      f"assessment_coef) = Σ assessed due {yuan(b.due_assessed_fen)}")
+        if b.with_deductions:
+            lines.append(f"  − audit deductions {yuan(b.deductions_fen)} (before the bands) = Σ banded due "
+                         f"{yuan(b.due_banded_fen)}")
+        retain = (f"; {_under(b.hospitals_by_band, 'retain_share_of_due', b.bands)}"
+                  if b.hospitals_by_band.get("retain_share_of_due") else "")
         lines.append(f"  − surplus withheld {yuan(b.withheld_surplus_fen)} "
-                     f"({_under(b.hospitals_by_band, 'partial_retention', b.bands)})")
+                     f"({_under(b.hospitals_by_band, 'partial_retention', b.bands)}{retain})")
         lines.append(f"  + overspend shared {yuan(b.shared_overspend_fen)} "
                      f"({_under(b.hospitals_by_band, 'share_overspend', b.bands)}; "
                      f"{_under(b.hospitals_by_band, 'cap', b.bands)})")
         lines.append(f"  = clearing {yuan(b.clearing_fen)} ({b.n_hospitals} statements; "
-                     f"{_count(b.hospitals_by_band, ('pay_due',))} paid exactly their assessed due)")
+                     f"{_count(b.hospitals_by_band, ('pay_due',))} paid exactly their "
+                     f"{'banded' if b.with_deductions else 'assessed'} due)")
         lines.append(f"    hospitals recorded {yuan(b.recorded_fen)}: "
                      f"retained surplus {yuan(b.retained_surplus_fen)} "
                      f"(kept by {_count(b.hospitals_by_band, SURPLUS_RULES)}), overspend borne "
@@ -244,8 +270,10 @@ def clearing_summary(hospitals, manifest: dict | None = None) -> list[str]:
         withheld = sum(b.withheld_surplus_fen for b in parts.values())
         shared = sum(b.shared_overspend_fen for b in parts.values())
         assessed = sum(b.assessment_fen for b in parts.values())
-        line += (f"; assessment deductions {yuan(assessed)}, surplus withheld {yuan(withheld)}, "
-                 f"overspend shared {yuan(shared)}")
+        line += f"; assessment deductions {yuan(assessed)}, "
+        if any(b.with_deductions for b in parts.values()):
+            line += f"audit deductions {yuan(sum(b.deductions_fen for b in parts.values()))}, "
+        line += f"surplus withheld {yuan(withheld)}, overspend shared {yuan(shared)}"
         lines.append(line)
     return lines
 

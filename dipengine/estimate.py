@@ -120,7 +120,8 @@ class Estimator:
         self._registry = {r["hospital_id"]: r for r in self.hospitals.to_pylist()}
         self._hospital_ids = frozenset(self._registry)
         self._allowed = frozenset(_REMOTE_ALLOWED[self.policy.include_remote])
-        self._same_level = {(r["dip_code"], r["level"]): r["avg_cost_fen"]
+        self._by_pool = self.policy.deviation.reference_by == "level_pool"
+        self._same_level = {(r["dip_code"], r["level"], r["pool"] if self._by_pool else None): r["avg_cost_fen"]
                             for r in self.policy.same_level_avg.to_pylist()}
         self._group_avg = {}
         for r in self.rules.groups.to_pylist():
@@ -239,7 +240,7 @@ class Estimator:
         if out["match_path"] in SCORED_PATHS:
             coef = self._level_coef(out["group_type"], hosp)
             dip_code = out["dip_code"]
-            ref = self._same_level.get((dip_code, level), 0)
+            ref = self._same_level.get((dip_code, level, pool if self._by_pool else None), 0)
             source = "same_level"
             if ref <= 0:
                 ref = self._group_avg.get(dip_code, 0)

@@ -46,7 +46,10 @@ def _is_float(v) -> bool:
 def read_hospitals(source) -> pa.Table:
     """Read and check the registry; returns columns of :data:`SCHEMA`, one row per hospital.
 
-    ``coefficient`` is NaN where absent; ``assessment_coef`` defaults to 1.0.
+    ``coefficient`` is NaN where absent; ``assessment_coef`` defaults to 1.0. A registry with the
+    optional column ``assessment_score`` (0..100, the annual assessment's score; empty = none)
+    gets it as a last float64 column (null where empty): the annual clearing releases the quality
+    deposit by it under ``[settlement] deposit_release = "by_score"``.
     """
     path = source if not isinstance(source, pa.Table) else "hospitals"
     table = read_table(source)
@@ -88,4 +91,13 @@ def read_hospitals(source) -> pa.Table:
         raise DataError("coefficient must be positive", file=path, column="coefficient")
     if np.any(out["assessment_coef"].to_numpy() <= 0):
         raise DataError("assessment_coef must be positive", file=path, column="assessment_coef")
+    if "assessment_score" in table.column_names:
+        score = _floats(table, "assessment_score", path)
+        values = score.to_numpy(zero_copy_only=False)
+        bad = ~np.isnan(values) & ((values < 0) | (values > 100))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError("assessment_score must lie in 0..100", file=path, column="assessment_score",
+                            value=table["assessment_score"][i].as_py(), row=i + 2)
+        out = out.append_column("assessment_score", score)
     return out.combine_chunks()

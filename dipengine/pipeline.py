@@ -65,6 +65,12 @@ class SettleRun:
     benefit_rules: object
     warnings: list
     hospital_files: list
+    clearing: object = None
+    """:class:`dipengine.clearing.ClearingInputs` of an annual clearing (prepayments, audit
+    deductions), or None."""
+    reviewed: object = None
+    """:class:`dipengine.special_review.Reviewed`: the special-review decisions of an annual
+    clearing (``--reviewed``), or None."""
     hosp_ids: pa.Array = field(init=False)
 
     def __post_init__(self):
@@ -85,8 +91,9 @@ class SettleRun:
 
 
 def prepare(rules, policy, hospitals, period, *, monthly=None, benefits=None,
-            allow_out_of_period: bool = False) -> SettleRun:
+            allow_out_of_period: bool = False, prepayments=None, deductions=None, reviewed=None) -> SettleRun:
     """Load and check what a run needs besides the cases (see :func:`settle` for the arguments)."""
+    from dipengine.clearing import check_scores, read_clearing_inputs
     from dipengine.hospitals import read_hospitals
     from dipengine.rules import check_period, load_rules
 
@@ -113,10 +120,23 @@ def prepare(rules, policy, hospitals, period, *, monthly=None, benefits=None,
         raise DataError("--monthly applies to the annual clearing (period YYYY) only", column="period",
                         value=str(period))
     monthly_sums = read_monthly(monthly, year) if monthly else None
+    if (prepayments is not None or deductions is not None) and kind != "annual":
+        raise DataError("--prepayments and --deductions apply to the annual clearing (period YYYY) only",
+                        column="period", value=str(period))
+    clearing = read_clearing_inputs(hosp_table, prepayments=prepayments, deductions=deductions)
+    if reviewed is not None and kind != "annual":
+        raise DataError("--reviewed applies to the annual clearing (period YYYY) only", column="period",
+                        value=str(period))
+    if reviewed is not None:
+        from dipengine.special_review import read_reviewed
+
+        reviewed = read_reviewed(reviewed)
+    if kind == "annual" and policy.deposit_release == "by_score":
+        check_scores(hosp_table, monthly_sums, hosp_files)
     return SettleRun(rules=rules, policy=policy, hospitals=hosp_table, period=str(period), kind=kind, year=year,
                      monthly=monthly_sums, monthly_dirs=list(monthly or []),
                      benefit_rules=resolve_benefits(benefits, policy), warnings=warnings,
-                     hospital_files=hosp_files)
+                     hospital_files=hosp_files, clearing=clearing, reviewed=reviewed)
 
 
 def score_batch(cases: pa.Table, run: SettleRun) -> pa.Table:
@@ -126,7 +146,8 @@ def score_batch(cases: pa.Table, run: SettleRun) -> pa.Table:
     from dipengine.scoring import case_points
 
     grouped, _ = group_batch(cases, run.rules, n_threads=1)
-    return case_points(cases, grouped, run.hospitals, run.policy, groups=run.rules.groups)
+    scored = case_points(cases, grouped, run.hospitals, run.policy, groups=run.rules.groups)
+    return scored if run.reviewed is None else run.reviewed.apply(scored)
 
 
 def settle_batch(cases: pa.Table, run: SettleRun) -> tuple[pa.Table, Totals]:
@@ -327,7 +348,9 @@ class _Run:
 
     def _finish(self):
         r = self.run
-        self.values = finish(self.totals, r.hospitals, r.policy, r.period, monthly=r.monthly)
+        if r.reviewed is not None:  # every decision found its case: before anything is written
+            r.reviewed.check(self.totals.review_found)
+        self.values = finish(self.totals, r.hospitals, r.policy, r.period, monthly=r.monthly, clearing=r.clearing)
         return self.values
 
     def _benefits(self, spiller):
@@ -412,6 +435,13 @@ def _manifest(run: SettleRun, passes: "_Run", *, input_files, layout) -> dict:
         "encoding": layout.get("encoding"),
         "sheet": layout.get("sheet"),
     }
+    for kind, f in (run.clearing.files.items() if run.clearing is not None else ()):
+        m["parameters"][kind] = str(f)  # prepayments, deductions: only when given
+        m["sha256"][kind] = {str(f): sha256_file(f)}
+    if run.reviewed is not None:
+        m["parameters"]["reviewed"] = run.reviewed.file
+        m["sha256"]["reviewed"] = {run.reviewed.file: sha256_file(run.reviewed.file)}
+        m["special_review"]["reviewed"] = run.reviewed.summary()
     if run.warnings:
         m["warnings"] = list(run.warnings)
     m["sha256"]["inputs"] = {str(f): sha256_file(f) for f in input_files}
@@ -437,7 +467,7 @@ def _one_source(cases):
 
 def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=None, n_threads=None,
            benefits=None, schema=None, encoding=None, sheet=None, allow_out_of_period: bool = False,
-           batch_size: int = BATCH_SIZE) -> SettlementResult:
+           batch_size: int = BATCH_SIZE, prepayments=None, deductions=None, reviewed=None) -> SettlementResult:
     """Read, group, score and settle a period, results in memory (contract §1 ``settle``).
 
     Parameters
@@ -476,6 +506,15 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         then in the manifest's ``warnings``); by default that is a :class:`DataError`.
     batch_size : int
         Rows per batch. Results never depend on it.
+    prepayments, deductions : path or table, optional
+        Annual clearing only: the prepayments (预付金) offset in the final transfer and the
+        audit deductions (审核扣款) taken off due' before the bands, each a file of
+        ``hospital_id, amount`` (yuan) [, ``pool``] [, ``note`` / ``reason``]
+        (:mod:`dipengine.clearing`, docs/settlement.md "Clearing workflow").
+    reviewed : path or table, optional
+        Annual clearing only: the special-review decisions (``case_id, decision,
+        approved_points | approved_amount``; :func:`dipengine.special_review.read_reviewed`,
+        docs/settlement.md "Special review").
 
     Returns
     -------
@@ -484,7 +523,8 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
         For inputs too large for memory use :func:`settle_to`, which streams to a directory.
     """
     run = prepare(rules, policy, hospitals, period, monthly=monthly, benefits=benefits,
-                  allow_out_of_period=allow_out_of_period)
+                  allow_out_of_period=allow_out_of_period, prepayments=prepayments, deductions=deductions,
+                  reviewed=reviewed)
     cases = _one_source(cases)
     layout = dict(schema=schema, encoding=encoding, sheet=sheet)
     input_files = _input_files(cases, schema)
@@ -493,7 +533,8 @@ def settle(cases, rules, policy, hospitals, period, *, monthly=None, progress=No
     kept = list(passes.tables())
     table = pa.concat_tables(kept) if kept else _empty_cases(cases, run, layout)
     m = _manifest(run, passes, input_files=input_files, layout=layout)
-    return SettlementResult(cases=table, hospitals=passes.values.statements, manifest=m)
+    return SettlementResult(cases=table, hospitals=passes.values.statements, manifest=m,
+                            special_review=passes.values.special_review)
 
 
 def _workers(n_threads):
@@ -504,11 +545,12 @@ def _workers(n_threads):
 
 def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None, progress=None, n_threads=None,
               benefits=None, schema=None, encoding=None, sheet=None, allow_out_of_period: bool = False,
-              batch_size: int = BATCH_SIZE, on_prepared=None) -> SettlementResult:
+              batch_size: int = BATCH_SIZE, on_prepared=None, prepayments=None, deductions=None,
+              reviewed=None) -> SettlementResult:
     """Settle a period streaming, into the output directory ``out_dir`` (what the CLI runs).
 
     The arguments are those of :func:`settle`. ``out_dir`` gets ``cases.parquet``,
-    ``hospitals.parquet``, ``hospitals.csv`` and ``manifest.json`` atomically; the pass-1 spill
+    ``hospitals.parquet``, ``hospitals.csv``, ``special_review.parquet`` and ``manifest.json`` atomically; the pass-1 spill
     lives in its temporary directory (on the output's file system) and is gone before the output
     appears. ``on_prepared(run)`` is called once everything but the cases has been checked.
 
@@ -519,7 +561,8 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
         manifest.
     """
     run = prepare(rules, policy, hospitals, period, monthly=monthly, benefits=benefits,
-                  allow_out_of_period=allow_out_of_period)
+                  allow_out_of_period=allow_out_of_period, prepayments=prepayments, deductions=deductions,
+                  reviewed=reviewed)
     if on_prepared is not None:
         on_prepared(run)
     cases = _one_source(cases)
@@ -540,5 +583,7 @@ def settle_to(out_dir, cases, rules, policy, hospitals, period, *, monthly=None,
         return holder["manifest"]
 
     write_result(out_dir, case_tables, statements, manifest, total_rows=lambda: holder["run"].total_rows(),
-                 empty=lambda: _empty_cases(cases, run, layout))
-    return SettlementResult(cases=None, hospitals=holder["run"].values.statements, manifest=holder["manifest"])
+                 empty=lambda: _empty_cases(cases, run, layout),
+                 special_review=lambda: holder["run"].values.special_review)
+    return SettlementResult(cases=None, hospitals=holder["run"].values.statements, manifest=holder["manifest"],
+                            special_review=holder["run"].values.special_review)

@@ -28,6 +28,7 @@ from dipengine.errors import DataError, RuleSetError
 from dipengine.io import read_table, sha256_file
 from dipengine.manifest import read_manifest_text, verify_files
 from dipengine.money import yuan_to_fen, yuan_value_to_fen
+from dipengine.presets import PresetError, load_preset
 
 POOLS = ("employee", "resident")
 LEVELS = (1, 2, 3)
@@ -35,18 +36,25 @@ INCLUDE_REMOTE = ("none", "in_province", "all")
 SETTLEMENT_METHODS = ("fund_plus_personal", "fund_over_share")
 HIGH_FORMULAS = ("ratio_minus_1", "ratio_minus_2_plus_coef")
 EXTREME_RULES = ("high_formula", "review_normal_pay")
+REFERENCE_BY = ("level", "level_pool")
 MONTHLY_METHODS = ("points", "recorded_advance")
 BAND_RULES = {
     "partial_retention": ("share",),
     "pay_due": (),
     "share_overspend": ("fund_share",),
     "cap": ("cap_over", "fund_share"),
+    "retain_share_of_due": ("share",),
 }
+DEPOSIT_RELEASES = ("full", "by_score")
 
 #: Optional keys beyond contract §5 and their documented defaults (docs/policy-format.md).
 OPTIONAL_DEFAULTS = {
     ("deviation", "extreme_rule"): "high_formula",
     ("deviation", "low_inclusive"): False,
+    ("deviation", "high_inclusive"): False,
+    ("deviation", "reference_by"): "level",
+    ("settlement", "deposit_release"): "full",
+    ("special_review", "quota"): 0.005,
 }
 
 
@@ -63,7 +71,12 @@ class Band:
 
 @dataclass(frozen=True)
 class Deviation:
-    """Cost-deviation parameters; the ratio thresholds are per hospital level (1, 2, 3)."""
+    """Cost-deviation parameters; the ratio thresholds are per hospital level (1, 2, 3).
+
+    ``low_inclusive``/``high_inclusive``: the low class takes ratio <= low_ratio (else <), the
+    high class ratio >= high_ratio (else >). ``reference_by``: ``"level"`` (same-level average
+    per group × level) or ``"level_pool"`` (per group × level × fund pool).
+    """
 
     low_ratio: dict
     high_ratio: dict
@@ -73,6 +86,8 @@ class Deviation:
     blank_group_factor: float
     extreme_rule: str
     low_inclusive: bool
+    high_inclusive: bool = False
+    reference_by: str = "level"
 
 
 @dataclass(frozen=True)
@@ -89,11 +104,22 @@ class Policy:
     level_coef : dict
         Level coefficient by hospital level 1, 2, 3; ``basic_group_coef`` for basic groups.
     same_level_avg : pa.Table
-        ``dip_code`` string, ``level`` int8, ``avg_cost_fen`` int64.
+        ``dip_code`` string, ``level`` int8, ``avg_cost_fen`` int64; plus ``pool`` string when
+        ``deviation.reference_by == "level_pool"``.
     sha256 : dict
         File name -> sha256 of ``policy.toml`` and ``same_level_avg.csv``.
     defaults_applied : list of str
         Optional keys that were absent and took their documented default.
+    deposit_release, deposit_release_scores : str, tuple or None
+        How the annual clearing releases the quality deposit: ``"full"`` (all of it), or
+        ``"by_score"``, in proportion to the registry's ``assessment_score`` between
+        ``deposit_release_scores = (lo, hi)`` (docs/settlement.md "Clearing workflow").
+    review_quota : float
+        ``[special_review] quota``: the share of a hospital's in-pool cases that may go to special
+        review (``special_review.parquet`` marks the highest ratios within it).
+    preset : dict or None
+        The named preset (``name``, ``sha256``) whose ``[deviation]`` keys the policy took
+        (docs/presets.md), or None.
     """
 
     path: Path
@@ -116,6 +142,10 @@ class Policy:
     same_level_avg: pa.Table
     sha256: dict = field(default_factory=dict)
     defaults_applied: tuple = ()
+    deposit_release: str = "full"
+    deposit_release_scores: tuple | None = None
+    review_quota: float = 0.005
+    preset: dict | None = None
 
     def require_budget_value(self, why: str) -> None:
         """Raise :class:`DataError` (naming ``policy.toml`` and the key) unless every pool has a
@@ -155,11 +185,17 @@ class Policy:
                 "blank_group_factor": d.blank_group_factor,
                 "extreme_rule": d.extreme_rule,
                 "low_inclusive": d.low_inclusive,
+                "high_inclusive": d.high_inclusive,
+                "reference_by": d.reference_by,
             },
             "monthly_method": self.monthly_method,
             "monthly_advance_rate": self.monthly_advance_rate,
             "quality_deposit": self.quality_deposit,
             "bands": [{k: v for k, v in b.__dict__.items() if v is not None} for b in self.bands],
+            "deposit_release": self.deposit_release,
+            "deposit_release_scores": list(self.deposit_release_scores) if self.deposit_release_scores else None,
+            "special_review_quota": self.review_quota,
+            "preset": dict(self.preset) if self.preset else None,
             "defaults_applied": list(self.defaults_applied),
         }
 
@@ -319,6 +355,25 @@ def _parse_bands(r: _Reader) -> tuple:
     return tuple(bands)
 
 
+def _parse_release_scores(r: _Reader, rule) -> tuple | None:
+    """``[settlement] deposit_release_scores = [lo, hi]``: required with ``deposit_release =
+    "by_score"`` (0 <= lo < hi <= 100), refused otherwise."""
+    raw = r._raw("settlement", "deposit_release_scores", required=False)
+    if rule != "by_score":
+        if raw is not None:
+            r.bad("settlement", "deposit_release_scores", 'applies only with deposit_release = "by_score"')
+        return None
+    if raw is None:
+        r.problems.append('missing [settlement] deposit_release_scores (needed by deposit_release = "by_score")')
+        return None
+    if (not isinstance(raw, list) or len(raw) != 2
+            or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) for x in raw)
+            or not 0 <= raw[0] < raw[1] <= 100):
+        r.bad("settlement", "deposit_release_scores", f"{raw!r} must be [lo, hi] with 0 <= lo < hi <= 100")
+        return None
+    return (float(raw[0]), float(raw[1]))
+
+
 def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
     """Check a policy document; return the keyword arguments of :class:`Policy` (no tables).
 
@@ -327,6 +382,18 @@ def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
     RuleSetError
         Listing every missing, invalid or unknown parameter.
     """
+    preset = None
+    if "preset" in doc:
+        # a named preset's [deviation] keys, under the ones the policy writes itself (docs/presets.md)
+        name = doc["preset"]
+        try:
+            ps = load_preset(name)
+        except PresetError as e:
+            raise RuleSetError(f"1 problem(s): invalid preset: {e}", problems=[f"invalid preset: {e}"],
+                               file=fname) from None
+        doc = {k: v for k, v in doc.items() if k != "preset"}
+        doc["deviation"] = {**ps.deviation, **(doc.get("deviation") or {})}
+        preset = {"name": ps.name, "sha256": ps.sha256}
     r = _Reader(doc, fname)
     region = r._raw(None, "region")
     if region is not None and not (isinstance(region, str) and len(region) == 6 and region.isdigit()):
@@ -391,12 +458,20 @@ def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
         blank_group_factor=r.number("deviation", "blank_group_factor", lo=0),
         extreme_rule=r.choice("deviation", "extreme_rule", EXTREME_RULES, required=False),
         low_inclusive=r.boolean("deviation", "low_inclusive", required=False),
+        high_inclusive=r.boolean("deviation", "high_inclusive", required=False),
+        reference_by=r.choice("deviation", "reference_by", REFERENCE_BY, required=False),
     )
 
     monthly_method = r.choice("settlement", "monthly_method", MONTHLY_METHODS)
     advance = r.number("settlement", "monthly_advance_rate", lo=0, hi=1)
     deposit = r.number("settlement", "quality_deposit", lo=0, hi=1)
     bands = _parse_bands(r)
+    deposit_release = r.choice("settlement", "deposit_release", DEPOSIT_RELEASES, required=False)
+    release_scores = _parse_release_scores(r, deposit_release)
+    quota = r.number("special_review", "quota", lo=0, hi=1, required=False)
+    if quota is None:
+        quota = OPTIONAL_DEFAULTS[("special_review", "quota")]
+        r.defaults.append(f"[special_review] quota = {quota!r}")
 
     # Descriptive top-level strings a pricing builder may add; never used in calculations.
     r.unknown_keys(allowed_top={"name", "source", "description", "version", "notes"})
@@ -421,21 +496,36 @@ def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
         quality_deposit=deposit,
         bands=bands,
         defaults_applied=tuple(r.defaults),
+        deposit_release=deposit_release,
+        deposit_release_scores=release_scores,
+        review_quota=quota,
+        preset=preset,
     )
 
 
 def read_same_level_avg(source, name="same_level_avg.csv") -> pa.Table:
-    """Read ``same_level_avg.csv`` (``dip_code, level, avg_cost`` yuan) strictly.
+    """Read ``same_level_avg.csv`` (``dip_code, level, avg_cost`` yuan, optionally ``pool``) strictly.
 
-    Returns ``dip_code`` string, ``level`` int8, ``avg_cost_fen`` int64 (exact, half up).
+    Returns ``dip_code`` string, ``level`` int8, ``avg_cost_fen`` int64 (exact, half up), and
+    ``pool`` string (``employee``/``resident``) when the file has that column: the reference is
+    then keyed by group × level × pool (``[deviation] reference_by = "level_pool"``, checked by
+    :func:`check_reference_table`).
     """
     t = read_table(source)
     for col in ("dip_code", "level", "avg_cost"):
         if col not in t.column_names:
             raise DataError("required column missing", file=name, column=col)
-    extra = [c for c in t.column_names if c not in ("dip_code", "level", "avg_cost")]
+    extra = [c for c in t.column_names if c not in ("dip_code", "level", "avg_cost", "pool")]
     if extra:
         raise DataError("unknown column", file=name, column=extra[0])
+    pool = None
+    if "pool" in t.column_names:
+        pool = pc.utf8_trim_whitespace(t["pool"].cast(pa.string()))
+        ok = np.asarray(pc.fill_null(pc.is_in(pool, pa.array(POOLS)), False).combine_chunks())
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise DataError(f"pool must be {' or '.join(POOLS)}", file=name, column="pool",
+                            value=pool[i].as_py() or "", row=i + 2)
     code = pc.utf8_trim_whitespace(t["dip_code"].cast(pa.string()))
     empty = np.asarray(pc.fill_null(pc.equal(code, ""), True).combine_chunks())
     if empty.any():
@@ -451,13 +541,32 @@ def read_same_level_avg(source, name="same_level_avg.csv") -> pa.Table:
         i = int(np.flatnonzero(bad)[0])
         raise DataError("avg_cost must be a positive amount in yuan", file=name, column="avg_cost",
                         value=t["avg_cost"][i].as_py(), row=i + 2)
-    out = pa.table({"dip_code": code, "level": lvl_txt.cast(pa.int8()), "avg_cost_fen": pa.array(fen)})
-    keys = pc.binary_join_element_wise(out["dip_code"], lvl_txt, "|")
+    cols = {"dip_code": code, "level": lvl_txt.cast(pa.int8()), "avg_cost_fen": pa.array(fen)}
+    if pool is not None:
+        cols["pool"] = pool
+    out = pa.table(cols)
+    keys = pc.binary_join_element_wise(out["dip_code"], lvl_txt, *([] if pool is None else [pool]), "|")
     if pc.count_distinct(keys).as_py() != out.num_rows:
         vc = pc.value_counts(keys).to_pylist()
         dup = next(d["values"] for d in vc if d["counts"] > 1)
-        raise DataError("duplicate dip_code and level", file=name, column="dip_code", value=dup)
+        raise DataError("duplicate dip_code and level" + ("" if pool is None else " and pool"), file=name,
+                        column="dip_code", value=dup)
     return out.combine_chunks()
+
+
+def check_reference_table(reference_by: str, same_level_avg: pa.Table, name="same_level_avg.csv") -> None:
+    """The same-level table must be keyed as ``[deviation] reference_by`` says.
+
+    ``"level"``: no ``pool`` column; ``"level_pool"``: a ``pool`` column (every row names its
+    pool). Raises :class:`DataError` naming the file and column ``pool`` otherwise.
+    """
+    has_pool = "pool" in same_level_avg.column_names
+    if reference_by == "level_pool" and not has_pool:
+        raise DataError('required column missing: policy.toml [deviation] reference_by = "level_pool" keys the '
+                        "deviation reference by group, level and pool", file=name, column="pool")
+    if reference_by != "level_pool" and has_pool:
+        raise DataError('a pool column needs policy.toml [deviation] reference_by = "level_pool" (the reference '
+                        "is keyed by group and level only)", file=name, column="pool")
 
 
 def load_policy(path) -> Policy:
@@ -488,6 +597,7 @@ def load_policy(path) -> Policy:
     sla_path = directory / "same_level_avg.csv"
     _regular_file(sla_path, "same-level cost table not found (the deviation reference)")
     sla = read_same_level_avg(sla_path, name=str(sla_path))
+    check_reference_table(kwargs["deviation"].reference_by, sla, name=str(sla_path))
     sha = {"policy.toml": sha256_file(toml_path), "same_level_avg.csv": sha256_file(sla_path)}
     return Policy(path=directory, same_level_avg=sla, sha256=sha, **kwargs)
 
@@ -558,8 +668,11 @@ def check_period(policy: Policy, period) -> str | None:
 
 def policy_from_dict(doc: dict, same_level_avg: pa.Table, *, path=".") -> Policy:
     """Build a :class:`Policy` from a parsed ``policy.toml`` document and a same-level table
-    (``dip_code``, ``level`` int8, ``avg_cost_fen`` int64), with the checks of :func:`load_policy`."""
-    return Policy(path=Path(path), same_level_avg=same_level_avg, **parse_policy(doc))
+    (``dip_code``, ``level`` int8, ``avg_cost_fen`` int64; ``pool`` string with ``[deviation]
+    reference_by = "level_pool"``), with the checks of :func:`load_policy`."""
+    kwargs = parse_policy(doc)
+    check_reference_table(kwargs["deviation"].reference_by, same_level_avg)
+    return Policy(path=Path(path), same_level_avg=same_level_avg, **kwargs)
 
 
 def packaged_pricing_root() -> Path:

@@ -18,8 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dipengine._libs.scoring import score_cases
+from dipengine.errors import DataError
 from dipengine.money import yuan_float_to_fen, yuan_to_fen
-from dipengine.policy import POOLS, Policy
+from dipengine.policy import POOLS, Policy, check_reference_table
 
 LOCALITIES = ("local", "in_province", "cross_province")
 DEVIATIONS = ("normal", "low", "high", "extreme")
@@ -66,11 +67,18 @@ def _as_table(obj) -> pa.Table:
     return pa.Table.from_pandas(obj, preserve_index=False)
 
 
-def reference_costs(dip_code, level, policy: Policy, same_level_avg=None, groups=None):
+def reference_costs(dip_code, level, policy: Policy, same_level_avg=None, groups=None, pool=None):
     """Reference cost (fen) of each case and where it came from.
 
-    The same-level average of the case's group at its hospital's level; when that row is missing,
-    the group's ``avg_cost`` in the rule set (``groups``); else none (0).
+    The same-level average of the case's group at its hospital's level (and, with
+    ``[deviation] reference_by = "level_pool"``, in the case's fund pool); when that row is
+    missing, the group's ``avg_cost`` in the rule set (``groups``); else none (0).
+
+    Parameters
+    ----------
+    pool : int ndarray, optional
+        Index of each case's pool in :data:`dipengine.policy.POOLS` (-1 none); required with
+        ``reference_by = "level_pool"`` (a case without a pool has no same-level row).
 
     Returns
     -------
@@ -78,14 +86,29 @@ def reference_costs(dip_code, level, policy: Policy, same_level_avg=None, groups
     ref_source : int8 ndarray (0 same_level, 1 group_avg, 2 none)
     """
     sla = policy.same_level_avg if same_level_avg is None else same_level_avg
+    by_pool = policy.deviation.reference_by == "level_pool"
+    if same_level_avg is not None:
+        check_reference_table(policy.deviation.reference_by, sla, name="same_level_avg")
+    if by_pool and pool is None:
+        raise ValueError('reference_by = "level_pool" needs each case\'s pool')
     parts = [sla["dip_code"].combine_chunks()]
     if groups is not None:
         parts.append(groups["dip_code"].combine_chunks().cast(pa.string()))
     vocab = pc.unique(pa.concat_arrays([p.cast(pa.string()) for p in parts]))
     n_g = len(vocab)
-    table = np.zeros((n_g + 1, 4), dtype=np.int64)  # row n_g: unknown group
+    # column level (+ 4 × pool with reference_by = "level_pool"); the last column stays 0 (no pool);
+    # row n_g: unknown group
+    table = np.zeros((n_g + 1, 9 if by_pool else 4), dtype=np.int64)
     g = _codes(sla["dip_code"], vocab)
-    table[g, _np(sla["level"], np.int64, 0)] = _np(sla["avg_cost_fen"], np.int64, 0)
+    col = _np(sla["level"], np.int64, 0)
+    if by_pool:
+        sla_pool = _codes(sla["pool"], pa.array(POOLS)).astype(np.int64)
+        if (sla_pool < 0).any():
+            i = int(np.flatnonzero(sla_pool < 0)[0])
+            raise DataError(f"pool must be {' or '.join(POOLS)}", file="same_level_avg", column="pool",
+                            value=sla["pool"][i].as_py())
+        col = col + 4 * sla_pool
+    table[g, col] = _np(sla["avg_cost_fen"], np.int64, 0)
     fallback = np.zeros(n_g + 1, dtype=np.int64)
     if groups is not None:
         fb, _ = yuan_to_fen(groups["avg_cost"])  # yuan -> fen, exact, half up (as the compiled rules)
@@ -93,6 +116,9 @@ def reference_costs(dip_code, level, policy: Policy, same_level_avg=None, groups
     case_g = _codes(dip_code, vocab)
     case_g = np.where(case_g < 0, n_g, case_g)
     lvl = np.clip(level.astype(np.int64), 0, 3)
+    if by_pool:
+        p = np.asarray(pool, dtype=np.int64)
+        lvl = np.where(p >= 0, lvl + 4 * p, 8)
     same = table[case_g, lvl]
     fb = fallback[case_g]
     ref = np.where(same > 0, same, fb)
@@ -114,7 +140,8 @@ def case_points(cases, grouped, hospitals, policy: Policy, same_level_avg=None, 
         The registry (:func:`dipengine.hospitals.read_hospitals`).
     policy : Policy
     same_level_avg : pa.Table, optional
-        Reference costs (``dip_code, level, avg_cost_fen``); default ``policy.same_level_avg``.
+        Reference costs (``dip_code, level, avg_cost_fen``, and ``pool`` with ``[deviation]
+        reference_by = "level_pool"``); default ``policy.same_level_avg``.
     groups : pa.Table, optional
         The rule set's groups (``dip_code``, ``avg_cost`` yuan): fallback reference cost.
 
@@ -183,7 +210,7 @@ def case_points(cases, grouped, hospitals, policy: Policy, same_level_avg=None, 
     level_coef = np.where(is_basic, policy.basic_group_coef, level_coef)
     level_coef = np.where(scored, level_coef, np.nan)
 
-    ref_fen, ref_source = reference_costs(grouped["dip_code"], level, policy, same_level_avg, groups)
+    ref_fen, ref_source = reference_costs(grouped["dip_code"], level, policy, same_level_avg, groups, pool)
     ref_source = np.where(scored, ref_source, -1).astype(np.int8)
 
     d = policy.deviation
@@ -205,6 +232,7 @@ def case_points(cases, grouped, hospitals, policy: Policy, same_level_avg=None, 
         d.blank_group_factor,
         0 if d.extreme_rule == "high_formula" else 1,
         d.low_inclusive,
+        d.high_inclusive,
         ratio,
         deviation,
         points_e4,
@@ -256,7 +284,7 @@ def points_one(*, kind: str, base_score: float, aux_coef: float, level_coef: flo
             deviation = "low"
         elif ratio > d.extreme_ratio[lv]:
             deviation = "extreme"
-        elif ratio > d.high_ratio[lv]:
+        elif ratio > d.high_ratio[lv] or (d.high_inclusive and ratio == d.high_ratio[lv]):
             deviation = "high"
     outlier_coef = level_coef if d.apply_level_coef_to_outliers else 1.0
     if kind == "blank":
@@ -284,7 +312,11 @@ def case_points_reference(cases, grouped, hospitals, policy: Policy, same_level_
     grouped = _as_table(grouped).to_pylist()
     registry = {r["hospital_id"]: r for r in hospitals.to_pylist()}
     sla = policy.same_level_avg if same_level_avg is None else same_level_avg
-    same_level = {(r["dip_code"], r["level"]): r["avg_cost_fen"] for r in sla.to_pylist()}
+    by_pool = policy.deviation.reference_by == "level_pool"
+    if same_level_avg is not None:
+        check_reference_table(policy.deviation.reference_by, sla, name="same_level_avg")
+    same_level = {(r["dip_code"], r["level"], r["pool"] if by_pool else None): r["avg_cost_fen"]
+                  for r in sla.to_pylist()}
     group_avg = {}
     if groups is not None:
         for r in groups.to_pylist():
@@ -316,7 +348,7 @@ def case_points_reference(cases, grouped, hospitals, policy: Policy, same_level_
             coef = hosp["coefficient"]
         else:
             coef = policy.level_coef[level]
-        ref = same_level.get((g["dip_code"], level), 0)
+        ref = same_level.get((g["dip_code"], level, pool if by_pool else None), 0)  # no pool: no row
         source = "same_level"
         if ref <= 0:
             ref = group_avg.get(g["dip_code"], 0)

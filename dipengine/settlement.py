@@ -19,7 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dipengine._libs.scoring import count_by_label, sum_by_label
+from dipengine.clearing import (
+    ClearingInputs, deposit_summary, registry_scores, release_share, released_fen, split_whole,
+)
 from dipengine.errors import DataError
+from dipengine.special_review import SPECIAL_REVIEW_SCHEMA, candidate_rows, found_rows, rank_within_quota
 from dipengine.io import atomic_dir, read_table, row_groups, write_batches, write_table
 from dipengine.money import largest_remainder, round_half_up
 from dipengine.policy import POOLS, Policy
@@ -52,6 +56,52 @@ HOSPITAL_SCHEMA = pa.schema([
     ("clearing_fen", pa.int64()), ("monthly_paid_fen", pa.int64()), ("deposit_fen", pa.int64()),
     ("final_fen", pa.int64()), ("n_rejected", pa.int64()), ("n_out_of_pool", pa.int64()),
 ])
+CLEARING_MONEY_COLUMNS = ("deduction_fen", "fund_due_net_fen", "deposit_release_fen", "prepayment_fen")
+"""Money columns the clearing workflow adds to the annual statements (:func:`statement_schema`)."""
+
+
+REVIEW_STATEMENT_COLUMNS = ("n_special_review", "n_review_approved", "review_amount_fen")
+"""Statement columns of an annual clearing with special-review decisions (``--reviewed``)."""
+
+
+def statement_schema(*, deductions: bool = False, release: bool = False, prepayments: bool = False,
+                     reviewed: bool = False) -> pa.Schema:
+    """The hospital statements' schema: :data:`HOSPITAL_SCHEMA`, plus the clearing workflow's
+    columns of an annual run that has them (docs/settlement.md "Clearing workflow"):
+    ``deduction_fen``, ``fund_due_net_fen`` after ``fund_due_assessed_fen`` (audit deductions);
+    ``assessment_score``, ``deposit_release_fen`` after ``deposit_fen`` (``deposit_release =
+    "by_score"``); ``prepayment_fen`` before ``final_fen`` (prepayments); with special-review
+    decisions, :data:`REVIEW_STATEMENT_COLUMNS` after ``points_e4``."""
+    fields = []
+    for f in HOSPITAL_SCHEMA:
+        if f.name == "final_fen" and prepayments:
+            fields.append(pa.field("prepayment_fen", pa.int64()))
+        fields.append(f)
+        if f.name == "fund_due_assessed_fen" and deductions:
+            fields += [pa.field("deduction_fen", pa.int64()), pa.field("fund_due_net_fen", pa.int64())]
+        if f.name == "deposit_fen" and release:
+            fields += [pa.field("assessment_score", pa.float64()), pa.field("deposit_release_fen", pa.int64())]
+        if f.name == "points_e4" and reviewed:
+            fields += [pa.field(c, pa.int64()) for c in REVIEW_STATEMENT_COLUMNS]
+    return pa.schema(fields)
+
+
+def _per_statement(amounts, hid: str, rows: list) -> list:
+    """What ``amounts`` (prepayments or deductions) gives each of a hospital's statements
+    ``rows`` (int fen, in row order): the rows naming its pool, plus its whole-hospital rows
+    split over its statements (:func:`dipengine.clearing.split_whole`)."""
+    if amounts is None:
+        return [0] * len(rows)
+    out = [amounts.by_pool.get((hid, r["pool"]), 0) for r in rows]
+    whole = amounts.whole.get(hid, 0)
+    if whole:
+        if not rows:
+            raise DataError(f"hospital {hid} has no statement in this clearing (no case, no monthly payment): "
+                            "name the pool of its amount", file=amounts.file or amounts.kind,
+                            row=amounts.first_row.get(hid), column="pool", value=hid)
+        parts = split_whole(whole, [r["recorded_fen"] for r in rows], [r["n_cases"] for r in rows])
+        out = [a + b for a, b in zip(out, parts)]
+    return out
 
 
 def parse_period(period) -> tuple[str, int, int | None]:
@@ -103,6 +153,9 @@ def clearing_amount(due_assessed_fen: int, recorded_fen: int, bands) -> tuple[in
 
     Returns ``(clearing_fen, R, band rule)``; ``R = recorded / due'``. When ``due' <= 0`` and
     nothing was recorded, R is undefined and the clearing is ``due'`` (band ``None``).
+    ``due_assessed_fen`` is the banded due: ``fund_due_net_fen`` (due' less the audit
+    deductions) when the clearing has deductions. Rule ``retain_share_of_due`` (an extension)
+    pays recorded + share × due'.
     """
     due, rec = int(due_assessed_fen), int(recorded_fen)
     if due > 0:
@@ -124,6 +177,8 @@ def clearing_amount(due_assessed_fen: int, recorded_fen: int, bands) -> tuple[in
         amount = D
     elif band.rule == "share_overspend":
         amount = D + _dec(band.fund_share) * (Rc - D)
+    elif band.rule == "retain_share_of_due":  # surplus kept up to share × due'
+        amount = Rc + _dec(band.share) * D
     else:  # cap
         amount = D + _dec(band.fund_share) * _dec(band.cap_over) * D
     return _half_up(amount), ratio, band.rule
@@ -189,27 +244,32 @@ class SettlementResult:
     cases: pa.Table
     hospitals: pa.Table
     manifest: dict
+    special_review: pa.Table = None
 
     def write(self, out_dir) -> Path:
-        """Write ``cases.parquet``, ``hospitals.parquet``, ``hospitals.csv``, ``manifest.json``
-        into ``out_dir`` atomically (the whole directory appears at once, or not at all), byte
+        """Write ``cases.parquet``, ``hospitals.parquet``, ``hospitals.csv``,
+        ``special_review.parquet``, ``manifest.json`` into ``out_dir`` atomically (the whole directory appears at once, or not at all), byte
         for byte as :func:`dipengine.pipeline.settle_to` writes them."""
         if self.cases is None:
             raise ValueError("the case results of this run were written by settle_to, not kept")
         cases = self.cases
         return write_result(out_dir, [cases] if cases.num_rows else [], self.hospitals, lambda: self.manifest,
-                            total_rows=lambda: cases.num_rows, empty=lambda: cases)
+                            total_rows=lambda: cases.num_rows, empty=lambda: cases,
+                            special_review=self.special_review)
 
 
-def write_result(out_dir, case_tables, hospitals, manifest_fn, *, total_rows=None, empty=None) -> Path:
+def write_result(out_dir, case_tables, hospitals, manifest_fn, *, total_rows=None, empty=None,
+                 special_review=None) -> Path:
     """Write a settlement output directory atomically.
 
     ``cases.parquet`` from ``case_tables`` (an iterable of tables in row order, or a callable
     taking the temporary directory and returning one), cut into row groups at fixed row numbers
     (:func:`dipengine.io.row_groups`, ``total_rows()`` the run's row count when known), so the
     bytes depend on the rows only; then ``hospitals.parquet``, ``hospitals.csv`` (``hospitals``:
-    the statements, or a callable giving them once the cases are written) and ``manifest.json``
-    (``manifest_fn()``, called last). ``empty()``: the empty case table when there are no rows.
+    the statements, or a callable giving them once the cases are written),
+    ``special_review.parquet`` (``special_review``: a table or a callable; None: no flagged case)
+    and ``manifest.json`` (``manifest_fn()``, called last). ``empty()``: the empty case table when
+    there are no rows.
     """
     import itertools
 
@@ -224,9 +284,12 @@ def write_result(out_dir, case_tables, hospitals, manifest_fn, *, total_rows=Non
             write_batches(row_groups(itertools.chain([first], it), total=total_rows or (lambda: None)),
                           tmp / "cases.parquet", first.schema, use_dictionary=dictionary_columns(first.schema))
         statements = hospitals() if callable(hospitals) else hospitals
+        review = special_review() if callable(special_review) else special_review
         manifest = manifest_fn()
         write_table(statements, tmp / "hospitals.parquet")
         write_table(statements, tmp / "hospitals.csv")
+        write_table(SPECIAL_REVIEW_SCHEMA.empty_table() if review is None else review,
+                    tmp / "special_review.parquet")
         (tmp / "manifest.json").write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
     return out_dir
@@ -244,9 +307,11 @@ def dictionary_columns(schema: pa.Schema) -> list:
     return [n for n in schema.names if n not in PLAIN_COLUMNS and not n.endswith("_fen")]
 
 
-LABEL_SUMS = ("units", "patient", "other", "fund", "total", "n", "rejected", "out")
+LABEL_SUMS = ("units", "patient", "other", "fund", "total", "n", "rejected", "out", "flagged", "approved",
+              "review_amount")
 """Per hospital and pool sums of :class:`Totals` (int64): points (1/10,000), patient, other funds,
-recorded fund and total cost (fen) and cases of the in-pool rows; rejected and out-of-pool rows."""
+recorded fund and total cost (fen) and cases of the in-pool rows; rejected and out-of-pool rows;
+in-pool cases flagged for special review, approved by it, and the amounts it approved (fen)."""
 COUNTED = ("match_path", "deviation", "reason", "locality")
 CASE_SUMS = ("patient_paid_fen", "other_fund_paid_fen", "fund_paid_fen", "fund_benefit_fen", "fund_diff_fen")
 
@@ -302,6 +367,10 @@ class Totals:
         self.counts = {k: {} for k in COUNTED + (("paid_source",) if benefits else ())}
         self.case_sums = {k: 0 for k in CASE_SUMS}
         self.n_paid_estimated = np.zeros(len(POOLS), dtype=np.int64)
+        self.reviewed = False               # a batch carried special-review decisions
+        self.review_counts: dict = {}       # review kind -> cases
+        self.candidates: list = []          # flagged in-pool rows (special_review.candidate_rows)
+        self.review_found: list = []        # rows carrying a decision (special_review.found_rows)
 
     def add(self, scored: pa.Table, cases: pa.Table, hosp_ids: pa.Array, *, payments: bool = True) -> "Totals":
         """Add the rows of a scored batch (``case_points`` output) and its normalised cases.
@@ -320,10 +389,23 @@ class Totals:
             "total": _np(cases["total_cost_fen"], np.int64, 0),
         }
         base = np.where(ok, label, -1).astype(np.int32)
-        for key, mask, vals in (("units", in_pool, values["units"]), ("other", in_pool, values["other"]),
-                                ("total", in_pool, values["total"]), ("n", in_pool, None),
-                                ("rejected", ~scored_mask, None), ("out", scored_mask & ~in_pool, None)):
+        flagged = in_pool & _np(scored["special_review"], np.bool_, False)
+        sums = [("units", in_pool, values["units"]), ("other", in_pool, values["other"]),
+                ("total", in_pool, values["total"]), ("n", in_pool, None), ("rejected", ~scored_mask, None),
+                ("out", scored_mask & ~in_pool, None), ("flagged", flagged, None)]
+        if "review" in scored.column_names:  # special-review decisions (special_review.Reviewed.apply)
+            self.reviewed = True
+            approved = _np(pc.is_in(scored["review"], pa.array(["approved_points", "approved_amount"])),
+                           np.bool_, False)
+            sums += [("approved", in_pool & approved, None),
+                     ("review_amount", in_pool, _np(scored["review_amount_fen"], np.int64, 0))]
+            _merge_counts(self.review_counts, pc.drop_null(scored["review"]))
+            self.review_found.append(found_rows(scored))
+        for key, mask, vals in sums:
             self._label_sum(key, np.where(mask, base, -1).astype(np.int32), vals, n_labels)
+        part = candidate_rows(scored, cases)
+        if part is not None:
+            self.candidates.append(part)
         self.cases += scored.num_rows
         self.in_pool += int(in_pool.sum())
         self.special_review += int(_np(scored["special_review"], np.bool_, False).sum())
@@ -384,6 +466,11 @@ class Totals:
         for k, v in other.case_sums.items():
             self.case_sums[k] += v
         self.n_paid_estimated += other.n_paid_estimated
+        self.reviewed = self.reviewed or other.reviewed
+        for value, c in other.review_counts.items():
+            self.review_counts[value] = self.review_counts.get(value, 0) + c
+        self.candidates.extend(other.candidates)
+        self.review_found.extend(other.review_found)
         return self
 
 
@@ -392,24 +479,37 @@ class PointValues:
     """What :func:`finish` decides for a run: the point value per pool and the statements.
 
     ``case_value_fen`` : float64[2], fen per point applied to each pool's cases (0 when none);
-    ``pools`` : the manifest's per-pool entries; ``statements`` : the hospital table (§6.3).
+    ``pools`` : the manifest's per-pool entries; ``statements`` : the hospital table (§6.3);
+    ``clearing`` : the manifest's ``clearing`` entry (prepayments, deductions, deposit release),
+    None when the run has none of them; ``special_review`` : the flagged in-pool cases ranked
+    within their hospitals' quotas (``special_review.parquet``).
     """
 
     case_value_fen: np.ndarray
     pools: dict
     statements: pa.Table
     h_standard: np.ndarray
+    clearing: dict | None = None
+    special_review: pa.Table = None
 
 
-def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, monthly: dict | None = None) -> PointValues:
+def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, monthly: dict | None = None,
+           clearing: ClearingInputs | None = None) -> PointValues:
     """Point values (dip-rules §5) and hospital statements (§7) from a run's exact totals.
 
     Monthly: the budget point value. Annual: the settlement point value of each pool from its
     total-cost budget and Σ points (clamped to the policy's band when it has one); when it
     floats, the hospital standards are reconciled to the budget by largest remainder.
     ``monthly``: ``{(hospital_id, pool): (paid_fen, deposit_fen)}`` (:func:`read_monthly`).
+    ``clearing``: the annual clearing's prepayments and audit deductions
+    (:func:`dipengine.clearing.read_clearing_inputs`); with the policy's ``deposit_release``
+    they add the statement columns of :func:`statement_schema` (docs/settlement.md "Clearing
+    workflow"). Without them (and with ``deposit_release = "full"``) the statements are as before.
     """
     kind, year, _ = parse_period(period)
+    if kind == "monthly" and clearing is not None:
+        raise DataError("prepayments and audit deductions apply to the annual clearing (period YYYY) only",
+                        column="period", value=str(period))
     hosp_ids = hospitals["hospital_id"].combine_chunks()
     n_labels = 2 * len(hosp_ids)
     if totals.n_hospitals != len(hosp_ids):
@@ -418,6 +518,10 @@ def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, month
     h_units, h_patient, h_other, h_fund, h_total, h_n = (L[k] for k in ("units", "patient", "other", "fund",
                                                                        "total", "n"))
     h_rejected, h_out = L["rejected"], L["out"]
+    h_review = L["review_amount"]  # special review: approved amounts paid per item, outside the points
+    if totals.reviewed and kind == "monthly":
+        raise DataError("special-review decisions apply to the annual clearing (period YYYY) only",
+                        column="period", value=str(period))
     bv_fen = {p: None if policy.budget_value[p] is None else policy.budget_value[p] * 100.0 for p in POOLS}
     if kind == "monthly" or policy.band is not None:
         policy.require_budget_value("a monthly pre-settlement" if kind == "monthly" else "the point value band")
@@ -430,9 +534,12 @@ def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, month
         U = int(h_units[sl].sum())
         P, Fp, C = int(h_patient[sl].sum()), int(h_fund[sl].sum()), int(h_total[sl].sum())
         O = int(h_other[sl].sum())
+        A = int(h_review[sl].sum())
         info = {"budget_value_yuan": policy.budget_value[p], "points": U / 10000.0, "points_e4": U,
                 "patient_paid_fen": P, "other_fund_paid_fen": O, "recorded_fen": Fp, "total_cost_fen": C,
                 "n_cases": int(h_n[sl].sum())}
+        if totals.reviewed:
+            info["review_amount_fen"] = A
         floating = False
         if kind == "monthly":
             pv = bv_fen[p]
@@ -443,7 +550,8 @@ def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, month
                         settlement_method=policy.settlement_method)
             if U > 0:
                 T = total_cost_budget_fen(policy.settlement_method, F, P, Fp, C, O)
-                raw = point_value_fen(T, U)
+                # approved special-review amounts are paid out of the same budget, per item
+                raw = point_value_fen(T - A, U)
                 pv = raw
                 clamped = False
                 if policy.band is not None:
@@ -453,6 +561,8 @@ def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, month
                 floating = not clamped
                 info.update(total_cost_budget_fen=T, settlement_value_raw_yuan=raw / 100.0,
                             clamped=clamped, point_value_used="settlement")
+                if totals.reviewed:
+                    info["points_budget_fen"] = T - A
             else:
                 pv = float("nan")
                 info.update(total_cost_budget_fen=None, settlement_value_raw_yuan=None, clamped=False,
@@ -461,10 +571,11 @@ def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, month
         info["reconciled_to_budget"] = floating
         pv_case[pi] = 0.0 if np.isnan(pv) else pv
         if floating:
-            h_standard[sl] = largest_remainder(h_units[sl].astype(np.float64), info["total_cost_budget_fen"],
+            h_standard[sl] = largest_remainder(h_units[sl].astype(np.float64), info["total_cost_budget_fen"] - A,
                                                keys=rank)
         elif not np.isnan(pv):
             h_standard[sl] = round_half_up(h_units[sl] * pv / 10000.0)
+        h_standard[sl] += h_review[sl]
         if totals.benefits:
             info["n_paid_estimated"] = int(totals.n_paid_estimated[pi])
         info["hospital_standard_fen"] = int(h_standard[sl].sum())
@@ -475,43 +586,87 @@ def finish(totals: Totals, hospitals: pa.Table, policy: Policy, period, *, month
     assess = _np(hospitals["assessment_coef"], np.float64, 1.0)
     h_level = _np(hospitals["level"], np.int8, 0)
     monthly = monthly or {}
+    annual = kind == "annual"
+    deductions = clearing.deductions if annual and clearing is not None else None
+    prepayments = clearing.prepayments if annual and clearing is not None else None
+    by_score = annual and policy.deposit_release == "by_score"
+    scores = registry_scores(hospitals) if by_score else None
+    # a pool a prepayment or deduction names gets a statement even without a case in it
+    listed = {k for a in (deductions, prepayments) if a is not None for k, fen in a.by_pool.items() if fen}
     order = np.argsort(np.asarray(hosp_ids.to_pylist(), dtype=object), kind="stable")
     rows = []
     known = set()
     for hi_ in order:
         hid = hosp_ids[int(hi_)].as_py()
+        mine = []
         for pi, p in enumerate(POOLS):
             lab = int(hi_) * 2 + pi
-            m_paid, m_dep = monthly.get((hid, p), (0, 0))
-            if not (h_n[lab] or h_rejected[lab] or h_out[lab] or (hid, p) in monthly):
+            if not (h_n[lab] or h_rejected[lab] or h_out[lab] or (hid, p) in monthly or (hid, p) in listed):
                 continue
             known.add((hid, p))
-            row = dict(hospital_id=hid, pool=p, level=int(h_level[hi_]), n_cases=int(h_n[lab]),
-                       points=h_units[lab] / 10000.0, points_e4=int(h_units[lab]),
-                       standard_fen=int(h_standard[lab]), patient_paid_fen=int(h_patient[lab]),
-                       other_fund_paid_fen=int(h_other[lab]), fund_due_fen=int(h_due[lab]),
-                       assessment_coef=float(assess[hi_]),
-                       recorded_fen=int(h_fund[lab]), n_rejected=int(h_rejected[lab]),
-                       n_out_of_pool=int(h_out[lab]))
-            if kind == "monthly":
+            mine.append(dict(hospital_id=hid, pool=p, level=int(h_level[hi_]), n_cases=int(h_n[lab]),
+                             points=h_units[lab] / 10000.0, points_e4=int(h_units[lab]),
+                             standard_fen=int(h_standard[lab]), patient_paid_fen=int(h_patient[lab]),
+                             other_fund_paid_fen=int(h_other[lab]), fund_due_fen=int(h_due[lab]),
+                             assessment_coef=float(assess[hi_]),
+                             recorded_fen=int(h_fund[lab]), n_rejected=int(h_rejected[lab]),
+                             n_out_of_pool=int(h_out[lab]), n_special_review=int(L["flagged"][lab]),
+                             n_review_approved=int(L["approved"][lab]), review_amount_fen=int(h_review[lab])))
+        if kind == "monthly":
+            for row in mine:
                 paid, dep = monthly_payment(row["standard_fen"], row["patient_paid_fen"],
                                             row["recorded_fen"], policy,
                                             other_fund_paid_fen=row["other_fund_paid_fen"])
                 row.update(fund_due_assessed_fen=None, ratio_R=None, band=None, clearing_fen=None,
                            monthly_paid_fen=paid, deposit_fen=dep, final_fen=paid)
-            else:
-                due_a = _half_up(Decimal(row["fund_due_fen"]) * _dec(row["assessment_coef"]))
-                clearing, ratio, band = clearing_amount(due_a, row["recorded_fen"], policy.bands)
-                row.update(fund_due_assessed_fen=due_a, ratio_R=ratio, band=band, clearing_fen=clearing,
-                           monthly_paid_fen=int(m_paid), deposit_fen=int(m_dep),
-                           final_fen=clearing - int(m_paid))
-            rows.append(row)
+            rows.extend(mine)
+            continue
+        ded = _per_statement(deductions, hid, mine)
+        pre = _per_statement(prepayments, hid, mine)
+        for row, ded_fen, pre_fen in zip(mine, ded, pre):
+            m_paid, m_dep = monthly.get((hid, row["pool"]), (0, 0))
+            due_a = _half_up(Decimal(row["fund_due_fen"]) * _dec(row["assessment_coef"]))
+            due_net = due_a - ded_fen  # audit deductions come off due' before the bands (dip-rules §7.4)
+            clearing_fen, ratio, band = clearing_amount(due_net, row["recorded_fen"], policy.bands)
+            release = int(m_dep)
+            if by_score:
+                score = scores[int(hi_)]
+                if score is None and m_dep:
+                    raise DataError(f"no assessment_score for hospital {hid}, which has a quality deposit to "
+                                    'release ([settlement] deposit_release = "by_score")', file="hospitals",
+                                    column="assessment_score", value=hid)
+                row["assessment_score"] = score
+                release = 0 if not m_dep else released_fen(int(m_dep),
+                                                           release_share(score, policy.deposit_release_scores))
+                row["deposit_release_fen"] = release
+            if deductions is not None:
+                row.update(deduction_fen=ded_fen, fund_due_net_fen=due_net)
+            if prepayments is not None:
+                row["prepayment_fen"] = pre_fen
+            # final = clearing − Σ monthly gross + deposit release − prepayment offset (dip-rules §7.3)
+            row.update(fund_due_assessed_fen=due_a, ratio_R=ratio, band=band, clearing_fen=clearing_fen,
+                       monthly_paid_fen=int(m_paid), deposit_fen=int(m_dep),
+                       final_fen=clearing_fen - int(m_paid) - (int(m_dep) - release) - pre_fen)
+        rows.extend(mine)
     unknown_monthly = sorted(k for k in monthly if k not in known)
     if unknown_monthly:
         raise DataError("monthly statement names a hospital/pool not in the registry",
                         column="hospital_id", value=f"{unknown_monthly[0][0]}/{unknown_monthly[0][1]}")
-    statements = pa.Table.from_pylist(rows, schema=HOSPITAL_SCHEMA)
-    return PointValues(case_value_fen=pv_case, pools=pool_info, statements=statements, h_standard=h_standard)
+    schema = statement_schema(deductions=deductions is not None, release=by_score,
+                              prepayments=prepayments is not None, reviewed=totals.reviewed)
+    statements = pa.Table.from_pylist(rows, schema=schema)
+    info = None
+    if annual and (deductions is not None or prepayments is not None or by_score):
+        info = {a.kind: a.summary() for a in (prepayments, deductions) if a is not None}
+        if by_score:
+            info["deposit_release"] = {"rule": "by_score", "scores": list(policy.deposit_release_scores),
+                                       **deposit_summary(statements)}
+    in_pool_cases = {}
+    for hi_, hid in enumerate(hosp_ids.to_pylist()):
+        in_pool_cases[hid] = int(h_n[2 * hi_] + h_n[2 * hi_ + 1])
+    review = rank_within_quota(totals.candidates, in_pool_cases, policy.review_quota)
+    return PointValues(case_value_fen=pv_case, pools=pool_info, statements=statements, h_standard=h_standard,
+                       clearing=info, special_review=review)
 
 
 def case_table(scored: pa.Table, cases: pa.Table) -> pa.Table:
@@ -536,7 +691,8 @@ def case_table(scored: pa.Table, cases: pa.Table) -> pa.Table:
 def case_money(table: pa.Table, case_value_fen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(standard_fen, fund_due_fen)`` (int64) of each row of a :func:`case_table` batch.
 
-    standard = case points × the pool's point value, half up; fund due = standard − patient
+    standard = case points × the pool's point value, half up (plus the approved amount of a case
+    special review pays per item, ``review_amount_fen``); fund due = standard − patient
     payments − other funds' payments; both 0 off the pools.
     """
     pool = _codes(table["pool"], pa.array(POOLS))
@@ -546,6 +702,8 @@ def case_money(table: pa.Table, case_value_fen: np.ndarray) -> tuple[np.ndarray,
     other = _np(table["other_fund_paid_fen"], np.int64, 0)
     pv_rows = np.where(in_pool, np.asarray(case_value_fen, dtype=np.float64)[np.where(pool >= 0, pool, 0)], 0.0)
     standard = np.where(in_pool, round_half_up(pe4 * pv_rows / 10000.0), 0).astype(np.int64)
+    if "review_amount_fen" in table.column_names:
+        standard += np.where(in_pool, _np(table["review_amount_fen"], np.int64, 0), 0)
     due = np.where(in_pool, standard - patient - other, 0).astype(np.int64)
     return standard, due
 
@@ -588,7 +746,7 @@ def manifest_of(totals: Totals, values: PointValues, policy: Policy, period, cas
     }
     if totals.benefits:
         counts["paid_source"] = dict(sorted(totals.counts["paid_source"].items()))
-    return {
+    out = {
         "engine": "dipengine",
         "version": _version(),
         "command": "settle",
@@ -599,15 +757,38 @@ def manifest_of(totals: Totals, values: PointValues, policy: Policy, period, cas
         "total_points": sum(i["points_e4"] for i in pool_info.values()) / 10000.0,
         "sums": {
             "cases": case_sums,
-            "hospitals": {c: int(pc.sum(statements[c]).as_py() or 0) for c in MONEY_HOSPITAL_COLUMNS},
+            "hospitals": {c: int(pc.sum(statements[c]).as_py() or 0) for c in MONEY_HOSPITAL_COLUMNS
+                          + CLEARING_MONEY_COLUMNS if c in statements.column_names},
         },
         "counts": counts,
         "sha256": {"policy": dict(policy.sha256)},
     }
+    if values.clearing is not None:
+        out["clearing"] = values.clearing
+    out["special_review"] = special_review_summary(values.special_review, totals, policy)
+    return out
+
+
+def special_review_summary(review: pa.Table, totals: Totals, policy: Policy) -> dict:
+    """The manifest's ``special_review`` entry: quota, flagged in-pool cases, how many fall
+    within their hospitals' quotas, and (with decisions) the decisions and approved amounts."""
+    within = int(pc.sum(review["within_quota"]).as_py() or 0) if review is not None and review.num_rows else 0
+    n = 0 if review is None else review.num_rows
+    over = 0
+    if n:
+        beyond = review.filter(pc.invert(review["within_quota"]))
+        over = len(set(beyond["hospital_id"].to_pylist()))
+    out = {"quota": policy.review_quota, "flagged": n, "within_quota": within, "beyond_quota": n - within,
+           "hospitals_beyond_quota": over}
+    if totals.reviewed:
+        out["decisions"] = {k: int(totals.review_counts.get(k, 0))
+                            for k in ("approved_points", "approved_amount", "rejected")}
+        out["review_amount_fen"] = int(totals.labels["review_amount"].sum())
+    return out
 
 
 def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, period, *,
-                  monthly: dict | None = None) -> SettlementResult:
+                  monthly: dict | None = None, clearing: ClearingInputs | None = None) -> SettlementResult:
     """Settle cases already scored by :func:`dipengine.scoring.case_points`, all in memory.
 
     The same steps as the streaming run (:mod:`dipengine.pipeline`) on one batch:
@@ -629,15 +810,19 @@ def settle_scored(scored: pa.Table, cases, hospitals: pa.Table, policy: Policy, 
         clearing at the settlement point value).
     monthly : dict, optional
         ``{(hospital_id, pool): (paid_fen, deposit_fen)}`` from :func:`read_monthly` (annual only).
+    clearing : ClearingInputs, optional
+        Prepayments and audit deductions (:func:`dipengine.clearing.read_clearing_inputs`;
+        annual only), as :func:`finish` applies them.
     """
     cases = _as_table(cases)
     hosp_ids = hospitals["hospital_id"].combine_chunks()
     totals = Totals(len(hosp_ids), benefits="paid_source" in cases.column_names).add(scored, cases, hosp_ids)
-    values = finish(totals, hospitals, policy, period, monthly=monthly)
+    values = finish(totals, hospitals, policy, period, monthly=monthly, clearing=clearing)
     table, per_pool = add_case_money(case_table(scored, cases), values.case_value_fen)
     due = int(pc.sum(table["fund_due_fen"]).as_py() or 0)
     manifest = manifest_of(totals, values, policy, period, per_pool, due)
-    return SettlementResult(cases=table, hospitals=values.statements, manifest=manifest)
+    return SettlementResult(cases=table, hospitals=values.statements, manifest=manifest,
+                            special_review=values.special_review)
 
 
 def _version() -> str:

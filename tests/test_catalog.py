@@ -267,6 +267,103 @@ def test_auxiliary_coefficients():
     assert {k[0] for k in aux} == {"I63.9-C"}
 
 
+# ------------------------------------------------- catalogue options and the comprehensive threshold
+
+def _subtype_years():
+    """I63.9-C: 40 cases of 10,000 and four subtype populations of 20; the group mean is 14,000."""
+    rows = (many(40, "I63.900", None, 10000)
+            + many(20, "I63.900", None, 21000, mode=9)                         # death only with mode 9
+            + many(20, "I63.900", None, 17500, odx=["A41.900"], los=2)          # sepsis, 2 days
+            + many(20, "I63.900", None, 16800, odx=["E11.900", "I21.900"])      # CCI score 2
+            + many(20, "I63.900", None, 8700, age=67)
+            + many(40, "J18.900", None, 5000))
+    return [rows] * 3
+
+
+CUSTOM_OPTIONS = {"cci_levels": [1, 2, 5], "severity_min_los": 2, "death_discharge_mode": 9,
+                  "age_bands": ["60p:60:", "65_74:65:74"]}
+
+
+def test_catalogue_options_decide_the_subtypes_and_go_into_the_rule_set(tmp_path):
+    from dipengine import rules
+
+    def aux_of(res):
+        return {r["subtype"]: r["coefficient"] for r in res.aux.to_pylist() if r["dip_code"] == "I63.9-C"}
+
+    default = build(_subtype_years(), tmp_path / "default")
+    # default options: mode 9 is no death, LOS 2 is under the severity gate, CCI 2 is cci_1, 67 is 65-69
+    assert aux_of(default) == {"cci_1": 1.2, "age_65_69": 0.6214}          # 16,800 / 14,000; 8,700 / 14,000
+    custom = build(_subtype_years(), tmp_path / "custom", options=CUSTOM_OPTIONS)
+    assert aux_of(custom) == {"death": 1.5, "severity_III": 1.25, "cci_2": 1.2,  # 21,000 / 17,500 / 16,800
+                              "age_60p": 0.6214, "age_65_74": 0.6214}         # a case counts for each band
+    assert custom.groups.equals(default.groups) and custom.same_level_avg.equals(default.same_level_avg)
+    assert custom.options == CUSTOM_OPTIONS
+    # the rule set carries the options it was built with, so the grouper reads what the builder used
+    man = tomllib.loads((tmp_path / "custom" / "manifest.toml").read_text())
+    assert man["options"] == CUSTOM_OPTIONS
+    assert tomllib.loads((tmp_path / "default" / "manifest.toml").read_text())["options"] == {
+        k: rules.DEFAULT_OPTIONS[k] for k in catalog.CATALOG_OPTIONS}
+    assert rules.check_rules(tmp_path / "custom") == []
+    rs = rules.load_rules(tmp_path / "custom")
+    assert {k: rs.options[k] for k in CUSTOM_OPTIONS} == CUSTOM_OPTIONS
+
+
+def test_grouper_applies_the_coefficients_of_a_rule_set_built_with_options(tmp_path):
+    from dipengine import rules
+    from dipengine.reference import group_case
+
+    build(_subtype_years(), tmp_path / "rules", options=CUSTOM_OPTIONS)
+    rs = rules.load_rules(tmp_path / "rules")
+    base = dict(case_id="x", hospital_id="H5", main_dx="I63.900", main_proc=None, other_procs=[], other_dx=[],
+                discharge_mode=1, los=5, age=40, age_days=None, sex="F", total_cost_fen=1_000_000)
+    for change, subtype in (({"discharge_mode": 9}, "death"), ({"other_dx": ["A41.900"], "los": 2}, "severity_III"),
+                            ({"other_dx": ["E11.900", "I21.900"]}, "cci_2"), ({"age": 67}, "age_60p"), ({}, None)):
+        g = group_case({**base, **change}, rs)
+        assert (g["dip_code"], g["aux_subtype"]) == ("I63.9-C", subtype), change
+
+
+@pytest.mark.parametrize("options, expect", [
+    ({"cci_levels": [3, 1, 5]}, "option cci_levels = [3, 1, 5]: must be three increasing positive integers"),
+    ({"severity_min_los": -1}, "option severity_min_los = -1: must be a non-negative integer"),
+    ({"death_discharge_mode": "5"}, "option death_discharge_mode = '5': must be a non-negative integer"),
+    ({"age_bands": ["a:5:1"]}, "ends before it starts"),
+    ({"age_bands": ["a:1:5", "a:6:9"]}, "age band age_a twice"),
+    ({"age_bands": [f"b{i}:{i}:{i}" for i in range(65)]}, "at most 64 age bands"),
+    ({"match_mode": "all_listed"}, "'match_mode' is not an option of the catalogue build"),
+])
+def test_bad_catalogue_options_are_named(options, expect):
+    with pytest.raises(ValueError) as e:
+        build(_subtype_years(), options=options)
+    assert expect in str(e.value)
+    with pytest.raises(ValueError, match="comprehensive_threshold must be positive"):
+        build(_subtype_years(), comprehensive_threshold=0)
+
+
+def test_comprehensive_threshold_is_its_own_setting():
+    rows = (many(5, "K80.100", None, 7000) + many(12, "K80.000", None, 9000)      # K80 conservative: 17
+            + many(5, "K81.000", None, 4000) + many(12, "K82.800", None, 6000)    # K00-K93 conservative: 17
+            + many(3, "A00.000", None, 3000)                                       # 3 a year
+            + many(40, "J18.900", None, 5000))
+    same = groups(build([rows] * 3))
+    assert groups(build([rows] * 3, comprehensive_threshold=15)) == same  # default: the core threshold
+    # 20 a year: K80 (17) is too thin, K80 and K81/K82 pool by chapter (34); A00 stays blank
+    hi = groups(build([rows] * 3, comprehensive_threshold=20))
+    assert "K80-C" not in hi and hi["K00-K93-C"]["n_cases"] == 3 * 34 and hi["BLANK"]["n_cases"] == 9
+    assert hi["J18.9-C"]["group_type"] == "core"  # core groups keep threshold 15
+    # 3 a year: A00 becomes a comprehensive group; K80.0 (12 a year) is still no core group
+    lo = groups(build([rows] * 3, comprehensive_threshold=3))
+    assert lo["A00-C"]["n_cases"] == 9 and lo["K80-C"]["n_cases"] == 51 and "K80.0-C" not in lo
+    assert lo["BLANK"]["n_cases"] == 0 and lo["BLANK"]["score"] == 1000.0
+    # the blank group is scored from its own cases once they reach the comprehensive threshold:
+    # 2 + 2 residual cases a year in two chapters (no pool of 3), 4 in the blank group; kept cases
+    # 38 × 5,000 + 4 × 2,500 a year, M = 200,000 / 42, blank score = 2,500 / M × 1,000 = 525
+    years = [many(40, "J18.900", None, 5000) + many(2, "A00.000", None, 2500) + many(2, "E86.000", None, 2500)] * 3
+    for comp, score in ((3, 525.0), (4, 525.0), (5, 1000.0), (None, 1000.0)):
+        g = groups(build(years, threshold=40, comprehensive_threshold=comp))
+        assert set(g) == {"J18.9-C", "BLANK"} and g["BLANK"]["n_cases"] == 12
+        assert g["BLANK"]["score"] == score, comp
+
+
 def test_same_level_averages_budget_point_value_and_pool_budgets():
     last = (many(20, "K35.800", "47.0100", 9000, h="H3") + many(20, "K35.800", "47.0100", 11000, h="H5")
             + many(20, "J18.900", None, 5000, ins="resident")
@@ -377,15 +474,80 @@ def test_cli_build(tmp_path):
     assert (tmp_path / "rules" / "groups.csv").exists() and (tmp_path / "pricing" / "policy.toml").exists()
     man = tomllib.loads((tmp_path / "rules" / "manifest.toml").read_text())
     assert man["build"]["history_sha256"][0] == catalog.sha256_file(paths[0])
+    assert man["options"]["cci_levels"] == [1, 3, 5] and man["build"]["comprehensive_threshold"] == 15.0
     assert main(args + ["--weights", "1,2"]) == 2
     assert main(["catalog", "build", "--history", str(tmp_path / "missing.parquet"), "--hospitals",
                  str(tmp_path / "hospitals.csv"), "--out", str(tmp_path / "r2")]) == 1
+
+
+def test_cli_build_takes_the_catalogue_options(tmp_path, capsys):
+    from dipengine.cli import main
+
+    paths = []
+    for rows, year in zip(_subtype_years(), YEARS):
+        paths.append(str(tmp_path / f"history_{year}.parquet"))
+        pq.write_table(table(rows, year), paths[-1])
+    HOSP.to_pandas().to_csv(tmp_path / "hospitals.csv", index=False)
+    base = ["catalog", "build", "--history", *paths, "--hospitals", str(tmp_path / "hospitals.csv")]
+    opts = ["--cci-levels", "1,2,5", "--severity-min-los", "2", "--death-discharge-mode", "9",
+            "--age-bands", "60p:60:,65_74:65:74", "--comprehensive-threshold", "20"]
+    assert main(base + ["--out", str(tmp_path / "rules")] + opts) == 0
+    man = tomllib.loads((tmp_path / "rules" / "manifest.toml").read_text())
+    assert man["options"] == CUSTOM_OPTIONS
+    assert man["build"]["comprehensive_threshold"] == 20.0 and man["build"]["threshold"] == 15.0
+    aux = (tmp_path / "rules" / "aux_coefficients.csv").read_text()
+    assert "I63.9-C,death,1.5" in aux and "I63.9-C,age_65_74,0.6214" in aux
+    assert main(base + ["--out", str(tmp_path / "r2"), "--age-bands", "none"]) == 0
+    assert tomllib.loads((tmp_path / "r2" / "manifest.toml").read_text())["options"]["age_bands"] == []
+    assert "age_" not in (tmp_path / "r2" / "aux_coefficients.csv").read_text()
+    capsys.readouterr()
+    for bad, word in ((["--cci-levels", "1,x,5"], "--cci-levels"), (["--cci-levels", "5,3,1"], "cci_levels"),
+                      (["--age-bands", "old:80"], "age band"), (["--severity-min-los", "-2"], "severity_min_los"),
+                      (["--comprehensive-threshold", "0"], "comprehensive_threshold")):
+        assert main(base + ["--out", str(tmp_path / "r3")] + bad) == 2, bad
+        assert word in capsys.readouterr().err
+    assert not (tmp_path / "r3").exists()
+
+
+def test_default_build_reproduces_the_shipped_demo_tables(tmp_path):
+    """Default options and comprehensive threshold: the files ``scripts/make_shipped_tables.py`` wrote
+    (the tables, byte for byte, made before the options existed; the manifest now also records them)."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_shipped_tables", repo / "scripts" / "make_shipped_tables.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    new_rules, new_pricing = script.generate(tmp_path)
+    shipped = repo / "grouper_rules" / "demo"
+    for name in ("groups.csv", "procedures.csv", "aux_coefficients.csv", "cci_weights.csv", "severity_dx.csv",
+                 "excluded_dx.csv", "excluded_proc.csv"):
+        assert (new_rules / name).read_bytes() == (shipped / name).read_bytes(), name
+    sla = repo / "pricing_tables" / "440200" / "2026" / "same_level_avg.csv"
+    assert (new_pricing / "same_level_avg.csv").read_bytes() == sla.read_bytes()
+    man = tomllib.loads((new_rules / "manifest.toml").read_text())
+    from dipengine.rules import DEFAULT_OPTIONS
+    assert man["options"] == {k: DEFAULT_OPTIONS[k] for k in catalog.CATALOG_OPTIONS}
+    assert man["build"]["comprehensive_threshold"] == man["build"]["threshold"] == 15.0
+    assert script._differences(new_rules, shipped) == []  # the shipped manifest is up to date too
 
 
 # ---------------------------------------------------------------------------------- the twin
 
 DXS = ["K35.800", "K35.100", "K80.100", "K81.000", "J18.900", "A41.900", "C16.900", "Z51.100"]
 ODX = ["A41.900", "J96.000", "J18.000", "E11.900", "E14.200", "I50.000", "C78.000", "N18.500"]
+
+
+OPTION_VARIANTS = [
+    None,
+    CUSTOM_OPTIONS,
+    # overlapping bands, a severity gate of 0 days (an unknown LOS still has no severity), death = mode 1
+    {"cci_levels": [1, 2, 2], "severity_min_los": 0, "death_discharge_mode": 1,
+     "age_bands": ["0_1y:0d:364d", "60p:60:", "3_70:3:70", "1y:365d:365d"]},
+    {"age_bands": [f"b{i}:{i * 9}:{i * 9 + 20}" for i in range(10)]},  # more than 8: a 16-bit band mask
+    {"age_bands": []},
+]
 
 
 @st.composite
@@ -403,10 +565,10 @@ def histories(draw):
                 other=draw(st.lists(st.sampled_from(list(PROC_CLASS)), max_size=3)),
                 odx=draw(st.lists(st.sampled_from(ODX), max_size=3)),
                 h=draw(st.sampled_from(list(LEVELS))),
-                mode=draw(st.sampled_from([1, 1, 5])),
-                los=draw(st.integers(1, 6)),
-                age=draw(st.sampled_from([0, 3, 40, 67, 85])),
-                age_days=draw(st.sampled_from([None, 10, 100])),
+                mode=draw(st.sampled_from([1, 1, 5, 9])),
+                los=draw(st.sampled_from([None, 0, 1, 2, 3, 4, 6])),
+                age=draw(st.sampled_from([None, 0, 3, 40, 67, 85])),
+                age_days=draw(st.sampled_from([None, 10, 100, 364, 365])),
             ))
         years.append(rows)
     params = dict(
@@ -420,6 +582,8 @@ def histories(draw):
         aux_min_cases=draw(st.sampled_from([1, 2])),
         aux_min_diff=draw(st.sampled_from([0.0, 0.1])),
         diagnostic_as_conservative=draw(st.booleans()),
+        comprehensive_threshold=draw(st.sampled_from([None, 1, 4])),
+        options=draw(st.sampled_from(OPTION_VARIANTS)),
     )
     return years, params
 
@@ -503,6 +667,9 @@ def synth_histories():
     (11, dict(trim=None, threshold=3, related_min_gain=0.0, batch_size=1000)),
     (12, dict(threshold=1, min_trim_group=2, trim=(0.2, 0.7), diagnostic_as_conservative=True, batch_size=97)),
     (13, dict(threshold=2, aux_min_cases=1, aux_min_diff=0.0, basic_cv=2.0, basic_share=0.0)),
+    (11, dict(threshold=20, comprehensive_threshold=4, aux_min_cases=1, aux_min_diff=0.0, batch_size=500,
+              options={"cci_levels": [1, 1, 2], "severity_min_los": 1, "death_discharge_mode": 9,
+                       "age_bands": [f"b{i}:{i * 7}:{i * 7 + 30}" for i in range(12)]})),
 ])
 @pytest.mark.parametrize("partition_rows", [1, 40, 1000, None])
 def test_bounded_build_writes_the_files_of_the_whole_array_build(tmp_path, monkeypatch, synth_histories, seed,

@@ -714,7 +714,7 @@ def test_demo_writes_the_contract_layout_and_provenance(demo):
 
     for d in folders:
         assert sorted(p.name for p in d.iterdir()) == [".dipengine-output", "cases.parquet", "hospitals.csv",
-                                                       "hospitals.parquet", "manifest.json"]
+                                                       "hospitals.parquet", "manifest.json", "special_review.parquet"]
         m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
         # like `settle --out`: the sha256 of every input file, rule table and policy file
         assert m["sha256"]["inputs"] == {"cases.parquet": sha256_file(demo / "cases.parquet")}

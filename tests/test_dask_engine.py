@@ -123,6 +123,26 @@ def test_annual_clearing_nets_off_monthly_runs(region, client, tmp_path):
         _local(region, tmp_path / "l", "2026", monthly=months)
 
 
+def test_clearing_inputs_are_byte_identical(region, client, tmp_path):
+    """Prepayments and audit deductions (issue 17 item 7) are read by prepare and applied by finish
+    on the client: the same files on both engines."""
+    import pyarrow.csv as pcsv
+
+    ids = pcsv.read_csv(region["hospitals"])["hospital_id"].to_pylist()
+    (tmp_path / "pre.csv").write_text("hospital_id,amount,pool\n" + "".join(
+        f"{h},{1000 + i}.5{i % 10},{'employee' if i % 2 else ''}\n" for i, h in enumerate(ids[:10])), encoding="utf-8")
+    (tmp_path / "ded.csv").write_text("hospital_id,amount,reason\n" + "".join(
+        f"{h},{i * 37}.01,audit {i % 3}\n" for i, h in enumerate(ids[::3])), encoding="utf-8")
+    m = "2026-03"
+    pipeline.settle_to(tmp_path / m, str(region["one"]), RULES, PRICING, str(region["hospitals"]), m)
+    kw = dict(monthly=[str(tmp_path / m)], prepayments=str(tmp_path / "pre.csv"),
+              deductions=str(tmp_path / "ded.csv"))
+    want = _local(region, tmp_path / "l", "2026", **kw)
+    assert _dask(region, tmp_path / "d", "2026", client, piece_rows=1500, **kw) == want
+    stm = pq.read_table(tmp_path / "d" / "hospitals.parquet")
+    assert {"deduction_fen", "fund_due_net_fen", "prepayment_fen"} <= set(stm.column_names)
+
+
 def test_cli_engine_dask_with_a_scheduler_address(region, client, tmp_path):
     args = ["settle", "--rules", RULES, "--pricing", PRICING, "--hospitals", str(region["hospitals"]),
             "--input", str(region["one"]), "--period", "2026"]
@@ -168,3 +188,67 @@ def test_repeats_given_to_the_reader_replace_its_duplicate_pass(region):
     assert pc.sum(pc.equal(marked["reason"], "DUPLICATE_CASE")).as_py() == 1
     with pytest.raises(ValueError, match="repeats"):
         list(iter_cases(piece, repeats=np.array([5000], np.int64)))
+
+
+def test_deviation_options_run_the_same_on_dask(region, client, tmp_path):
+    """[deviation] high_inclusive and reference_by = "level_pool" (issue 17 item 3) on both engines."""
+    import shutil
+
+    from dipengine.policy import resolve_pricing_dir
+
+    pricing = tmp_path / "pricing"
+    shutil.copytree(resolve_pricing_dir(PRICING), pricing)
+    (pricing / "manifest.toml").unlink()  # the copy is edited below
+    toml = pricing / "policy.toml"
+    text = "".join(line for line in toml.read_text(encoding="utf-8").splitlines(keepends=True)
+                   if not line.startswith(("high_inclusive", "reference_by")))
+    toml.write_text(text.replace("[deviation]", '[deviation]\nhigh_inclusive = true\nreference_by = "level_pool"'),
+                    encoding="utf-8")
+    sla = pricing / "same_level_avg.csv"
+    lines = sla.read_text(encoding="utf-8").splitlines()
+    rows = ["dip_code,level,pool,avg_cost"]
+    for i, line in enumerate(lines[1:]):
+        code, level, cost = line.split(",")
+        rows.append(f"{code},{level},employee,{cost}")
+        if i % 3:  # a third of the groups have no resident row: the group average is their reference
+            rows.append(f"{code},{level},resident,{float(cost) * 0.8:.2f}")
+    sla.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    args = (str(region["one"]), RULES, str(pricing), str(region["hospitals"]), "2026")
+    pipeline.settle_to(tmp_path / "local", *args)
+    dask_engine.settle_to(tmp_path / "dask", *args, client=client, piece_rows=1500)
+    assert digest(tmp_path / "dask") == digest(tmp_path / "local")
+    base = pq.read_table(_local_default(region, tmp_path / "default") / "cases.parquet")
+    got = pq.read_table(tmp_path / "local" / "cases.parquet")
+    resident = pc.equal(got["pool"], "resident")
+    assert got["ratio"].filter(resident).to_pylist() != base["ratio"].filter(resident).to_pylist()
+    assert got["ratio"].filter(pc.invert(resident)).to_pylist() == base["ratio"].filter(pc.invert(resident)).to_pylist()
+
+
+def _local_default(region, out):
+    pipeline.settle_to(out, str(region["one"]), RULES, PRICING, str(region["hospitals"]), "2026")
+    return out
+
+
+def test_special_review_decisions_are_byte_identical(region, client, tmp_path):
+    """special_review.parquet and --reviewed (issue 17 item 6): the flagged cases are collected
+    with the pass-1 totals and the decisions applied to every batch as it is scored, so both
+    engines (and the in-memory run) write the same files."""
+    base = tmp_path / "base"
+    pipeline.settle_to(base, str(region["one"]), RULES, PRICING, str(region["hospitals"]), "2026")
+    flagged = pq.read_table(base / "special_review.parquet")
+    assert flagged.num_rows >= 2
+    ids = flagged["case_id"].to_pylist()[:2]
+    cases = pq.read_table(base / "cases.parquet", columns=["case_id", "in_pool", "special_review"])
+    settled = pc.and_(cases["in_pool"], pc.invert(cases["special_review"]))
+    ids.append(cases["case_id"].filter(settled)[7].as_py())  # a decision on a case not flagged: allowed
+    (tmp_path / "reviewed.csv").write_text(
+        "case_id,decision,approved_points,approved_amount\n"
+        f"{ids[0]},approved,1234.5,\n{ids[1]},approved,,20000.00\n{ids[2]},rejected,,\n", encoding="utf-8")
+    kw = dict(reviewed=str(tmp_path / "reviewed.csv"))
+    want = _local(region, tmp_path / "l", "2026", **kw)
+    assert _dask(region, tmp_path / "d", "2026", client, piece_rows=1500, **kw) == want
+    mem = pipeline.settle(str(region["one"]), RULES, PRICING, str(region["hospitals"]), "2026", batch_size=700,
+                          **kw)
+    assert digest(mem.write(tmp_path / "m")) == want
+    review = pq.read_table(tmp_path / "d" / "special_review.parquet")
+    assert review["review"].drop_null().to_pylist() == ["approved_points", "approved_amount"]

@@ -147,6 +147,36 @@ def test_estimates_agree_with_the_batch_path(setup, est):
         assert s["fund_benefit_fen"] == b["fund_benefit_fen"]
 
 
+def test_deviation_options_in_estimates(setup, tmp_path):
+    """high_inclusive and reference_by = "level_pool" (issue 17 item 3), as the batch path applies them."""
+    import shutil
+
+    import pyarrow as pa
+
+    from dipengine.grouper import group
+    from dipengine.reader import read_cases
+    from dipengine.scoring import case_points
+
+    pricing = tmp_path / "pricing"
+    shutil.copytree(setup / "pricing", pricing)
+    (pricing / "policy.toml").write_text(POLICY.replace("[deviation]\n", '[deviation]\nhigh_inclusive = true\n'
+                                                        'reference_by = "level_pool"\n'), encoding="utf-8")
+    (pricing / "same_level_avg.csv").write_text("dip_code,level,pool,avg_cost\nG1,2,employee,9000\n"
+                                                "G1,2,resident,5500\n", encoding="utf-8")
+    est = Estimator(setup / "rules", pricing, setup / "hospitals.csv")
+    cases = [{**CASE, "total_cost": "11000"}, {**CASE, "case_id": "r", "insurance_type": "resident"},
+             {**CASE, "case_id": "b", "total_cost": "18000", "patient_id": "q"}]
+    singles = [est.estimate(c) for c in cases]
+    # employee: 11,000 / 9,000 normal; resident: 11,000 / 5,500 = 2.0, high with the inclusive bound
+    assert [s["deviation"] for s in singles] == ["normal", "high", "high"]
+    assert [s["case_points"] for s in singles] == [1102.743, 1225.27, 1225.27]
+    table = read_cases(pa.Table.from_pylist([{k: (None if v is None else str(v)) for k, v in c.items()}
+                                             for c in cases]), est.hospitals)
+    scored = case_points(table, group(table, est.rules), est.hospitals, est.policy, groups=est.rules.groups)
+    assert scored["points_e4"].to_pylist() == [round(s["case_points"] * 10000) for s in singles]
+    assert scored["deviation"].to_pylist() == [s["deviation"] for s in singles]
+
+
 # --- the single-case path: same answers, trace optional, no state across calls -----------------
 
 def test_trace_can_be_left_out(est):

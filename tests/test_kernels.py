@@ -391,6 +391,7 @@ SCORE = {
     "low_ratio": THRESH, "high_ratio": THRESH + 0.1, "extreme_ratio": THRESH + 1.0,
     "high_formula": 0, "apply_coef_to_outliers": False, "blank_factor": 1.0, "extreme_rule": 0,
     "low_inclusive": False,
+    "high_inclusive": False,
     "ratio_out": np.zeros(3), "deviation_out": np.zeros(3, np.int8), "points_e4_out": np.zeros(3, np.int64),
 }
 

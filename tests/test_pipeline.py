@@ -52,7 +52,7 @@ N_SMALL = 80  # the input of the batch-size-1 runs (a batch costs some 30 ms)
 RULES = str(resolve_rules_dir("demo"))  # the shipped rule set
 PRICING = str(resolve_pricing_dir("440200/2026"))  # shipped tables, with a benefits.csv (estimate mode)
 
-SETTLE_FILES = ("cases.parquet", "hospitals.parquet", "hospitals.csv", "manifest.json")
+SETTLE_FILES = ("cases.parquet", "hospitals.parquet", "hospitals.csv", "special_review.parquet", "manifest.json")
 MARKER = ".dipengine-output"
 INPUT_KEYS = ("parameters.input", "sha256.inputs")
 """Manifest keys naming the input files (paths, and the hash of each file): run-dependent across file splits."""

@@ -340,3 +340,84 @@ def test_settle_without_budget_value(tmp_path):
         settle_to(tmp_path / "monthly", cases, rules, str(pricing), hospitals, "2026-03")
     assert "budget point value" in str(e.value) and "point_value.budget_value" in str(e.value)
     assert not (tmp_path / "monthly").exists()
+
+
+# --- [deviation] high_inclusive and reference_by (issue 17 item 3) ----------------------------
+
+POOL_LEVEL_CSV = "dip_code,level,pool,avg_cost\nG1,2,employee,9000\nG1,2,resident,6000\nG1,3,employee,10000\n"
+
+
+def test_deviation_options_default_and_are_recorded(tmp_path):
+    p = load_policy(write_pricing(tmp_path))
+    assert p.deviation.high_inclusive is False and p.deviation.reference_by == "level"
+    assert "[deviation] high_inclusive = false" in p.defaults_applied
+    assert "[deviation] reference_by = 'level'" in p.defaults_applied
+    assert p.as_dict()["deviation"]["high_inclusive"] is False
+    assert p.as_dict()["deviation"]["reference_by"] == "level"
+    doc = policy_doc()
+    doc["deviation"].update(high_inclusive=True, reference_by="level_pool")
+    kw = parse_policy(doc)
+    assert kw["deviation"].high_inclusive is True and kw["deviation"].reference_by == "level_pool"
+    assert not any("high_inclusive" in s or "reference_by" in s for s in kw["defaults_applied"])
+
+
+@pytest.mark.parametrize("key, value, expect", [
+    ("high_inclusive", "yes", "invalid [deviation] high_inclusive: 'yes' is not true or false"),
+    ("reference_by", "pool", "invalid [deviation] reference_by: 'pool' is not one of level, level_pool"),
+])
+def test_deviation_options_invalid_values_are_named(key, value, expect):
+    doc = policy_doc()
+    doc["deviation"][key] = value
+    with pytest.raises(RuleSetError) as e:
+        parse_policy(doc)
+    assert expect in e.value.problems
+
+
+def test_same_level_table_keyed_by_pool(tmp_path):
+    doc = policy_doc()
+    doc["deviation"]["reference_by"] = "level_pool"
+    p = load_policy(write_pricing(tmp_path, doc, same_level=POOL_LEVEL_CSV))
+    assert p.same_level_avg.to_pylist() == [
+        {"dip_code": "G1", "level": 2, "avg_cost_fen": 900_000, "pool": "employee"},
+        {"dip_code": "G1", "level": 2, "avg_cost_fen": 600_000, "pool": "resident"},
+        {"dip_code": "G1", "level": 3, "avg_cost_fen": 1_000_000, "pool": "employee"}]
+
+
+def test_pool_column_and_reference_by_must_agree(tmp_path):
+    # a pool column without the option: one line naming the file and the column
+    d = write_pricing(tmp_path, same_level=POOL_LEVEL_CSV)
+    with pytest.raises(DataError) as e:
+        load_policy(d)
+    msg = str(e.value)
+    assert e.value.file == str(d / "same_level_avg.csv") and e.value.column == "pool"
+    assert msg.startswith(f"{d / 'same_level_avg.csv'}, column 'pool': ") and "reference_by" in msg
+    assert "\n" not in msg
+    # the option without the column
+    doc = policy_doc()
+    doc["deviation"]["reference_by"] = "level_pool"
+    d = write_pricing(tmp_path, doc)
+    with pytest.raises(DataError) as e:
+        load_policy(d)
+    assert e.value.file == str(d / "same_level_avg.csv") and e.value.column == "pool"
+    assert "required column missing" in str(e.value) and 'reference_by = "level_pool"' in str(e.value)
+    # the same checks for a policy built from a document
+    from dipengine.policy import policy_from_dict, read_same_level_avg
+    with pytest.raises(DataError, match="column 'pool'"):
+        policy_from_dict(policy_doc(), read_same_level_avg(write_pricing(tmp_path, same_level=POOL_LEVEL_CSV)
+                                                           / "same_level_avg.csv"))
+
+
+@pytest.mark.parametrize("csv, expect", [
+    ("dip_code,level,pool,avg_cost\nG1,2,employee,9000\nG1,2,retired,6000\n",
+     "row 3, column 'pool', value 'retired': pool must be employee or resident"),
+    ("dip_code,level,pool,avg_cost\nG1,2,employee,9000\nG1,2,,6000\n",
+     "row 3, column 'pool', value '': pool must be employee or resident"),
+    ("dip_code,level,pool,avg_cost\nG1,2,employee,9000\nG1,2,employee,6000\n",
+     "value 'G1|2|employee': duplicate dip_code and level and pool"),
+])
+def test_pool_column_values_checked(tmp_path, csv, expect):
+    doc = policy_doc()
+    doc["deviation"]["reference_by"] = "level_pool"
+    with pytest.raises(DataError) as e:
+        load_policy(write_pricing(tmp_path, doc, same_level=csv))
+    assert expect in str(e.value)

@@ -87,3 +87,62 @@ def test_reference_follows_presets(tmp_path, rules_features):
         rs = load_rules(write_rule_set(tmp_path / name, t, {"name": "f", "version": "1", "options": {"preset": name}}))
         fast, slow = group(cases, rs), group_table(cases, rs)
         assert fast["dip_code"].to_pylist() == slow["dip_code"].to_pylist(), name
+
+
+# --------------------------------------------------------------------------- policies
+
+def _policy(changes, drop=()):
+    from dipengine.policy import policy_from_dict
+    from test_policy import policy_doc
+    from test_settlement import same_level
+
+    doc = policy_doc()
+    for key in drop:
+        doc["deviation"].pop(key, None)
+    doc.update(changes)
+    return policy_from_dict(doc, same_level())
+
+
+JINING_KEYS = ("high_formula", "low_inclusive", "extreme_rule", "blank_group_factor")
+
+
+def test_policy_takes_the_presets_deviation_keys():
+    p = _policy({"preset": "jining"}, drop=JINING_KEYS)
+    d = p.deviation
+    assert (d.high_formula, d.low_inclusive, d.extreme_rule, d.blank_group_factor) == (
+        "ratio_minus_2_plus_coef", True, "review_normal_pay", 0.7)
+    assert p.preset == {"name": "jining", "sha256": load_preset("jining").sha256}
+    assert p.as_dict()["preset"]["name"] == "jining"
+    # the policy's own keys win over the preset's
+    assert _policy({"preset": "jining"}, drop=JINING_KEYS[1:]).deviation.high_formula == "ratio_minus_1"
+    n = _policy({"preset": "national"}, drop=JINING_KEYS[:3])
+    assert (n.deviation.high_formula, n.deviation.low_inclusive, n.deviation.extreme_rule) == (
+        "ratio_minus_1", False, "high_formula")
+    assert _policy({}).preset is None
+
+
+def test_policy_preset_errors():
+    from dipengine.errors import RuleSetError
+
+    with pytest.raises(RuleSetError, match="unknown preset 'x'"):
+        _policy({"preset": "x"})
+
+
+def test_jining_preset_scores_as_jining():
+    """dip-rules §6.4 [LOC-JN]: score 1,000 at a level-3 hospital (coefficient 1.0), reference
+    10,000 yuan: cost 30,000 (ratio 3) is high: 1,000 × (3 − 2 + 1.0) = 2,000 points (national
+    1,000 × (3 − 1) = 2,000 too); cost 25,000 (ratio 2.5): 1,500 points both ways; cost 5,000
+    (ratio exactly 0.5) is low under Jining (≤), 500 points, and normal nationally, 1,000;
+    cost 80,000 (ratio 8, extreme) is paid as normal under Jining, 1,000, nationally by the
+    high formula, 7,000."""
+    from test_settlement import YUAN, registry, scored_cases
+
+    hospitals = registry(1)
+    costs = [30_000 * YUAN, 25_000 * YUAN, 5_000 * YUAN, 80_000 * YUAN]
+    out = {}
+    for name in ("jining", "national"):
+        policy = _policy({"preset": name}, drop=JINING_KEYS if name == "jining" else JINING_KEYS[:3])
+        sc, _ = scored_cases(["H000"] * 4, 1000.0, costs, [0] * 4, [0] * 4, hospitals, policy)
+        out[name] = (sc["deviation"].to_pylist(), sc["case_points"].to_pylist())
+    assert out["jining"] == (["high", "high", "low", "extreme"], [2000.0, 1500.0, 500.0, 1000.0])
+    assert out["national"] == (["high", "high", "normal", "extreme"], [2000.0, 1500.0, 1000.0, 7000.0])

@@ -105,6 +105,92 @@ def test_per_level_thresholds_and_low_bound():
     assert case_points(cases, grouped, HOSPITALS, p)["deviation"].to_pylist() == ["high", "low"]
 
 
+def test_inclusive_high_bound_worked_example():
+    """Score 1,225.27, 二级 (0.90), same-level 9,000; 三级 10,000 with high_ratio 2.5 at level 3.
+
+    Exactly on the high bound: 18,000 / 9,000 = 2.0 and 25,000 / 10,000 = 2.5 are normal by
+    default (ratio > high_ratio) and high with high_inclusive (ratio >= high_ratio); 45,000 /
+    9,000 = 5.0 is high (not extreme, which stays ratio > extreme_ratio) either way.
+    """
+    rows = [{"cost": 18000}, {"cost": 25000, "hospital_id": "H2"}, {"cost": 45000}, {"cost": 17999.99},
+            {"cost": 4500}]
+    high = {"1": 2.0, "2": 2.0, "3": 2.5}
+    cases, grouped = make_inputs(rows)
+    default = case_points(cases, grouped, HOSPITALS, make_policy(high_ratio=high))
+    assert default["deviation"].to_pylist() == ["normal", "normal", "high", "normal", "normal"]
+    assert default["points_e4"].to_pylist() == [11_027_430, 12_252_700, 49_010_800, 11_027_430, 11_027_430]
+    incl = case_points(cases, grouped, HOSPITALS, make_policy(high_ratio=high, high_inclusive=True))
+    assert incl["deviation"].to_pylist() == ["high", "high", "high", "normal", "normal"]
+    # 1,225.27 × (2 − 1) = 1,225.27; 1,225.27 × (2.5 − 1) = 1,837.905; 1,225.27 × (5 − 1) = 4,901.08
+    assert incl["points_e4"].to_pylist() == [12_252_700, 18_379_050, 49_010_800, 11_027_430, 11_027_430]
+    assert incl["special_review"].to_pylist() == [False] * 5
+    # the low bound is its own option: ratio 0.5 stays normal with only high_inclusive
+    both = case_points(cases, grouped, HOSPITALS, make_policy(high_ratio=high, high_inclusive=True,
+                                                             low_inclusive=True))
+    assert both["deviation"].to_pylist() == ["high", "high", "high", "normal", "low"]
+    assert both["points_e4"][4].as_py() == 6_126_350  # 1,225.27 × 0.5 = 612.635
+    # Jining's high formula is continuous at the bound: 1,225.27 × (2 − 2 + 0.90) = 1,102.743
+    jn = case_points(cases, grouped, HOSPITALS, make_policy(high_inclusive=True, high_formula="ratio_minus_2_plus_coef"))
+    assert jn["deviation"][0].as_py() == "high" and jn["points_e4"][0].as_py() == 11_027_430
+    # the readable twin says the same
+    slow = case_points_reference(cases, grouped, HOSPITALS, make_policy(high_ratio=high, high_inclusive=True))
+    assert [s["deviation"] for s in slow] == incl["deviation"].to_pylist()
+    assert [s["points_e4"] for s in slow] == incl["points_e4"].to_pylist()
+
+
+# reference keyed by group × level × pool: G1 at level 2 costs 9,000 for employees and 6,000 for
+# residents; at level 3 only employees have a row (residents fall back to the group's 9,500)
+SAME_LEVEL_POOL = pa.table({"dip_code": ["G1", "G1", "G1", "BLANK"], "level": pa.array([2, 2, 3, 2], pa.int8()),
+                            "avg_cost_fen": pa.array([900_000, 600_000, 1_000_000, 500_000], pa.int64()),
+                            "pool": ["employee", "resident", "employee", "employee"]})
+
+
+def pool_policy(**deviation):
+    doc = policy_doc()
+    doc["deviation"].update(reference_by="level_pool", **deviation)
+    return policy_from_dict(doc, SAME_LEVEL_POOL)
+
+
+def test_reference_by_level_and_pool_worked_example():
+    rows = [
+        {"cost": 13200},                                   # 二级 employee: 13,200 / 9,000 = 1.4667, normal
+        {"cost": 13200, "insurance_type": "resident"},     # 二级 resident: 13,200 / 6,000 = 2.2, high
+        {"cost": 12000, "hospital_id": "H2"},              # 三级 employee: 12,000 / 10,000 = 1.2
+        {"cost": 19000, "hospital_id": "H2", "insurance_type": "resident"},  # no row: group 9,500, 2.0
+        {"cost": 13200, "insurance_type": None},           # no pool: no same-level row, group 9,500
+    ]
+    cases, grouped = make_inputs(rows)
+    out = case_points(cases, grouped, HOSPITALS, pool_policy(), groups=GROUPS)
+    assert out["ref_source"].to_pylist() == ["same_level", "same_level", "same_level", "group_avg", "group_avg"]
+    assert out["ratio"].to_pylist() == [13200 / 9000, 2.2, 1.2, 2.0, 13200 / 9500]
+    assert out["deviation"].to_pylist() == ["normal", "high", "normal", "normal", "normal"]
+    # 1,225.27 × 0.90 = 1,102.743; 1,225.27 × (2.2 − 1) = 1,470.324; 1,225.27 × 1.00 = 1,225.27
+    assert out["points_e4"].to_pylist() == [11_027_430, 14_703_240, 12_252_700, 12_252_700, 11_027_430]
+    slow = case_points_reference(cases, grouped, HOSPITALS, pool_policy(), groups=GROUPS)
+    assert [s["points_e4"] for s in slow] == out["points_e4"].to_pylist()
+    assert [s["ref_source"] for s in slow] == out["ref_source"].to_pylist()
+    # keyed by level only (today), the resident case takes the level's 9,000 and is normal
+    by_level = case_points(cases, grouped, HOSPITALS, make_policy(), groups=GROUPS)
+    assert by_level["ref_source"].to_pylist()[:2] == ["same_level", "same_level"]
+    assert by_level["deviation"][1].as_py() == "normal" and by_level["points_e4"][1].as_py() == 11_027_430
+    assert by_level["ref_source"][4].as_py() == "same_level"  # the level row serves every pool
+
+
+def test_reference_table_must_match_reference_by():
+    from dipengine.errors import DataError
+
+    cases, grouped = make_inputs([{"cost": 9000}])
+    with pytest.raises(DataError, match="same_level_avg, column 'pool': a pool column needs"):
+        case_points(cases, grouped, HOSPITALS, make_policy(), SAME_LEVEL_POOL)
+    with pytest.raises(DataError, match="same_level_avg, column 'pool': required column missing"):
+        case_points(cases, grouped, HOSPITALS, pool_policy(), SAME_LEVEL)
+    with pytest.raises(DataError, match="column 'pool'"):
+        case_points_reference(cases, grouped, HOSPITALS, pool_policy(), SAME_LEVEL)
+    bad = SAME_LEVEL_POOL.set_column(3, "pool", pa.array(["employee", "retired", "employee", "employee"]))
+    with pytest.raises(DataError, match="value 'retired': pool must be employee or resident"):
+        case_points(cases, grouped, HOSPITALS, pool_policy(), bad)
+
+
 def test_coefficients_institution_overrides_and_basic_groups():
     rows = [
         {"cost": 10000, "hospital_id": "H2"},  # level 3 -> 1.00, same-level avg 10,000
@@ -182,7 +268,7 @@ def test_sum_kernels_exact_and_skip_negative_labels():
 row_strategy = st.fixed_dictionaries({
     # half the costs sit exactly on a threshold of some reference (9,000 / 10,000 / 9,500 / 4,000 / 5,000)
     "cost": st.one_of(st.integers(0, 80000), st.sampled_from(
-        [ref * k for ref in (9000, 10000, 9500, 4000, 5000) for k in (0.5, 2, 2.5, 3, 5)])),
+        [ref * k for ref in (9000, 10000, 9500, 4000, 5000, 6000) for k in (0.5, 2, 2.5, 3, 5)])),
     "hospital_id": st.sampled_from(["H1", "H2", "H3", "H4", "H1", "H2", "HX"]),
     "insurance_type": st.sampled_from(["employee", "resident", None]),
     "insured_region": st.sampled_from(["440200", "440300", "110100", None]),
@@ -196,6 +282,8 @@ policy_strategy = st.fixed_dictionaries({
     "extreme_rule": st.sampled_from(["high_formula", "review_normal_pay"]),
     "apply_level_coef_to_outliers": st.booleans(),
     "low_inclusive": st.booleans(),
+    "high_inclusive": st.booleans(),
+    "reference_by": st.sampled_from(["level", "level_pool"]),
     "high_ratio": st.sampled_from([2.0, {"1": 2.0, "2": 2.5, "3": 3.0}]),
 })
 
@@ -210,7 +298,7 @@ def test_kernel_agrees_with_readable_twin(rows, dev, include):
     doc = policy_doc()
     doc["deviation"].update(dev)
     doc["budget"]["include_remote"] = include
-    policy = policy_from_dict(doc, SAME_LEVEL)
+    policy = policy_from_dict(doc, SAME_LEVEL_POOL if dev["reference_by"] == "level_pool" else SAME_LEVEL)
     cases, grouped = make_inputs(rows)
     fast = case_points(cases, grouped, HOSPITALS, policy, groups=GROUPS)
     slow = case_points_reference(cases, grouped, HOSPITALS, policy, groups=GROUPS)

@@ -276,7 +276,7 @@ def test_outputs_written_atomically_and_complete(tmp_path):
     res = settle_scored(sc, cases, g["hospitals"], policy, "2027")
     out = res.write(tmp_path / "annual")
     assert sorted(p.name for p in out.iterdir()) == [".dipengine-output", "cases.parquet", "hospitals.csv",
-                                                     "hospitals.parquet", "manifest.json"]
+                                                     "hospitals.parquet", "manifest.json", "special_review.parquet"]
     back = pq.read_table(out / "cases.parquet")
     assert back["case_id"].to_pylist() == cases["case_id"].to_pylist()  # every row, in order
     for col in ("hospital_id", "level", "locality", "ratio", "deviation", "level_coef", "case_points",

@@ -20,6 +20,7 @@ def score_cases(
     blank_factor: float,
     extreme_rule: int,
     low_inclusive: bool,
+    high_inclusive: bool,
     ratio_out: npt.NDArray[np.float64],
     deviation_out: npt.NDArray[np.int8],
     points_e4_out: npt.NDArray[np.int64],

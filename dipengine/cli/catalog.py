@@ -16,6 +16,13 @@ def _floats(text: str, what: str, n=None) -> tuple:
     return vals
 
 
+def _ints(text: str, what: str) -> list:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{what}: comma-separated integers expected, got {text!r}") from None
+
+
 @click.group(name="catalog")
 def command():
     """Local DIP catalogues built from history (dip-rules §4.3)."""
@@ -40,7 +47,11 @@ def command():
                    "than 3 files the newest of them, e.g. 2,7].")
 @click.option("--threshold", default=15.0, show_default=True, type=float,
               help="Weighted average annual cases that make a combination a core group "
-                   "(and a comprehensive or range pool a group).")
+                   "(and, unless --comprehensive-threshold is given, a comprehensive or range pool a group).")
+@click.option("--comprehensive-threshold", default=None, type=float,
+              help="Weighted average annual cases that make a comprehensive (category x treatment class) or "
+                   "range (chapter x class) pool a group, and let the blank group be scored from its own "
+                   "cases  [default: --threshold].")
 @click.option("--scale", default=1000.0, show_default=True, type=float,
               help="Score scale K: score = group average / overall average x K.")
 @click.option("--trim", default="0.025,0.975", show_default=True,
@@ -59,6 +70,17 @@ def command():
               help="Minimum |coefficient - 1| for an auxiliary subtype to be written.")
 @click.option("--diagnostic-as-conservative", is_flag=True,
               help="Ignore diagnostic procedures when forming groups (such cases are conservative).")
+@click.option("--cci-levels", default=None, metavar="C1,C2,C3",
+              help="CCI score cut points of the subtypes cci_1, cci_2, cci_3; written to the rule set's "
+                   "[options] cci_levels  [default: 1,3,5].")
+@click.option("--severity-min-los", default=None, type=int,
+              help="Days of stay the severity subtypes need; [options] severity_min_los  [default: 3].")
+@click.option("--death-discharge-mode", default=None, type=int,
+              help="discharge_mode value of death (subtype death); [options] death_discharge_mode  [default: 5].")
+@click.option("--age-bands", default=None, metavar="BANDS",
+              help="Age bands 'name:low:high' separated by commas ('Nd' = days, else years; empty high = open), "
+                   "or 'none'; [options] age_bands  [default: 0_28d:0d:28d,29d_1y:29d:364d,1_6:1:6,7_17:7:17,"
+                   "65_69:65:69,70_79:70:79,80p:80:].")
 @click.option("--procedures", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Procedure classes (code,class[,level]); default: the shipped vocabulary, "
                    "then the ICD-9-CM-3 chapter heuristic.")
@@ -68,9 +90,10 @@ def command():
               help="Replace --out / --pricing-out even when they are not dipengine outputs "
                    "(everything in them is deleted).")
 @input_layout_options
-def build(history, more_history, hospitals, out, pricing_out, weights, threshold, scale, trim,
-          min_trim_group, related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff,
-          diagnostic_as_conservative, procedures, name, rules_version, force, schema, encoding, sheet):
+def build(history, more_history, hospitals, out, pricing_out, weights, threshold, comprehensive_threshold, scale,
+          trim, min_trim_group, related_min_gain, basic_share, basic_cv, aux_min_cases, aux_min_diff,
+          diagnostic_as_conservative, cci_levels, severity_min_los, death_discharge_mode, age_bands, procedures,
+          name, rules_version, force, schema, encoding, sheet):
     """Build a rule set from history years; with --pricing-out also the pricing skeleton.
 
     FILE... are further history files: everything after --history up to the next option.
@@ -85,9 +108,20 @@ def build(history, more_history, hospitals, out, pricing_out, weights, threshold
         raise click.UsageError("give the history files with --history Y1 Y2 ...")
     w = DEFAULT_WEIGHTS if weights is None else _floats(weights, "--weights", len(files))
     trim_q = None if trim.strip().lower() == "none" else _floats(trim, "--trim", 2)
+    options = {}
+    if cci_levels is not None:
+        options["cci_levels"] = _ints(cci_levels, "--cci-levels")
+    if severity_min_los is not None:
+        options["severity_min_los"] = severity_min_los
+    if death_discharge_mode is not None:
+        options["death_discharge_mode"] = death_discharge_mode
+    if age_bands is not None:
+        options["age_bands"] = [] if age_bands.strip().lower() == "none" else \
+            [b.strip() for b in age_bands.split(",")]
     try:
         check_params(len(files), weights=w, threshold=threshold, scale=scale, trim=trim_q,
-                     min_trim_group=min_trim_group, basic_share=basic_share, basic_cv=basic_cv)
+                     min_trim_group=min_trim_group, basic_share=basic_share, basic_cv=basic_cv,
+                     comprehensive_threshold=comprehensive_threshold, options=options)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     import os
@@ -107,7 +141,8 @@ def build(history, more_history, hospitals, out, pricing_out, weights, threshold
     try:
         with replace_allowed(force):
             res = build_catalog(
-                files, hospitals, out, pricing_out, weights=w, threshold=threshold, scale=scale, trim=trim_q,
+                files, hospitals, out, pricing_out, weights=w, threshold=threshold,
+                comprehensive_threshold=comprehensive_threshold, options=options, scale=scale, trim=trim_q,
                 min_trim_group=min_trim_group, related_min_gain=related_min_gain, basic_share=basic_share,
                 basic_cv=basic_cv, aux_min_cases=aux_min_cases, aux_min_diff=aux_min_diff,
                 diagnostic_as_conservative=diagnostic_as_conservative, name=name, version=rules_version,
