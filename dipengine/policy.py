@@ -120,6 +120,8 @@ class Policy:
     preset : dict or None
         The named preset (``name``, ``sha256``) whose ``[deviation]`` keys the policy took
         (docs/presets.md), or None.
+    audit : dict or None
+        The optional ``[audit]`` table: thresholds of ``dipengine audit`` (:class:`dipengine.audit.AuditOptions`).
     """
 
     path: Path
@@ -146,6 +148,7 @@ class Policy:
     deposit_release_scores: tuple | None = None
     review_quota: float = 0.005
     preset: dict | None = None
+    audit: dict | None = None
 
     def require_budget_value(self, why: str) -> None:
         """Raise :class:`DataError` (naming ``policy.toml`` and the key) unless every pool has a
@@ -195,6 +198,7 @@ class Policy:
             "deposit_release": self.deposit_release,
             "deposit_release_scores": list(self.deposit_release_scores) if self.deposit_release_scores else None,
             "special_review_quota": self.review_quota,
+            "audit": dict(self.audit) if self.audit else None,
             "preset": dict(self.preset) if self.preset else None,
             "defaults_applied": list(self.defaults_applied),
         }
@@ -468,6 +472,20 @@ def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
     bands = _parse_bands(r)
     deposit_release = r.choice("settlement", "deposit_release", DEPOSIT_RELEASES, required=False)
     release_scores = _parse_release_scores(r, deposit_release)
+    audit_opts = doc.get("audit")
+    if audit_opts is not None:
+        from dipengine.audit import options_from
+
+        if not isinstance(audit_opts, dict):
+            r.problems.append("invalid [audit]: must be a table")
+            audit_opts = None
+        else:
+            r.used["audit"] = set(audit_opts)
+            try:
+                options_from(None, **audit_opts)
+            except DataError as e:
+                r.bad("audit", e.column, f"{e.value!r}: {e.message}")
+                audit_opts = None
     quota = r.number("special_review", "quota", lo=0, hi=1, required=False)
     if quota is None:
         quota = OPTIONAL_DEFAULTS[("special_review", "quota")]
@@ -500,6 +518,7 @@ def parse_policy(doc: dict, fname: str = "policy.toml") -> dict:
         deposit_release_scores=release_scores,
         review_quota=quota,
         preset=preset,
+        audit=dict(audit_opts) if audit_opts else None,
     )
 
 

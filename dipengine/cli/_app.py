@@ -22,6 +22,7 @@ COMMANDS = {
     "settle": "settle",
     "benefits": "benefits",
     "estimate": "estimate",
+    "audit": "audit",
 }
 
 
