@@ -68,6 +68,7 @@ class AuditOptions:
     upcoding_factor: float = 1.5
     upcoding_min_diff: float = 0.10
     upcoding_min_cases: int = 100
+    upcoding_min_shift: float = 0.10        # with a history: rise of the share that signals up-coding
     assessment_floor: float | None = None   # with it: suggested assessment coefficients
     assessment_per_flagged: float = 0.5      # coefficient lost per unit share of flagged cases
     assessment_upcoding: float = 0.02        # coefficient lost by an up-coding hospital
@@ -85,7 +86,7 @@ class AuditOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "must be a non-negative integer")
-        for name in ("low_cost_ratio", "long_los_factor", "upcoding_factor", "upcoding_min_diff",
+        for name in ("low_cost_ratio", "long_los_factor", "upcoding_factor", "upcoding_min_diff", "upcoding_min_shift",
                      "low_risk_death_rate", "assessment_per_flagged", "assessment_upcoding"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
@@ -456,17 +457,19 @@ def flags_table(f: pa.Table, fl: Flags) -> pa.Table:
 INDICATOR_COLUMNS = (
     "hospital_id", "name", "level", "n_cases", "cmi", "low_share", "high_share", "extreme_share",
     "readmission_rate", "transfer_readmission_rate", "avg_los", "los_index", "cost_index", "special_review_share",
-    "aux_share", "peer_aux_share", "high_score_share", "n_low_risk_deaths", "n_flagged", "flagged_share",
+    "aux_share", "peer_aux_share", "aux_share_history", "aux_shift", "high_score_share", "n_low_risk_deaths", "n_flagged", "flagged_share",
     "upcoding", "risk_score", "rank", "assessment_coef",
 )
 
 
-def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions) -> pa.Table:
+def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, history=None) -> pa.Table:
     """Per hospital of the registry (with scored cases): the indicators against the region and the
     hospital's level peers (docs/audit.md), the up-coding signal, a risk score and its rank.
 
     CMI = mean group score of the hospital's cases / mean over the region; the time and cost
     consumption indices = Σ LOS (cost) / Σ the group's regional mean LOS (cost) over its cases.
+    ``history``: ``(cases, cases with an auxiliary subtype)`` per registry hospital (int arrays)
+    of an earlier year (:func:`history_counts`): the share's rise is the year-on-year signal.
     """
     scored = _np(f["scored"], bool, False)
     hid_all = hospitals["hospital_id"].to_pylist()
@@ -515,6 +518,15 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions) -
     aux_share = share(aux)
     upcoding = ((n >= opt.upcoding_min_cases) & ~np.isnan(peer) & (aux_share >= opt.upcoding_factor * peer)
                 & (aux_share - peer >= opt.upcoding_min_diff))
+    prev_share = np.full(H, np.nan)
+    if history is not None:
+        n_prev, aux_prev = (np.asarray(x, np.float64) for x in history)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prev_share = np.where(n_prev > 0, aux_prev / n_prev, np.nan)
+        shift_signal = ((n >= opt.upcoding_min_cases) & (n_prev >= opt.upcoding_min_cases)
+                        & (aux_share - prev_share >= opt.upcoding_min_shift))
+        upcoding = upcoding | shift_signal
+    shift = aux_share - prev_share
     flagged_share = share(flagged)
     risk = np.nan_to_num(flagged_share) + upcoding * np.nan_to_num(aux_share - peer)
     present = n > 0
@@ -537,7 +549,8 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions) -
         "readmission_rate": share(masks["readmission"]), "transfer_readmission_rate": share(masks["transfer_readmission"]),
         "avg_los": avg_los, "los_index": los_index, "cost_index": cost_index,
         "special_review_share": share(_np(f["special_review"], bool, False)), "aux_share": aux_share,
-        "peer_aux_share": peer, "high_score_share": share(score > high_cut),
+        "peer_aux_share": peer, "aux_share_history": prev_share, "aux_shift": shift,
+        "high_score_share": share(score > high_cut),
         "n_low_risk_deaths": per_h(masks["low_risk_death"].astype(np.float64)).astype(np.int64),
         "n_flagged": per_h(flagged.astype(np.float64)).astype(np.int64), "flagged_share": flagged_share,
         "upcoding": upcoding, "risk_score": np.round(risk, 6), "rank": rank, "assessment_coef": coef,
@@ -563,15 +576,41 @@ class AuditResult:
     manifest: dict
 
 
+def history_counts(history, run, *, batch_size=None, n_threads=None, schema=None) -> tuple:
+    """Per registry hospital: ``(grouped cases, cases with an auxiliary subtype)`` (int64 arrays)
+    of an earlier year's cases ``history`` (grouped with the run's rule set; no date filter)."""
+    from dipengine.grouper import group_batch
+    from dipengine.pipeline import BATCH_SIZE, _workers
+    from dipengine.reader import map_cases
+
+    H = len(run.hosp_ids)
+
+    def counts(b):
+        t = pa.Table.from_batches([b])
+        g, _ = group_batch(t, run.rules, n_threads=1)
+        h = _np(pc.index_in(t["hospital_id"], value_set=run.hosp_ids), np.int64, -1)
+        ok = _np(pc.is_in(g["match_path"], pa.array(SCORED_PATHS)), bool, False) & (h >= 0)
+        aux = ok & _np(pc.is_valid(g["aux_subtype"]), bool, False)
+        return (np.bincount(h[ok], minlength=H)[:H], np.bincount(h[aux], minlength=H)[:H])
+
+    n, a = np.zeros(H, np.int64), np.zeros(H, np.int64)
+    for cn, ca in map_cases(history, counts, run.hospitals, batch_size=batch_size or BATCH_SIZE,
+                            workers=_workers(n_threads), schema=schema):
+        n += cn
+        a += ca
+    return n, a
+
+
 def audit(cases, rules, policy, hospitals, *, options: AuditOptions | None = None, n_threads=None,
           batch_size: int | None = None, progress=None, schema=None, encoding=None, sheet=None,
-          period=None) -> AuditResult:
+          period=None, history=None) -> AuditResult:
     """Read, group and score ``cases`` (as ``settle`` does), then flag them and compute the
     hospital indicators (contract-layout input, or any ``--schema``).
 
     ``period``: the year (default: the policy's) whose cases are read (others are rejected as
     ``BAD_DATES`` by the reader, as in ``settle``). ``options``: default :func:`options_from` the
-    policy's ``[audit]``.
+    policy's ``[audit]``. ``history``: an earlier year's cases (paths), for the year-on-year
+    up-coding signal (:func:`history_counts`).
     """
     from dipengine.pipeline import BATCH_SIZE, _input_files, _normalised_batches, _one_source, _workers, prepare
     from dipengine.pipeline import score_batch
@@ -592,7 +631,9 @@ def audit(cases, rules, policy, hospitals, *, options: AuditOptions | None = Non
     f = f.combine_chunks()
     fl = flag_cases(f, opt)
     table = flags_table(f, fl)
-    ind = indicators(f, fl, run.hospitals, opt)
+    hist = None if history is None else history_counts(history, run, batch_size=batch_size, n_threads=n_threads,
+                                                       schema=schema)
+    ind = indicators(f, fl, run.hospitals, opt, history=hist)
     counts = {k: int(fl.masks[k].sum()) for k in CASE_FLAGS}
     manifest = {
         "engine": "dipengine", "command": "audit", "period": period,
@@ -603,7 +644,8 @@ def audit(cases, rules, policy, hospitals, *, options: AuditOptions | None = Non
         "hospitals": {"n": ind.num_rows, "upcoding": sorted(ind.filter(ind["upcoding"])["hospital_id"].to_pylist())},
         "parameters": {"rules": str(getattr(run.rules, "path", "")), "pricing": str(getattr(run.policy, "path", "")),
                        "hospitals": [str(x) for x in run.hospital_files],
-                       "input": [str(x) for x in _input_files(cases, schema)]},
+                       "input": [str(x) for x in _input_files(cases, schema)],
+                       "history": None if history is None else [str(x) for x in _input_files(_one_source(history), schema)]},
     }
     from dipengine import __version__
 
@@ -617,7 +659,9 @@ def worklist(ind: pa.Table, top: int | None = None) -> pa.Table:
     for r in ind.to_pylist():
         why = []
         if r["upcoding"]:
-            why.append(f"auxiliary-subtype share {r['aux_share']:.1%} against {r['peer_aux_share']:.1%} at its level")
+            why.append(f"auxiliary-subtype share {r['aux_share']:.1%} against {r['peer_aux_share']:.1%} at its level"
+                       + (f", {r['aux_share_history']:.1%} the year before" if r["aux_share_history"] is not None
+                          else ""))
         if r["n_flagged"]:
             why.append(f"{r['n_flagged']} flagged cases ({r['flagged_share']:.1%})")
         rows.append({"rank": r["rank"], "hospital_id": r["hospital_id"], "name": r["name"], "level": r["level"],

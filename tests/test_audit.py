@@ -246,3 +246,40 @@ def test_cli_audit_assessment_feeds_the_registry(tmp_path, capsys):
         fh.write("readmit_weeks = 2\n")
     assert main(args[:-1] + [str(tmp_path / "x")]) == 1
     assert "readmit_weeks" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_year_on_year_upcoding_signal(tmp_path):
+    # four level-3 hospitals with the same share this year (no peer signal); H1's was 10 % the year before
+    rows = []
+    for h in ("H1", "H2", "H3", "H4"):
+        rows += [dict(hospital_id=h, aux=i % 4 == 0) for i in range(200)]
+    f = features(rows)
+    reg = pa.table({"hospital_id": ["H1", "H2", "H3", "H4"], "name": list("abcd"), "level": pa.array([3] * 4, pa.int8()),
+                    "region": ["440200"] * 4, "coefficient": [None] * 4, "assessment_coef": [1.0] * 4})
+    opt = AuditOptions()
+    hist = (np.array([200, 200, 200, 50]), np.array([20, 50, 48, 5]))
+    ind = {r["hospital_id"]: r for r in indicators(f, flag_cases(f, opt), reg, opt, history=hist).to_pylist()}
+    assert ind["H1"]["upcoding"] and ind["H1"]["aux_shift"] == pytest.approx(0.15)
+    assert not ind["H2"]["upcoding"] and not ind["H3"]["upcoding"]
+    assert not ind["H4"]["upcoding"]  # 50 cases the year before: too few to compare
+    assert indicators(f, flag_cases(f, opt), reg, opt)["aux_shift"].null_count == 4  # no history: null
+
+
+def test_cli_audit_with_a_history(tmp_path, capsys):
+    import pyarrow.csv as pcsv
+
+    from dipengine.cli import main
+    from dipengine.synth import synth_region
+
+    cases, hospitals = synth_region(2026, 3000, seed=6)
+    prev, _ = synth_region(2025, 3000, seed=7, hospitals=hospitals)
+    pq.write_table(cases, tmp_path / "cases.parquet")
+    pq.write_table(prev, tmp_path / "prev.parquet")
+    pcsv.write_csv(hospitals, tmp_path / "hospitals.csv")
+    assert main(["audit", "--rules", "demo", "--pricing", "440200/2026", "--hospitals", str(tmp_path / "hospitals.csv"),
+                 "--input", str(tmp_path / "cases.parquet"), "--history", str(tmp_path / "prev.parquet"),
+                 "--out", str(tmp_path / "a")]) == 0
+    ind = pq.read_table(tmp_path / "a" / "indicators.parquet")
+    assert ind["aux_share_history"].null_count < ind.num_rows  # the earlier year's shares are there
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))
+    assert m["parameters"]["history"] == [str(tmp_path / "prev.parquet")]

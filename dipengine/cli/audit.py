@@ -6,7 +6,7 @@ import click
 from dipengine.cli._common import MultiValueCommand, echo_counts, input_layout_options, progress_bar
 
 
-@click.command("audit", cls=MultiValueCommand, multi_value=("--input",))
+@click.command("audit", cls=MultiValueCommand, multi_value=("--input", "--history"))
 @click.option("--rules", "rules_dir", required=True, type=click.Path(file_okay=False),
               help="Rule-set directory, or a shipped set's name (demo).")
 @click.option("--pricing", "pricing_dir", required=True, type=click.Path(),
@@ -23,11 +23,13 @@ from dipengine.cli._common import MultiValueCommand, echo_counts, input_layout_o
               help="Readmissions at the same hospital only (default) or at any hospital.")
 @click.option("--readmit-group", type=click.Choice(["category", "group", "any"]), default=None,
               help="Readmissions with the same main-diagnosis category (default), the same DIP group, or any.")
+@click.option("--history", "history", multiple=True,
+              help="An earlier year's cases: the year-on-year rise of the auxiliary-subtype share signals up-coding.")
 @click.option("--threads", "n_threads", type=int, default=None, help="Worker threads (default: all).")
 @click.option("--force", is_flag=True, help="Replace --out even when it is not a dipengine output.")
 @input_layout_options
 def command(rules_dir, pricing_dir, hospitals_path, inputs, out_dir, period, readmit_days, readmit_hospital,
-            readmit_group, n_threads, force, schema, encoding, sheet):
+            readmit_group, history, n_threads, force, schema, encoding, sheet):
     """Flag the cases of a year (readmissions, low-standard admissions, over-long stays, deaths in
     low-risk groups, coding inconsistencies) and rank the hospitals on indicators against their
     level's peers (CMI, deviation shares, readmission rate, time and cost indices, up-coding)."""
@@ -37,14 +39,15 @@ def command(rules_dir, pricing_dir, hospitals_path, inputs, out_dir, period, rea
     from dipengine.rules import resolve_rules_dir
 
     rules_dir, pricing_dir = resolve_rules_dir(rules_dir), resolve_pricing_dir(pricing_dir)
-    check_output(out_dir, [*inputs, rules_dir, pricing_dir, hospitals_path], directory=True, force=force)
+    check_output(out_dir, [*inputs, *history, rules_dir, pricing_dir, hospitals_path], directory=True, force=force)
     policy = load_policy(pricing_dir)
     opt = options_from(policy, readmit_days=readmit_days, readmit_hospital=readmit_hospital,
                        readmit_group=readmit_group)
     callback, close = progress_bar(None, "auditing")
     try:
         result = audit(list(inputs), rules_dir, policy, hospitals_path, options=opt, n_threads=n_threads,
-                       progress=callback, schema=schema, encoding=encoding, sheet=sheet, period=period)
+                       progress=callback, schema=schema, encoding=encoding, sheet=sheet, period=period,
+                       history=list(history) or None)
     finally:
         close()
     from dipengine.hospitals import read_hospitals
