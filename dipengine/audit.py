@@ -113,14 +113,21 @@ def options_from(policy=None, **overrides) -> AuditOptions:
 # --------------------------------------------------------------------------- features (per batch)
 
 FEATURES = pa.schema([
-    ("case_id", pa.string()), ("patient_id", pa.string()), ("hospital_id", pa.string()), ("level", pa.int8()),
-    ("scored", pa.bool_()), ("dip_code", pa.string()), ("treat_class", pa.string()), ("category", pa.string()),
-    ("main_dx", pa.string()), ("has_main_proc", pa.bool_()), ("sex", pa.string()), ("age", pa.int32()),
+    ("case_id", pa.string()), ("patient_id", pa.string()), ("hosp", pa.int32()), ("level", pa.int8()),
+    ("scored", pa.bool_()), ("group", pa.int32()), ("cat", pa.int32()), ("coding", pa.int8()),
     ("admit", pa.int32()), ("discharge", pa.int32()), ("los", pa.int32()), ("discharge_mode", pa.int8()),
-    ("ratio", pa.float64()), ("deviation", pa.string()), ("aux", pa.bool_()), ("base_score", pa.float64()),
+    ("ratio", pa.float64()), ("deviation", pa.int8()), ("aux", pa.bool_()), ("base_score", pa.float64()),
     ("total_cost_fen", pa.int64()), ("special_review", pa.bool_()),
 ])
-"""What the audit keeps of each case (:func:`case_features`); dates as days since 1970-01-01."""
+"""What the audit keeps of each case (:func:`case_features`): two strings and integer codes
+(``hosp``: row of the registry, ``group``: row of the rule set's groups, ``cat``: main-diagnosis
+category number, ``deviation``: :data:`DEVIATIONS` index; -1 none), dates as days since
+1970-01-01, ``coding``: the bits of :data:`CODING_BITS`."""
+
+DEVIATIONS = ("normal", "low", "high", "extreme")
+CODING_BITS = {1: "main diagnosis of the other sex", 2: "perinatal main diagnosis after the first year",
+               4: "surgical group without a main procedure"}
+"""Bits of ``coding`` (the ``inconsistent_coding`` flag: any of them)."""
 
 
 def _days(col) -> pa.Array:
@@ -138,34 +145,54 @@ def _col(t: pa.Table, name: str, typ, default=None):
     return pa.nulls(t.num_rows, typ) if default is None else pa.array([default] * t.num_rows, typ)
 
 
-def case_features(cases: pa.Table, scored: pa.Table) -> pa.Table:
-    """The :data:`FEATURES` of a batch: normalised ``cases`` and their ``case_points`` output."""
+def coding_bits(main_dx, sex, age, treat_class, has_main_proc) -> np.ndarray:
+    """:data:`CODING_BITS` of each case (int8): the main diagnosis against the sex (pregnancy and
+    female genital codes for a man, male genital codes for a woman) and the age (perinatal P
+    codes from the first birthday), and a surgical group without a main procedure."""
+    dx = pc.utf8_upper(main_dx)
+    female, male = _np(pc.equal(sex, "F"), bool, False), _np(pc.equal(sex, "M"), bool, False)
+    a = _np(age, np.int64, -1)
+    bad_sex = (male & _starts_any(dx, FEMALE_ONLY)) | (female & _starts_any(dx, MALE_ONLY))
+    bad_age = (a >= 1) & _starts_any(dx, ("P",))
+    no_proc = _np(pc.equal(treat_class, "surgery"), bool, False) & ~_np(has_main_proc, bool, False)
+    return (bad_sex * 1 + bad_age * 2 + no_proc * 4).astype(np.int8)
+
+
+def case_features(cases: pa.Table, scored: pa.Table, hosp_ids: pa.Array, dip_codes: pa.Array) -> pa.Table:
+    """The :data:`FEATURES` of a batch: normalised ``cases`` and their ``case_points`` output;
+    ``hosp_ids``: the registry's ids, ``dip_codes``: the rule set's groups' codes (row order)."""
+    from dipengine.grouper import category_numbers
+
     n = cases.num_rows
     main_dx = _col(cases, "main_dx", pa.string())
-    base = pc.utf8_slice_codeunits(pc.utf8_upper(main_dx), 0, 3)
     main_proc = _col(cases, "main_proc", pa.string())
     has_main = pc.fill_null(pc.and_(pc.is_valid(main_proc), pc.not_equal(main_proc, "")), False)
     scored_mask = pc.fill_null(pc.is_in(scored["match_path"], pa.array(SCORED_PATHS)), False)
+    group = pc.fill_null(pc.index_in(_col(scored, "dip_code", pa.string()), value_set=dip_codes), -1)
+    group = pc.if_else(scored_mask, group, -1)
+    dev = pc.fill_null(pc.index_in(_col(scored, "deviation", pa.string()), value_set=pa.array(DEVIATIONS)), -1)
+    coding = coding_bits(main_dx, _col(cases, "sex", pa.string()), _col(cases, "age", pa.int32()),
+                         _col(scored, "treat_class", pa.string()), has_main)
+    coding = np.where(_np(scored_mask, bool, False), coding, 0).astype(np.int8)
+    cat = category_numbers(pc.utf8_slice_codeunits(pc.utf8_upper(main_dx).combine_chunks()
+                                                   if isinstance(main_dx, pa.ChunkedArray) else pc.utf8_upper(main_dx),
+                                                   0, 3))
     return pa.table({
         "case_id": _col(cases, "case_id", pa.string()),
         "patient_id": _col(cases, "patient_id", pa.string()),
-        "hospital_id": _col(cases, "hospital_id", pa.string()),
+        "hosp": pc.fill_null(pc.index_in(_col(cases, "hospital_id", pa.string()), value_set=hosp_ids), -1),
         "level": _col(scored, "level", pa.int8()),
         "scored": scored_mask,
-        "dip_code": _col(scored, "dip_code", pa.string()),
-        "treat_class": _col(scored, "treat_class", pa.string()),
-        "category": base,
-        "main_dx": main_dx,
-        "has_main_proc": has_main,
-        "sex": _col(cases, "sex", pa.string()),
-        "age": _col(cases, "age", pa.int32()),
+        "group": group.cast(pa.int32()),
+        "cat": pa.array(cat, pa.int32()),
+        "coding": pa.array(coding, pa.int8()),
         "admit": _days(cases["admit_date"]) if "admit_date" in cases.column_names else pa.nulls(n, pa.int32()),
         "discharge": (_days(cases["discharge_date"]) if "discharge_date" in cases.column_names
                       else pa.nulls(n, pa.int32())),
         "los": _col(cases, "los", pa.int32()),
         "discharge_mode": _col(cases, "discharge_mode", pa.int8()),
         "ratio": _col(scored, "ratio", pa.float64()),
-        "deviation": _col(scored, "deviation", pa.string()),
+        "deviation": dev.cast(pa.int8()),
         "aux": pc.is_valid(scored["aux_subtype"]) if "aux_subtype" in scored.column_names else pa.array([False] * n),
         "base_score": _col(scored, "base_score", pa.float64(), 0.0),
         "total_cost_fen": _col(cases, "total_cost_fen", pa.int64()),
@@ -209,19 +236,22 @@ class Flags:
 
 
 def _group_quantile(key: np.ndarray, values: np.ndarray, q: float, min_n: int) -> np.ndarray:
-    """Per row: the ``q`` quantile (lower, by rank ``ceil(q × n) − 1``) of ``values`` over the rows
-    of its ``key`` (-1 rows: none), NaN where the key has fewer than ``min_n`` rows."""
+    """Per row: the ``q`` quantile (lower, by rank ``ceil(q × n) − 1``) of ``values`` (int >= 0)
+    over the rows of its ``key`` (-1 rows: none), NaN where the key has fewer than ``min_n``
+    rows. One sort of packed ``key << 32 | value`` integers."""
     out = np.full(len(key), np.nan)
-    ok = np.flatnonzero(key >= 0)
-    if not len(ok):
+    ok = key >= 0
+    if not ok.any():
         return out
-    order = ok[np.lexsort((values[ok], key[ok]))]
-    k = key[order]
-    first = np.r_[0, np.flatnonzero(np.diff(k)) + 1]
-    size = np.diff(np.r_[first, len(order)])
+    k = key[ok].astype(np.int64)
+    srt = np.sort((k << 32) | np.clip(values[ok], 0, 2 ** 31 - 1).astype(np.int64))
+    g_sorted, v_sorted = srt >> 32, srt & 0xFFFFFFFF
+    first = np.r_[0, np.flatnonzero(np.diff(g_sorted)) + 1]
+    size = np.diff(np.r_[first, len(srt)])
     pos = first + np.maximum(np.ceil(q * size).astype(np.int64) - 1, 0)
-    per_group = np.where(size >= min_n, values[order][pos].astype(np.float64), np.nan)
-    out[order] = np.repeat(per_group, size)
+    per_group = np.full(int(k.max()) + 1, np.nan)
+    per_group[g_sorted[first]] = np.where(size >= min_n, v_sorted[pos].astype(np.float64), np.nan)
+    out[ok] = per_group[k]
     return out
 
 
@@ -241,9 +271,9 @@ def flag_cases(f: pa.Table, opt: AuditOptions) -> Flags:
     n = f.num_rows
     scored = _np(f["scored"], bool, False)
     pid = _codes(f["patient_id"])
-    hosp = _codes(f["hospital_id"])
-    group = np.where(scored, _codes(f["dip_code"]), -1)
-    cat = _codes(f["category"])
+    hosp = _np(f["hosp"], np.int64, -1)
+    group = np.where(scored, _np(f["group"], np.int64, -1), -1)
+    cat = _np(f["cat"], np.int64, -1)
     admit = _np(f["admit"], np.int64, 0)  # null dates: dates_ok False, never compared
     disch = _np(f["discharge"], np.int64, 0)
     dates_ok = _np(pc.and_(pc.is_valid(f["admit"]), pc.is_valid(f["discharge"])), bool, False)
@@ -293,15 +323,7 @@ def flag_cases(f: pa.Table, opt: AuditOptions) -> Flags:
 
     low_standard = scored & ~np.isnan(ratio) & (ratio < opt.low_cost_ratio) & (los >= 0) & (los <= opt.short_los)
 
-    # coding consistency: sex and age against the main diagnosis; a surgical group without a main procedure
-    dx = pc.utf8_upper(f["main_dx"])
-    female, male = _np(pc.equal(f["sex"], "F"), bool, False), _np(pc.equal(f["sex"], "M"), bool, False)
-    age = _np(f["age"], np.int64, -1)
-    bad_sex = (male & _starts_any(dx, FEMALE_ONLY)) | (female & _starts_any(dx, MALE_ONLY))
-    bad_age = (age >= 1) & _starts_any(dx, ("P",))
-    surgery = _np(pc.equal(f["treat_class"], "surgery"), bool, False)
-    no_main = ~_np(f["has_main_proc"], bool, False)
-    inconsistent = scored & (bad_sex | bad_age | (surgery & no_main))
+    inconsistent = scored & (_np(f["coding"], np.int64, 0) != 0)  # coding_bits, per batch
 
     masks = {"readmission": readmission, "transfer_readmission": transfer, "low_standard": low_standard,
              "over_long_stay": over_long, "low_risk_death": low_risk_death, "inconsistent_coding": inconsistent}
@@ -327,12 +349,12 @@ def flag_cases_reference(f: pa.Table, opt: AuditOptions) -> dict:
             g = cur["admit"] - prev["discharge"]
             if not 0 <= g <= opt.readmit_days:
                 continue
-            same_h = prev["hospital_id"] == cur["hospital_id"]
+            same_h = prev["hosp"] == cur["hosp"]
             where = same_h or opt.readmit_hospital == "any"
             if opt.readmit_group == "category":
-                related = cur["category"] is not None and prev["category"] == cur["category"]
+                related = cur["cat"] is not None and cur["cat"] >= 0 and prev["cat"] == cur["cat"]
             elif opt.readmit_group == "group":
-                related = prev["dip_code"] == cur["dip_code"]
+                related = prev["group"] == cur["group"]
             else:
                 related = True
             out["readmission"][b] = where and related
@@ -341,8 +363,8 @@ def flag_cases_reference(f: pa.Table, opt: AuditOptions) -> dict:
     # LOS limit and death rate per group
     groups: dict = {}
     for i, r in enumerate(rows):
-        if ok[i] and r["dip_code"] is not None:
-            groups.setdefault(r["dip_code"], []).append(i)
+        if ok[i] and r["group"] is not None and r["group"] >= 0:
+            groups.setdefault(r["group"], []).append(i)
     for idx in groups.values():
         stays = sorted(max(rows[i]["los"], 0) if rows[i]["los"] is not None else 0 for i in idx)
         if len(idx) >= max(opt.long_los_min_cases, 1):
@@ -363,13 +385,21 @@ def flag_cases_reference(f: pa.Table, opt: AuditOptions) -> dict:
         los, ratio = r["los"], r["ratio"]
         out["low_standard"][i] = (ratio is not None and not np.isnan(ratio) and ratio < opt.low_cost_ratio
                                   and los is not None and 0 <= los <= opt.short_los)
-        dx = (r["main_dx"] or "").upper()
-        sex, age = r["sex"], r["age"]
-        bad_sex = (sex == "M" and dx.startswith(FEMALE_ONLY)) or (sex == "F" and dx.startswith(MALE_ONLY))
-        bad_age = age is not None and age >= 1 and dx.startswith("P")
-        no_proc = r["treat_class"] == "surgery" and not r["has_main_proc"]
-        out["inconsistent_coding"][i] = bool(bad_sex or bad_age or no_proc)
+        out["inconsistent_coding"][i] = bool(r["coding"])
     return out
+
+
+def coding_bits_reference(main_dx, sex, age, treat_class, has_main_proc) -> int:
+    """One case's :func:`coding_bits`, plainly."""
+    dx = (main_dx or "").upper()
+    bits = 0
+    if (sex == "M" and dx.startswith(FEMALE_ONLY)) or (sex == "F" and dx.startswith(MALE_ONLY)):
+        bits |= 1
+    if age is not None and age >= 1 and dx.startswith("P"):
+        bits |= 2
+    if treat_class == "surgery" and not has_main_proc:
+        bits |= 4
+    return bits
 
 
 # --------------------------------------------------------------------------- outputs
@@ -397,7 +427,14 @@ def _join(parts, sep: str) -> pa.Array:
     return pc.replace_substring(joined, us, sep)
 
 
-def flags_table(f: pa.Table, fl: Flags) -> pa.Table:
+def _names(codes, vocab: pa.Array) -> pa.Array:
+    """The strings of integer codes (-1: null)."""
+    c = _np(codes, np.int64, -1)
+    return pc.take(pa.concat_arrays([vocab.cast(pa.string()), pa.array([None], pa.string())]),
+                   pa.array(np.where(c >= 0, c, len(vocab))))
+
+
+def flags_table(f: pa.Table, fl: Flags, hosp_ids: pa.Array, dip_codes: pa.Array) -> pa.Table:
     """:data:`FLAGS_SCHEMA` rows of a run: the flags, their names joined by ``,`` and evidence
     texts joined by ``; `` (null where nothing is flagged). Vectorised string building, on the
     flagged rows only (a few per cent), scattered back into place."""
@@ -410,7 +447,7 @@ def flags_table(f: pa.Table, fl: Flags) -> pa.Table:
     prev = fl.prev_row[rows]
     prev = pa.array(np.where(prev >= 0, prev, 0))
     prev_case = pc.take(f["case_id"], prev)
-    prev_dip = pc.fill_null(pc.take(f["dip_code"], prev), "-")
+    prev_dip = pc.fill_null(_names(pc.take(f["group"], prev), dip_codes), "-")
     gap = pa.array(fl.gap[rows]).cast(pa.string())
     los = pc.fill_null(sub["los"].cast(pa.string()), "?")
     lim = pa.array(np.round(np.nan_to_num(fl.los_limit[rows]), 1)).cast(pa.string())
@@ -428,10 +465,9 @@ def flags_table(f: pa.Table, fl: Flags) -> pa.Table:
             only(sm["low_standard"], _text("cost ratio ", ratio, " with a stay of ", los, " days")),
             only(sm["over_long_stay"], _text("LOS ", los, " days > limit ", lim, " of the group")),
             only(sm["low_risk_death"], _text("death in a group with a death rate of ", rate, " %")),
-            only(sm["inconsistent_coding"], _text(
-                "main diagnosis ", pc.fill_null(sub["main_dx"], "-"), " against sex ", pc.fill_null(sub["sex"], "-"),
-                ", age ", pc.fill_null(sub["age"].cast(pa.string()), "-"), ", treat class ",
-                pc.fill_null(sub["treat_class"], "-"))),
+            only(sm["inconsistent_coding"], _join([
+                only(_np(sub["coding"], np.int64, 0) & bit != 0, pa.array([text] * k, pa.string()))
+                for bit, text in CODING_BITS.items()], ", ")),
         ]
         names = [only(sm[c], pa.array([c] * k, pa.string())) for c in CASE_FLAGS]
         flags_sub, ev_sub = _join(names, ","), _join(ev, "; ")
@@ -447,8 +483,8 @@ def flags_table(f: pa.Table, fl: Flags) -> pa.Table:
         return pc.take(pa.concat_arrays([whole.cast(pa.string()), null]), pa.array(pos))
 
     flags_txt, evidence = placed(flags_sub), placed(ev_sub)
-    cols = {"case_id": f["case_id"], "hospital_id": f["hospital_id"], "patient_id": f["patient_id"],
-            "dip_code": f["dip_code"]}
+    cols = {"case_id": f["case_id"], "hospital_id": _names(f["hosp"], hosp_ids), "patient_id": f["patient_id"],
+            "dip_code": _names(f["group"], dip_codes)}
     cols.update({c: pa.array(m[c]) for c in CASE_FLAGS})
     cols.update(flags=flags_txt, evidence=evidence)
     return pa.table(cols, schema=FLAGS_SCHEMA)
@@ -474,7 +510,7 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, h
     scored = _np(f["scored"], bool, False)
     hid_all = hospitals["hospital_id"].to_pylist()
     H = len(hid_all)
-    h = _np(pc.index_in(f["hospital_id"], value_set=hospitals["hospital_id"].combine_chunks()), np.int64, -1)
+    h = _np(f["hosp"], np.int64, -1)
     use = scored & (h >= 0)
     hh = np.where(use, h, H)  # bucket H: not counted
 
@@ -482,7 +518,7 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, h
         return np.bincount(hh, weights=None if w is None else np.where(use, w, 0), minlength=H + 1)[:H]
 
     n = per_h()
-    group = np.where(use, _codes(f["dip_code"]), -1)
+    group = np.where(use, _np(f["group"], np.int64, -1), -1)
     g_ok = group >= 0
     gi = np.where(g_ok, group, 0)
     n_g = np.bincount(gi[g_ok], minlength=1).astype(np.float64) if g_ok.any() else np.ones(1)
@@ -491,7 +527,7 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, h
     mean_los_g = np.bincount(gi[g_ok], weights=los[g_ok], minlength=len(n_g)) / np.maximum(n_g, 1)
     mean_cost_g = np.bincount(gi[g_ok], weights=cost[g_ok], minlength=len(n_g)) / np.maximum(n_g, 1)
     score = _np(f["base_score"], np.float64, 0.0)
-    dev = f["deviation"]
+    dev = _np(f["deviation"], np.int64, -1)
     aux = _np(f["aux"], bool, False) & use
     region_score = score[use].mean() if use.any() else np.nan
     high_cut = np.quantile(score[use], 0.9) if use.any() else np.inf
@@ -543,9 +579,9 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, h
     names = hospitals["name"].to_pylist() if "name" in hospitals.column_names else [None] * H
     cols = {
         "hospital_id": hid_all, "name": names, "level": level.astype(np.int8), "n_cases": n.astype(np.int64),
-        "cmi": cmi, "low_share": share(_np(pc.equal(dev, "low"), bool, False)),
-        "high_share": share(_np(pc.equal(dev, "high"), bool, False)),
-        "extreme_share": share(_np(pc.equal(dev, "extreme"), bool, False)),
+        "cmi": cmi, "low_share": share(dev == DEVIATIONS.index("low")),
+        "high_share": share(dev == DEVIATIONS.index("high")),
+        "extreme_share": share(dev == DEVIATIONS.index("extreme")),
         "readmission_rate": share(masks["readmission"]), "transfer_readmission_rate": share(masks["transfer_readmission"]),
         "avg_los": avg_los, "los_index": los_index, "cost_index": cost_index,
         "special_review_share": share(_np(f["special_review"], bool, False)), "aux_share": aux_share,
@@ -624,13 +660,15 @@ def audit(cases, rules, policy, hospitals, *, options: AuditOptions | None = Non
     opt = options if options is not None else options_from(run.policy)
     cases = _one_source(cases)
     layout = dict(schema=schema, encoding=encoding, sheet=sheet)
-    parts = list(_normalised_batches(cases, run, lambda t: case_features(t, score_batch(t, run)),
+    dip_codes = run.rules.groups["dip_code"].combine_chunks()
+    parts = list(_normalised_batches(cases, run, lambda t: case_features(t, score_batch(t, run), run.hosp_ids,
+                                                                         dip_codes),
                                      batch_size=batch_size or BATCH_SIZE, workers=_workers(n_threads),
                                      progress=progress, layout=layout))
     f = pa.concat_tables(parts) if parts else FEATURES.empty_table()
     f = f.combine_chunks()
     fl = flag_cases(f, opt)
-    table = flags_table(f, fl)
+    table = flags_table(f, fl, run.hosp_ids, dip_codes)
     hist = None if history is None else history_counts(history, run, batch_size=batch_size, n_threads=n_threads,
                                                        schema=schema)
     ind = indicators(f, fl, run.hospitals, opt, history=hist)

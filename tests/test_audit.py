@@ -12,22 +12,43 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dipengine.audit import (
-    CASE_FLAGS, FEATURES, AuditOptions, flag_cases, flag_cases_reference, flags_table, indicators, options_from)
+    CASE_FLAGS, DEVIATIONS, FEATURES, AuditOptions, coding_bits, coding_bits_reference, flag_cases,
+    flag_cases_reference, flags_table, indicators, options_from)
 from dipengine.errors import DataError
 
 
+HOSPITALS = pa.array(["H1", "H2", "H3", "H4"])
+GROUPS = pa.array(["G1", "G2", "G3"])
+
+
 def features(rows) -> pa.Table:
-    """A FEATURES table from partial rows (defaults: a scored normal case)."""
-    base = dict(case_id=None, patient_id=None, hospital_id="H1", level=3, scored=True, dip_code="G1",
-                treat_class="conservative", category="K35", main_dx="K35.800", has_main_proc=False, sex="M", age=40,
-                admit=0, discharge=5, los=5, discharge_mode=1, ratio=1.0, deviation="normal", aux=False,
-                base_score=1000.0, total_cost_fen=1_000_000, special_review=False)
+    """A FEATURES table from partial rows written with names (hospital_id, dip_code, category,
+    deviation, main_dx / sex / age / treat_class / has_main_proc), mapped to the codes the audit
+    keeps; default: a scored normal case of H1, G1, K35."""
+    base = dict(hospital_id="H1", level=3, scored=True, dip_code="G1", treat_class="conservative", category="K35",
+                main_dx="K35.800", has_main_proc=False, sex="M", age=40, admit=0, discharge=5, los=5,
+                discharge_mode=1, ratio=1.0, deviation="normal", aux=False, base_score=1000.0,
+                total_cost_fen=1_000_000, special_review=False)
     out = []
     for i, r in enumerate(rows):
         row = dict(base, case_id=f"c{i}", patient_id=f"p{i}")
         row.update(r)
+        cat = row.pop("category")
+        row["cat"] = -1 if cat is None else (ord(cat[0]) - 65) * 100 + int(cat[1:])
+        row["hosp"] = HOSPITALS.to_pylist().index(row.pop("hospital_id"))
+        code = row.pop("dip_code")
+        row["group"] = GROUPS.to_pylist().index(code) if row["scored"] and code is not None else -1
+        dev = row.pop("deviation")
+        row["deviation"] = DEVIATIONS.index(dev) if dev is not None else -1
+        bits = coding_bits_reference(row.pop("main_dx"), row.pop("sex"), row.pop("age"), row.pop("treat_class"),
+                                     row.pop("has_main_proc"))
+        row["coding"] = bits if row["scored"] else 0
         out.append(row)
     return pa.Table.from_pylist(out, schema=FEATURES)
+
+
+def table(f, fl):
+    return flags_table(f, fl, HOSPITALS, GROUPS)
 
 
 # --------------------------------------------------------------------------- the patterns, by hand
@@ -53,7 +74,7 @@ def test_readmission_windows():
     assert not flag_cases(f, AuditOptions(readmit_days=6)).masks["readmission"][1]
     anyh = flag_cases(f, AuditOptions(readmit_hospital="any", readmit_group="any"))
     assert anyh.masks["readmission"].tolist() == [False, True, False, False, True, False, True, False, False]
-    t = flags_table(f, fl)
+    t = table(f, fl)
     assert t["evidence"][1].as_py() == "readmitted 7 days after c0 (G1)"
     assert t["evidence"][4].as_py() == "back 2 days after a transfer out (c3)"
     assert t["flags"].to_pylist()[:5] == [None, "readmission", None, None, "transfer_readmission"]
@@ -75,9 +96,10 @@ def test_norm_based_patterns():
     assert np.flatnonzero(m["low_risk_death"]).tolist() == [21]  # 0 other deaths in 59: below 0.2 %
     assert np.flatnonzero(m["low_standard"]).tolist() == [81]    # ratio 0.2 and 1 day (not 3 days, not 0.5)
     assert np.flatnonzero(m["inconsistent_coding"]).tolist() == [84, 85, 86, 87]
-    ev = flags_table(f, fl)["evidence"].to_pylist()
+    ev = table(f, fl)["evidence"].to_pylist()
     assert ev[20] == "LOS 12 days > limit 7.5 of the group" and ev[81] == "cost ratio 0.2 with a stay of 1 days"
-    assert ev[84].startswith("main diagnosis O80.000 against sex M")
+    assert ev[84] == "main diagnosis of the other sex" and ev[86] == "perinatal main diagnosis after the first year"
+    assert ev[87] == "surgical group without a main procedure"
 
 
 def test_indicators_by_hand():
@@ -175,7 +197,7 @@ def test_fast_path_equals_the_twin(rows, opts):
     slow = flag_cases_reference(f, opt)
     for k in CASE_FLAGS:
         assert fast.masks[k].tolist() == slow[k], k
-    assert flags_table(f, fast).num_rows == len(rows)
+    assert table(f, fast).num_rows == len(rows)
 
 
 # --------------------------------------------------------------------------- the command
@@ -283,3 +305,15 @@ def test_cli_audit_with_a_history(tmp_path, capsys):
     assert ind["aux_share_history"].null_count < ind.num_rows  # the earlier year's shares are there
     m = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))
     assert m["parameters"]["history"] == [str(tmp_path / "prev.parquet")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["K35.800", "O80.000", "o99.000", "N40.x00", "C61.x00", "P07.300", "N97.900",
+                                           "", None]),
+                          st.sampled_from(["M", "F", None]), st.sampled_from([0, 1, 30, None]),
+                          st.sampled_from(["surgery", "conservative", None]), st.booleans()), max_size=30))
+def test_coding_bits_equal_the_twin(rows):
+    cols = list(zip(*rows)) if rows else [[]] * 5
+    fast = coding_bits(pa.array(cols[0], pa.string()), pa.array(cols[1], pa.string()), pa.array(cols[2], pa.int32()),
+                       pa.array(cols[3], pa.string()), pa.array(cols[4], pa.bool_()))
+    assert fast.tolist() == [coding_bits_reference(*r) for r in rows]
