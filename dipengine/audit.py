@@ -493,7 +493,7 @@ def flags_table(f: pa.Table, fl: Flags, hosp_ids: pa.Array, dip_codes: pa.Array)
 INDICATOR_COLUMNS = (
     "hospital_id", "name", "level", "n_cases", "cmi", "low_share", "high_share", "extreme_share",
     "readmission_rate", "transfer_readmission_rate", "avg_los", "los_index", "cost_index", "special_review_share",
-    "aux_share", "peer_aux_share", "aux_share_history", "aux_shift", "high_score_share", "n_low_risk_deaths", "n_flagged", "flagged_share",
+    "aux_share", "peer_aux_share", "aux_share_history", "aux_shift", "high_score_share", "peer_high_score_share", "n_low_risk_deaths", "n_flagged", "flagged_share",
     "upcoding", "risk_score", "rank", "assessment_coef",
 )
 
@@ -545,15 +545,24 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, h
         avg_los = per_h(los) / n
     level = np.asarray(pc.fill_null(hospitals["level"], 0).to_numpy(zero_copy_only=False), np.int64)
     aux_n = per_h(aux.astype(np.float64))
-    peer = np.full(H, np.nan)
-    for lv in np.unique(level):  # per level (three at most): the other hospitals' pooled share
-        at = level == lv
-        tot_n, tot_a = n[at].sum(), aux_n[at].sum()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            peer[at] = (tot_a - aux_n[at]) / (tot_n - n[at])
-    aux_share = share(aux)
-    upcoding = ((n >= opt.upcoding_min_cases) & ~np.isnan(peer) & (aux_share >= opt.upcoding_factor * peer)
-                & (aux_share - peer >= opt.upcoding_min_diff))
+    def peer_share(count):
+        """Per hospital: ``count`` pooled over the other hospitals of its level, per case."""
+        out = np.full(H, np.nan)
+        for lv in np.unique(level):  # three levels at most
+            at = level == lv
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[at] = (count[at].sum() - count[at]) / (n[at].sum() - n[at])
+        return out
+
+    def far_above(mine, peers):
+        return ((n >= opt.upcoding_min_cases) & ~np.isnan(peers) & (mine >= opt.upcoding_factor * peers)
+                & (mine - peers >= opt.upcoding_min_diff))
+
+    high = use & (score >= high_cut)
+    peer = peer_share(aux_n)
+    peer_high = peer_share(per_h(high.astype(np.float64)))
+    aux_share, high_share = share(aux), share(high)
+    upcoding = far_above(aux_share, peer) | far_above(high_share, peer_high)
     prev_share = np.full(H, np.nan)
     if history is not None:
         n_prev, aux_prev = (np.asarray(x, np.float64) for x in history)
@@ -564,7 +573,8 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, h
         upcoding = upcoding | shift_signal
     shift = aux_share - prev_share
     flagged_share = share(flagged)
-    risk = np.nan_to_num(flagged_share) + upcoding * np.nan_to_num(aux_share - peer)
+    risk = np.nan_to_num(flagged_share) + upcoding * np.maximum(np.nan_to_num(aux_share - peer),
+                                                                np.nan_to_num(high_share - peer_high))
     present = n > 0
     order = np.lexsort((np.array(hid_all, dtype=object), -risk))
     order = order[present[order]]
@@ -586,7 +596,7 @@ def indicators(f: pa.Table, fl: Flags, hospitals: pa.Table, opt: AuditOptions, h
         "avg_los": avg_los, "los_index": los_index, "cost_index": cost_index,
         "special_review_share": share(_np(f["special_review"], bool, False)), "aux_share": aux_share,
         "peer_aux_share": peer, "aux_share_history": prev_share, "aux_shift": shift,
-        "high_score_share": share(score > high_cut),
+        "high_score_share": high_share, "peer_high_score_share": peer_high,
         "n_low_risk_deaths": per_h(masks["low_risk_death"].astype(np.float64)).astype(np.int64),
         "n_flagged": per_h(flagged.astype(np.float64)).astype(np.int64), "flagged_share": flagged_share,
         "upcoding": upcoding, "risk_score": np.round(risk, 6), "rank": rank, "assessment_coef": coef,

@@ -317,3 +317,17 @@ def test_coding_bits_equal_the_twin(rows):
     fast = coding_bits(pa.array(cols[0], pa.string()), pa.array(cols[1], pa.string()), pa.array(cols[2], pa.int32()),
                        pa.array(cols[3], pa.string()), pa.array(cols[4], pa.bool_()))
     assert fast.tolist() == [coding_bits_reference(*r) for r in rows]
+
+
+def test_high_score_share_signal():
+    # H1 puts 40 % of its cases in the high-score group G2 (score 5000), its peers 5 %
+    rows = []
+    for h, every in (("H1", 5), ("H2", 20), ("H3", 20), ("H4", 20)):
+        rows += [dict(hospital_id=h, dip_code="G2", base_score=5000.0) if i % every < (2 if h == "H1" else 1)
+                 else dict(hospital_id=h) for i in range(200)]
+    f = features(rows)
+    reg = pa.table({"hospital_id": ["H1", "H2", "H3", "H4"], "name": list("abcd"), "level": pa.array([2] * 4, pa.int8()),
+                    "region": ["440200"] * 4, "coefficient": [None] * 4, "assessment_coef": [1.0] * 4})
+    ind = {r["hospital_id"]: r for r in indicators(f, flag_cases(f, AuditOptions()), reg, AuditOptions()).to_pylist()}
+    assert ind["H1"]["high_score_share"] == 0.4 and ind["H1"]["peer_high_score_share"] == 0.05
+    assert ind["H1"]["upcoding"] and not ind["H2"]["upcoding"] and ind["H1"]["aux_share"] == 0.0
