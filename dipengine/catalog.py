@@ -47,7 +47,7 @@ from dipengine.catalog_stats import year_table as _year_table
 from dipengine.errors import DataError
 from dipengine.io import BATCH_SIZE, atomic_dir, iter_batches, sha256_file, source_files
 from dipengine.money import fen_to_yuan_text, yuan_float_to_fen
-from dipengine.rules import DEFAULT_OPTIONS, FIXED_SUBTYPES, is_complete_proc, parse_age_band
+from dipengine.rules import DEFAULT_OPTIONS, FIXED_SUBTYPES, is_complete_proc, option_problem, parse_age_band
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -104,30 +104,9 @@ def catalog_options(options=None) -> dict:
         if k not in CATALOG_OPTIONS:
             raise ValueError(f"options: {k!r} is not an option of the catalogue build "
                              f"(it takes {', '.join(CATALOG_OPTIONS)})")
-        bad = None
-        if k == "cci_levels":
-            if not (isinstance(v, (list, tuple)) and len(v) == 3
-                    and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and 0 < v[0] <= v[1] <= v[2]):
-                bad = "must be three increasing positive integers [cci_1, cci_2, cci_3]"
-        elif k in ("severity_min_los", "death_discharge_mode"):
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-                bad = "must be a non-negative integer"
-        elif not isinstance(v, (list, tuple)) or not all(isinstance(b, str) for b in v):
-            bad = "must be a list of 'name:low:high' strings"
-        elif len(v) > MAX_AGE_BANDS:
+        bad = option_problem(k, v)
+        if bad is None and k == "age_bands" and len(v) > MAX_AGE_BANDS:
             bad = f"at most {MAX_AGE_BANDS} age bands"
-        else:
-            names = set()
-            for band in v:
-                try:
-                    name = parse_age_band(band)[0]
-                except ValueError as e:
-                    bad = str(e)
-                    break
-                if name in names:
-                    bad = f"age band {name} twice"
-                    break
-                names.add(name)
         if bad:
             raise ValueError(f"option {k} = {v!r}: {bad}")
         out[k] = list(v) if isinstance(v, (list, tuple)) else v

@@ -341,6 +341,50 @@ def _avg_cost_problem(text: str) -> str | None:
     return None
 
 
+def option_problem(k: str, v) -> str | None:
+    """What is wrong with the value ``v`` of the rule-set option ``k`` (a known key), or None.
+
+    The checks of ``rules check`` (and of ``catalog build``'s options, which are the same keys).
+    """
+    seq = (list, tuple)
+    if k == "match_mode" and v not in ("any_of", "all_listed"):
+        return "must be 'any_of' or 'all_listed'"
+    if k == "cci_levels" and not (
+        isinstance(v, seq) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        and 0 < v[0] <= v[1] <= v[2]
+    ):
+        return "must be three increasing positive integers [cci_1, cci_2, cci_3]"
+    if k in ("severity_min_los", "death_discharge_mode", "conservative_max_level") and not (
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    ):
+        return "must be a non-negative integer"
+    if k == "conservative_max_class" and v not in TREAT_CLASSES:
+        return f"must be one of {', '.join(TREAT_CLASSES)}"
+    if k in ("main_procedure_first", "proc_prefix") and not isinstance(v, bool):
+        return "must be true or false"
+    if k == "plus_main_term" and v not in ("first", "any"):
+        return "must be 'first' or 'any'"
+    if k == "tier_order" and not (isinstance(v, seq) and sorted(map(str, v)) == sorted(TIERS)
+                                  and len(set(map(str, v))) == len(TIERS)):
+        return f"must list each of the {len(TIERS)} kinds once: {', '.join(TIERS)}"
+    if k == "tie_break" and not (isinstance(v, seq) and all(isinstance(x, str) and x in TIE_BREAKS for x in v)
+                                 and len(set(v)) == len(v)):
+        return f"must be a list of distinct tie-breaks among {', '.join(TIE_BREAKS)}"
+    if k == "age_bands":
+        if not isinstance(v, seq) or not all(isinstance(b, str) for b in v):
+            return "must be a list of 'name:low:high' strings"
+        names = set()
+        for band in v:
+            try:
+                name = parse_age_band(band)[0]
+            except ValueError as e:
+                return str(e)
+            if name in names:
+                return f"age band {name} twice"
+            names.add(name)
+    return None
+
+
 def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
     """Options of the manifest merged over the defaults; problems for bad ones."""
 
@@ -367,45 +411,7 @@ def _check_options(manifest: dict, mtext: str, problems: list[Problem]) -> dict:
         if k not in DEFAULT_OPTIONS:
             problems.append(Problem("manifest.toml", line_of(k), k, "unknown option"))
             continue
-        bad = None
-        if k == "match_mode" and v not in ("any_of", "all_listed"):
-            bad = "must be 'any_of' or 'all_listed'"
-        elif k == "cci_levels" and not (
-            isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-            and 0 < v[0] <= v[1] <= v[2]
-        ):
-            bad = "must be three increasing positive integers [cci_1, cci_2, cci_3]"
-        elif k in ("severity_min_los", "death_discharge_mode", "conservative_max_level") and not (
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0
-        ):
-            bad = "must be a non-negative integer"
-        elif k == "conservative_max_class" and v not in TREAT_CLASSES:
-            bad = f"must be one of {', '.join(TREAT_CLASSES)}"
-        elif k in ("main_procedure_first", "proc_prefix") and not isinstance(v, bool):
-            bad = "must be true or false"
-        elif k == "plus_main_term" and v not in ("first", "any"):
-            bad = "must be 'first' or 'any'"
-        elif k == "tier_order" and not (isinstance(v, list) and sorted(map(str, v)) == sorted(TIERS)
-                                        and len(set(map(str, v))) == len(TIERS)):
-            bad = f"must list each of the {len(TIERS)} kinds once: {', '.join(TIERS)}"
-        elif k == "tie_break" and not (isinstance(v, list) and all(isinstance(x, str) and x in TIE_BREAKS for x in v)
-                                       and len(set(v)) == len(v)):
-            bad = f"must be a list of distinct tie-breaks among {', '.join(TIE_BREAKS)}"
-        elif k == "age_bands":
-            if not isinstance(v, list):
-                bad = "must be a list of 'name:low:high' strings"
-            else:
-                names = set()
-                for band in v:
-                    try:
-                        name = parse_age_band(band if isinstance(band, str) else "")[0]
-                    except ValueError as e:
-                        bad = str(e)
-                        break
-                    if name in names:
-                        bad = f"age band {name} twice"
-                        break
-                    names.add(name)
+        bad = option_problem(k, v)
         if bad:
             problems.append(Problem("manifest.toml", line_of(k), k, f"option {k} = {v!r}: {bad}"))
         else:
