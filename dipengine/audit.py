@@ -60,8 +60,8 @@ class AuditOptions:
     readmit_group: str = "category"     # category | group | any
     low_cost_ratio: float = 0.4
     short_los: int = 2
-    long_los_quantile: float = 0.95
-    long_los_factor: float = 1.5
+    long_los_quantile: float = 0.5
+    long_los_factor: float = 2.8
     long_los_min_cases: int = 20
     low_risk_death_rate: float = 0.002
     low_risk_min_cases: int = 50

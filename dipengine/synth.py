@@ -15,12 +15,17 @@ demo, with the structure a real region has (docs/synth.md):
 - deaths, transfers, repeat admissions (some within 15 days at the same hospital), very
   low-cost short stays, ~8 % remote cases from two in-province and two cross-province regions;
 - ``bad_rows``: planted defects, one per bad row, cycling over the reader-level reason codes
-  (column ``planted_defect`` names it; null on clean rows).
+  (column ``planted_defect`` names it; null on clean rows);
+- on request, planted over-long stays and up-coding hospitals (:attr:`SynthParams.over_long_share`,
+  :attr:`SynthParams.upcoding_hospitals`), and with ``planted=True`` the ground truth of every
+  planted pattern (:data:`PLANTED_SCHEMA`), for an audit's recall and precision.
 
 Everything is vectorised numpy over cases (loops run over diagnoses and hospitals only), from
 one ``numpy.random.default_rng`` per stream: the region *structure* (hospitals, disease mix)
 is seeded with ``(seed, region)`` and the *cases* with ``(seed, year, region)``, so the years of
-one seed share hospitals and case mix but differ in cases. Same arguments, same bytes.
+one seed share hospitals and case mix but differ in cases. Same arguments, same bytes. Over-long
+stays and up-coding draw from streams of their own, only when their share is > 0: with the
+defaults the data are those of versions without them.
 """
 from __future__ import annotations
 
@@ -129,11 +134,37 @@ class SynthParams:
     """Shares of discharge modes 2, 3, 4, 9."""
     low_cost_share: float = 0.015
     """Planted very low-cost short stays (LOS 1-2 days, 10-30 % of the usual cost)."""
+    over_long_share: float = 0.0
+    """Planted over-long stays: share of cases (drawn among those that are not low-cost short
+    stays) whose LOS is multiplied by a factor drawn in :attr:`over_long_factor` and whose cost by
+    :attr:`over_long_cost`. 0 (the default) plants none and draws nothing."""
+    over_long_factor: tuple = (3.0, 5.0)
+    """Range of the LOS factor of a planted over-long stay (uniform)."""
+    over_long_cost: float = 1.2
+    """Cost multiplier of a planted over-long stay."""
+    upcoding_hospitals: float = 0.0
+    """Planted up-coding (高套): share of the hospitals (at least one when > 0), drawn among the
+    level-2 and level-3 ones, whose cases get added severity-III / high-weight comorbidity
+    secondary diagnoses. 0 (the default) plants none and draws nothing."""
+    upcoding_rate: float = 0.6
+    """Probability that a case of an up-coding hospital is up-coded."""
     n_subcategories: int = 300
     """Subcategories drawn from a full ICD-10 list (``codes_icd10=``)."""
 
 
 DEFAULT_PARAMS = SynthParams()
+
+PLANTED_PATTERNS = ("low_cost_short_stay", "over_long_stay", "readmission_15d", "upcoding_hospital")
+"""Patterns of the ground-truth table (``planted=True``, ``planted.arrow``), in that order:
+:attr:`SynthParams.low_cost_share`, :attr:`SynthParams.over_long_share`, repeat admissions that
+start 1-14 days after the same patient's previous discharge (:attr:`SynthParams.readmit_15d`),
+and :attr:`SynthParams.upcoding_hospitals` (one row per hospital, ``case_id`` null)."""
+
+PLANTED_SCHEMA = pa.schema([("pattern", pa.string()), ("case_id", pa.string()), ("hospital_id", pa.string())])
+"""Arrow schema of the ground-truth table: one row per planted item."""
+
+UPCODING_MIN_CCI_WEIGHT = 2
+"""Comorbidity codes an up-coding hospital adds: those whose ``cci_weights.csv`` weight is at least this."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +395,28 @@ def _vocab_from_lists(icd10, icd9, params: SynthParams, rng) -> Vocabulary:
     return vocab2
 
 
+def _upcoding_codes(v: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """Diagnoses (vocabulary indices) an up-coding hospital adds: the sex-neutral vocabulary codes
+    whose longest ``severity_dx.csv`` prefix is of level III, and those whose longest
+    ``cci_weights.csv`` prefix weighs at least :data:`UPCODING_MIN_CCI_WEIGHT` (the shipped
+    auxiliary catalogues, matched on the main code as the grouper does)."""
+    from dipengine.rules import longest_prefix
+
+    main = _codes.main_code(pa.array(v.dx_code, pa.string()))
+    neutral = v.dx_sex == 0
+    tables = []
+    for name in ("severity_dx.csv", "cci_weights.csv"):
+        with resources.as_file(_data_path(name)) as p:
+            tables.append(read_table(str(p)))
+    sev, cci = tables
+    sev_row = longest_prefix(main, sev["dx_prefix"].to_pylist())
+    sev_level = np.array(sev["level"].to_pylist() + [None], dtype=object)[sev_row]
+    cci_row = longest_prefix(main, cci["dx_prefix"].to_pylist())
+    cci_weight = np.array([int(w) for w in cci["weight"].to_pylist()] + [0], np.int64)[cci_row]
+    return (np.flatnonzero(neutral & (sev_level == "III")),
+            np.flatnonzero(neutral & (cci_weight >= UPCODING_MIN_CCI_WEIGHT)))
+
+
 # --------------------------------------------------------------------------------------------
 # Region structure
 
@@ -577,6 +630,28 @@ class _Setup:
     volume: np.ndarray
     params: SynthParams
     bad_rows: float
+    upcoders: np.ndarray = None  # int64 sorted registry rows of the up-coding hospitals (empty: none)
+    up_sev: np.ndarray = None  # int64 vocabulary rows of the severity-III codes they add
+    up_cci: np.ndarray = None  # int64 vocabulary rows of the high-weight CCI codes they add
+
+
+def _check_share(name: str, value) -> None:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a fraction between 0 and 1, not {value!r}")
+
+
+def _upcoding_hospitals(params: SynthParams, seed: int, region: str, h_level: np.ndarray) -> np.ndarray:
+    """Registry rows of the up-coding hospitals: ``max(1, round(share * hospitals))`` drawn among the
+    level-2 and level-3 ones (at most all of them), from their own stream ``(seed, region, 12)`` so
+    that every year and chunk of one seed shares them and no other draw changes."""
+    if params.upcoding_hospitals <= 0:
+        return np.zeros(0, np.int64)
+    eligible = np.flatnonzero(h_level >= 2)
+    if len(eligible) == 0:
+        raise ValueError("upcoding_hospitals needs a level-2 or level-3 hospital in the registry")
+    m = min(len(eligible), max(1, int(round(params.upcoding_hospitals * len(h_level)))))
+    rng = np.random.default_rng([seed, int(region), 12])
+    return np.sort(rng.choice(eligible, size=m, replace=False)).astype(np.int64)
 
 
 def _setup(year, n_cases, *, seed, region, n_hospitals, bad_rows, codes_icd10, codes_icd9, hospitals,
@@ -588,6 +663,11 @@ def _setup(year, n_cases, *, seed, region, n_hospitals, bad_rows, codes_icd10, c
         raise ValueError("n_cases must be non-negative")
     if not 0.0 <= bad_rows <= 1.0:
         raise ValueError("bad_rows must be a fraction between 0 and 1")
+    for name in ("over_long_share", "upcoding_hospitals", "upcoding_rate"):
+        _check_share(name, getattr(params, name))
+    lo, hi = params.over_long_factor
+    if not 1.0 <= lo <= hi:
+        raise ValueError(f"over_long_factor must be a range (lo, hi) with 1 <= lo <= hi, not {params.over_long_factor!r}")
     if hospitals is None:
         reg = synth_hospitals(n_hospitals, region=region, seed=seed)
     else:
@@ -607,7 +687,16 @@ def _setup(year, n_cases, *, seed, region, n_hospitals, bad_rows, codes_icd10, c
     p_dx = _dx_probabilities(vocab, params, srng)
     h_level = np.asarray(reg["level"], dtype=np.int64)
     volume = np.array(params.level_volume)[h_level - 1] * srng.lognormal(0.0, 0.35, len(h_level))
-    return _Setup(year, region, seed, reg, vocab, pats, p_dx, h_level, volume, params, float(bad_rows))
+    upcoders = _upcoding_hospitals(params, seed, region, h_level)
+    up_sev = up_cci = np.zeros(0, np.int64)
+    if len(upcoders):
+        up_sev, up_cci = _upcoding_codes(vocab)
+        if len(up_sev) == 0 and len(up_cci) == 0:
+            raise DataError("no diagnosis of the code list is a severity-III or high-weight CCI code "
+                            "(severity_dx.csv, cci_weights.csv): up-coding cannot be planted",
+                            file=str(codes_icd10) if codes_icd10 is not None else None)
+    return _Setup(year, region, seed, reg, vocab, pats, p_dx, h_level, volume, params, float(bad_rows),
+                  upcoders, up_sev, up_cci)
 
 
 def chunk_bounds(n_cases: int, chunk_rows: int = CHUNK_ROWS) -> list[tuple[int, int]]:
@@ -635,6 +724,12 @@ def _chunk_rng(seed: int, year: int, region: str, k: int):
     return np.random.default_rng(key if k == 0 else key + [k])
 
 
+def _plant_rng(seed: int, year: int, region: str, k: int):
+    """The planting stream of chunk ``k`` (over-long stays, up-coding): ``(seed, year, region, 2, k)``,
+    apart from the chunk's stream so that planting changes no other draw."""
+    return np.random.default_rng([seed, year, int(region), 2, k])
+
+
 class RegionChunks:
     """The cases of one region as an iterator of :class:`pyarrow.Table` chunks (:data:`CASE_SCHEMA`).
 
@@ -647,13 +742,17 @@ class RegionChunks:
         Case rows over all chunks.
     chunk_rows : int
         Rows of every chunk but the last.
+    planted : bool
+        When true, each item is a pair ``(cases, truth)``: the chunk and its ground-truth rows
+        (:data:`PLANTED_SCHEMA`; the up-coding hospitals with the first chunk).
     """
 
-    def __init__(self, setup: _Setup, n_cases: int, chunk_rows: int):
+    def __init__(self, setup: _Setup, n_cases: int, chunk_rows: int, planted: bool = False):
         self.n_cases = int(n_cases)
         self.chunk_rows = int(chunk_rows)
+        self.planted = bool(planted)
         self._bounds = chunk_bounds(self.n_cases, self.chunk_rows)
-        self._it = _chunks(setup, self._bounds)
+        self._it = _chunks(setup, self._bounds, truth=self.planted)
 
     def __len__(self) -> int:
         """Number of chunks."""
@@ -662,30 +761,39 @@ class RegionChunks:
     def __iter__(self):
         return self
 
-    def __next__(self) -> pa.Table:
+    def __next__(self):
         return next(self._it)
 
 
-def _chunks(s: _Setup, bounds):
-    """Generate the chunks of ``bounds`` in order, carrying case, patient and defect numbering."""
+def _chunks(s: _Setup, bounds, truth: bool = False):
+    """Generate the chunks of ``bounds`` in order, carrying case, patient and defect numbering;
+    ``truth``: yield ``(table, ground truth)`` pairs."""
     patient_base = 0
     planted = np.zeros(len(DEFECT_KINDS), np.int64)  # defects planted so far, per kind
+    upcoding = len(s.upcoders) > 0
     for k, (start, stop) in enumerate(bounds):
         n = stop - start
         rng = _chunk_rng(s.seed, s.year, s.region, k)
-        c = _generate(rng, s.year, n, s.region, s.h_level, s.volume, s.vocab, s.pats, s.p_dx, s.params)
+        # The planting stream exists only when something is planted from it: with the defaults
+        # every draw (and so every byte) is what it always was.
+        prng = _plant_rng(s.seed, s.year, s.region, k) if s.params.over_long_share > 0 or upcoding else None
+        c = _generate(rng, s.year, n, s.region, s.h_level, s.volume, s.vocab, s.pats, s.p_dx, s.params,
+                      prng=prng, track=truth)
+        if upcoding:
+            c = _plant_upcoding(prng, c, s)
         if s.bad_rows > 0 and n > 1:
             # Cumulative rounding: round(bad_rows * n_cases) defects over the whole region.
             m = int(round(s.bad_rows * stop)) - int(round(s.bad_rows * start))
             c = _plant_defects(rng, c, m, first_kind=int(planted.sum()))
         table = _to_table(c, s.vocab, s.reg, s.year, case_base=start, patient_base=patient_base,
                           variant_base=planted)
+        gt = _truth_table(c, table, s, first=k == 0) if truth else None
         patient_base += int(c["patient"].max()) + 1 if n else 0
         d = c["defect"]
         planted = planted + np.bincount(d[d >= 0], minlength=len(DEFECT_KINDS))
         del c, d
-        yield table
-        del table
+        yield (table, gt) if truth else table
+        del table, gt
 
 
 def iter_region(
@@ -701,6 +809,7 @@ def iter_region(
     hospitals=None,
     params: SynthParams | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    planted: bool = False,
 ) -> tuple[pa.Table, RegionChunks]:
     """The hospital registry and the cases of one year, the cases generated chunk by chunk.
 
@@ -717,6 +826,9 @@ def iter_region(
     chunk_rows : int
         Cases per chunk (default :data:`CHUNK_ROWS`). Part of the data's definition: another
         value gives other cases for more than ``chunk_rows`` cases. Tests use small values.
+    planted : bool
+        Also give the ground truth: the chunks are then ``(cases, truth)`` pairs, ``truth`` the
+        chunk's rows of :func:`synth_region`'s truth table (the cases are the same either way).
 
     Returns
     -------
@@ -724,13 +836,14 @@ def iter_region(
         :data:`HOSPITAL_SCHEMA`.
     chunks : RegionChunks
         Iterator of :data:`CASE_SCHEMA` tables, ``chunk_rows`` rows each (the last may be
-        shorter; one empty table when ``n_cases`` is 0).
+        shorter; one empty table when ``n_cases`` is 0); pairs with ``planted``.
 
     Raises
     ------
     ValueError
-        On a bad region code, a negative ``n_cases``, ``bad_rows`` outside [0, 1] or
-        ``chunk_rows`` < 1, before anything is generated.
+        On a bad region code, a negative ``n_cases``, ``bad_rows`` or a share of ``params``
+        outside [0, 1], ``chunk_rows`` < 1, or up-coding hospitals asked of a registry with
+        no level-2 or level-3 hospital, before anything is generated.
     DataError
         On an unreadable or empty registry or code list.
     """
@@ -738,7 +851,7 @@ def iter_region(
         raise ValueError("chunk_rows must be at least 1")
     s = _setup(year, n_cases, seed=seed, region=region, n_hospitals=n_hospitals, bad_rows=bad_rows,
                codes_icd10=codes_icd10, codes_icd9=codes_icd9, hospitals=hospitals, params=params)
-    return s.reg, RegionChunks(s, n_cases, chunk_rows)
+    return s.reg, RegionChunks(s, n_cases, chunk_rows, planted=planted)
 
 
 def synth_region(
@@ -754,7 +867,8 @@ def synth_region(
     hospitals=None,
     params: SynthParams | None = None,
     chunk_rows: int = CHUNK_ROWS,
-) -> tuple[pa.Table, pa.Table]:
+    planted: bool = False,
+) -> tuple[pa.Table, pa.Table] | tuple[pa.Table, pa.Table, pa.Table]:
     """Generate one year of inpatient cases of a pooling region, and its hospital registry.
 
     The whole table in memory (about 0.5 GB per million cases): for large regions, write them
@@ -785,6 +899,8 @@ def synth_region(
         Proportions; :data:`DEFAULT_PARAMS` when omitted.
     chunk_rows : int
         Cases generated at a time (default :data:`CHUNK_ROWS`); see :func:`iter_region`.
+    planted : bool
+        Also return the ground truth of the planted patterns (the cases are the same either way).
 
     Returns
     -------
@@ -793,19 +909,34 @@ def synth_region(
         ``planted_defect`` (string, null on clean rows).
     hospitals : pa.Table
         :data:`HOSPITAL_SCHEMA`.
+    truth : pa.Table
+        Only with ``planted``: :data:`PLANTED_SCHEMA`, one row per planted item — ``pattern``
+        (:data:`PLANTED_PATTERNS`), ``case_id`` (null for an up-coding hospital) and
+        ``hospital_id``; the up-coding hospitals first, then the cases' rows in the cases'
+        order. Rows with a planted defect are not listed (docs/synth.md).
     """
     reg, chunks = iter_region(year, n_cases, seed=seed, region=region, n_hospitals=n_hospitals,
                               bad_rows=bad_rows, codes_icd10=codes_icd10, codes_icd9=codes_icd9,
-                              hospitals=hospitals, params=params, chunk_rows=chunk_rows)
-    tables = list(chunks)
-    return (tables[0] if len(tables) == 1 else pa.concat_tables(tables)), reg
+                              hospitals=hospitals, params=params, chunk_rows=chunk_rows, planted=planted)
+    items = list(chunks)
+    tables = [t for t, _ in items] if planted else items
+    cases = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    if not planted:
+        return cases, reg
+    truths = [g for _, g in items]
+    return cases, reg, (truths[0] if len(truths) == 1 else pa.concat_tables(truths))
 
 
-def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patterns, p_dx, params):
+def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patterns, p_dx, params, *,
+              prng=None, track=False):
     """All case columns as numpy arrays (codes as indices), in output order; dict of name -> array.
 
     Intermediate arrays are released (``del``) as soon as they are used, which bounds the memory
     of one chunk; the draws and their order are those of the original single-table generator.
+    ``prng`` (the chunk's planting stream) draws the planted over-long stays, so that ``rng``'s
+    draws never change with them. ``track``: also return what was planted, per output row
+    (``low``, ``over_long``, ``readmit``: bool; ``prev``: output row of the patient's previous
+    admission, -1 for a first one).
     """
     # Patients and their admissions: patient p has k_p consecutive rows.
     k = rng.choice(np.arange(1, len(params.admissions) + 1), size=max(n, 1), p=np.array(params.admissions) / sum(params.admissions))
@@ -919,7 +1050,23 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
     low = rng.random(n) < params.low_cost_share
     los = np.where(low, rng.integers(1, 3, n), los).astype(np.int64)
     cost = np.where(low, cost * rng.uniform(0.1, 0.3, n), cost)
-    del low
+    n_days = int((np.datetime64(f"{year + 1}-01-01") - np.datetime64(f"{year}-01-01")).astype(np.int64))
+    over_long = None
+    if params.over_long_share > 0:
+        # Planted over-long stays (from the planting stream): LOS x 3-5, cost x 1.2, on cases that
+        # are not low-cost stays, kept only where the patient's stays still fit the year
+        # back-to-back (the fallback of the dates below), so that every date stays in the year.
+        over_long = (prng.random(n) < params.over_long_share) & ~low
+        longer = np.rint(np.maximum(los, pats.los[pat]) * prng.uniform(*params.over_long_factor, n)).astype(np.int64)
+        longer = np.where(over_long, longer, los)
+        fits = np.bincount(patient, weights=longer, minlength=n_pat) + (k - 1) <= n_days - 1
+        over_long &= fits[patient]
+        del fits
+        los = np.where(over_long, longer, los)
+        cost = np.where(over_long, cost * params.over_long_cost, cost)
+        del longer
+    if not track:
+        del low, over_long
 
     # Other procedures: the related one of a pair, and sometimes imaging / tests.
     main_proc = pats.main[pat]
@@ -945,18 +1092,24 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
 
     # Dates: a chain of admissions per patient, placed at random in the year.
     first_day = (np.datetime64(f"{year}-01-01") - np.datetime64("1970-01-01")).astype(np.int64)
-    n_days = int((np.datetime64(f"{year + 1}-01-01") - np.datetime64(f"{year}-01-01")).astype(np.int64))
     gap = np.where(rng.random(n) < params.readmit_15d, rng.integers(1, 15, n), 15 + rng.exponential(55.0, n).astype(np.int64))
     rel_admit, span = _chain(seq, start, patient, los, gap, k)
     over = span > n_days - 1
     if over.any():
         # Rare long chains: back-to-back stays (4 stays of at most 90 days always fit a year).
         rel_admit, span = _chain(seq, start, patient, los, np.where(over[patient], 1, gap), k)
+    if track:
+        # Planted readmissions: repeat admissions 1-14 days after the previous discharge (the gap
+        # draw, or 1 day where a long chain was laid back to back).
+        readmit = (seq > 0) & (np.where(over[patient], 1, gap) <= 14)
     del gap, over
     offset_p = np.floor(rng.random(n_pat) * np.maximum(n_days - span, 1)).astype(np.int64)
     del span
     admit = first_day + offset_p[patient] + rel_admit
-    del offset_p, rel_admit, seq
+    del offset_p, rel_admit
+    if track:
+        prev = np.where(seq > 0, np.arange(n) - 1, -1)
+    del seq
     discharge = admit + los
 
     # Money: patient share by insurance type, level and remote filing; oc and class B parts.
@@ -978,6 +1131,14 @@ def _generate(rng, year, n, region, h_level, volume, v: Vocabulary, pats: _Patte
                     mode=mode, dx=dx, main_proc=main_proc, total_fen=total_fen, fund_fen=fund_fen,
                     patient_fen=patient_fen, oc_fen=oc_fen, b_fen=b_fen)
     del hosp, emp, f, age, admit, discharge, los, mode, dx, main_proc, total_fen, fund_fen, patient_fen, oc_fen, b_fen
+    if track:
+        per_case.update(low=low, over_long=np.zeros(n, bool) if over_long is None else over_long, readmit=readmit)
+        del low, over_long, readmit
+        inv = np.empty(n, np.int64)
+        inv[order] = np.arange(n)
+        prev = prev[order]
+        out["prev"] = np.where(prev >= 0, inv[np.maximum(prev, 0)], -1)
+        del inv, prev
     for name in list(per_case):
         out[name] = per_case.pop(name)[order]
     out["patient"] = patient
@@ -1063,6 +1224,70 @@ def _plant_defects(rng, c: dict, m: int, *, first_kind: int = 0) -> dict:
     c["defect"] = c["defect"].copy()
     c["defect"][rows] = kind
     return c
+
+
+def _plant_upcoding(prng, c: dict, s: _Setup) -> dict:
+    """Up-code the cases of the up-coding hospitals: each, with probability ``upcoding_rate``, gets
+    a severity-III diagnosis (1 in 4), one or two high-weight comorbidity (CCI) diagnoses (1 in 4)
+    or both (1 in 2), appended to its secondary diagnoses (repeats and the main diagnosis dropped).
+    Costs, LOS and everything else stay as they were: the coding, not the care, changes."""
+    n = len(c["case_num"])
+    up = np.isin(c["hospital"], s.upcoders) & (prng.random(n) < s.params.upcoding_rate)
+    rows = np.flatnonzero(up)
+    m = len(rows)
+    if m == 0:
+        return c
+    kind = prng.choice(3, size=m, p=[0.25, 0.25, 0.5])  # 0 severity III, 1 CCI, 2 both
+    two = prng.random(m) < 0.5
+    if len(s.up_cci) == 0:
+        kind[:] = 0
+    elif len(s.up_sev) == 0:
+        kind[:] = 1
+    n_sev = (kind != 1).astype(np.int64)
+    n_cci = np.where(kind != 0, 1 + two, 0).astype(np.int64)
+    # (an empty pool is never drawn from: its count is 0)
+    sev_codes = s.up_sev[prng.integers(0, max(len(s.up_sev), 1), int(n_sev.sum()))]
+    cci_codes = s.up_cci[prng.integers(0, max(len(s.up_cci), 1), int(n_cci.sum()))]
+    offsets, sec = c["sec_offsets"], c["sec"]
+    owner = np.concatenate([np.repeat(np.arange(n), np.diff(offsets)), np.repeat(rows, n_sev), np.repeat(rows, n_cci)])
+    code = np.concatenate([sec, sev_codes, cci_codes]).astype(sec.dtype)
+    by_owner = np.argsort(owner, kind="stable")  # a case's own codes first, then the added ones
+    owner, code = owner[by_owner], code[by_owner]
+    key = owner * len(s.vocab.dx_code) + code
+    by_key = np.argsort(key, kind="stable")
+    drop = np.zeros(len(code), bool)
+    drop[by_key[1:][key[by_key][1:] == key[by_key][:-1]]] = True  # repeats: the first one stays
+    drop |= code == c["dx"][owner]
+    owner, code = owner[~drop], code[~drop]
+    c = dict(c)
+    c["sec_offsets"] = np.r_[0, np.cumsum(np.bincount(owner, minlength=n))].astype(offsets.dtype)
+    c["sec"] = code
+    return c
+
+
+def _truth_table(c: dict, table: pa.Table, s: _Setup, first: bool) -> pa.Table:
+    """The ground truth of one chunk (:data:`PLANTED_SCHEMA`), rows in the chunk's row order
+    (patterns in :data:`PLANTED_PATTERNS` order within a row); ``first``: lead with the up-coding
+    hospitals. Rows with a planted defect (which the reader rejects) are left out, and so are
+    readmissions whose previous admission has one: the truth lists what an audit of the
+    accepted cases can find."""
+    clean = c["defect"] < 0
+    prev = c["prev"]
+    readmit = c["readmit"] & clean & (prev >= 0) & clean[np.maximum(prev, 0)]
+    rows = [np.flatnonzero(c["low"] & clean), np.flatnonzero(c["over_long"] & clean), np.flatnonzero(readmit)]
+    idx = np.concatenate(rows).astype(np.int64)
+    pat = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    o = np.lexsort((pat, idx))
+    idx, pat = pa.array(idx[o]), pat[o]
+    parts = [pa.Table.from_arrays(
+        [_take(list(PLANTED_PATTERNS), pat), table["case_id"].take(idx), table["hospital_id"].take(idx)],
+        schema=PLANTED_SCHEMA)]
+    if first and len(s.upcoders):
+        h = len(s.upcoders)
+        ids = s.reg["hospital_id"].combine_chunks().take(pa.array(s.upcoders))
+        parts.insert(0, pa.Table.from_arrays(
+            [pa.array([PLANTED_PATTERNS[3]] * h, pa.string()), pa.nulls(h, pa.string()), ids], schema=PLANTED_SCHEMA))
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts).combine_chunks()
 
 
 def _to_table(c: dict, v: Vocabulary, reg: pa.Table, year: int, *, case_base: int = 0, patient_base: int = 0,
@@ -1253,12 +1478,15 @@ def write_region_stream(
 
     Memory stays that of one chunk: each is written (as Parquet row groups) before the next is
     generated. The file holds the same table whatever ``batch_rows``, and the same bytes for the
-    same arguments.
+    same arguments. When the chunks carry their ground truth (``iter_region(..., planted=True)``),
+    ``out/planted.arrow`` (Arrow IPC file, :data:`PLANTED_SCHEMA`) is written too, a record batch per chunk, and
+    renamed in after ``cases.parquet``.
 
     Parameters
     ----------
-    chunks : iterable of pa.Table
-        :data:`CASE_SCHEMA` tables, e.g. the ``chunks`` of :func:`iter_region`.
+    chunks : iterable of pa.Table or of (pa.Table, pa.Table)
+        :data:`CASE_SCHEMA` tables, e.g. the ``chunks`` of :func:`iter_region`; or
+        ``(cases, truth)`` pairs (``planted=True``), the truth in :data:`PLANTED_SCHEMA`.
     hospitals : pa.Table
         The registry (:data:`HOSPITAL_SCHEMA`).
     out : path
@@ -1282,39 +1510,73 @@ def write_region_stream(
     -------
     cases_path, hospitals_path : Path
     summary : dict
-        As :func:`summarize`, over all chunks (in the contract form).
+        As :func:`summarize`, over all chunks (in the contract form); with the truth also
+        ``planted`` (rows per pattern of :data:`PLANTED_PATTERNS`) and ``planted_path``.
 
     Raises
     ------
     DataError
         When an output may not be written (checked before the first chunk).
     """
-    from dipengine.io import check_output, write_batches
+    import contextlib
+    import itertools
+
+    import pyarrow.parquet as pq
+
+    from dipengine.io import _atomic_file, _resolve_output, check_output, write_batches
 
     out = Path(out)
-    cases_path, hosp_path = out / "cases.parquet", out / "hospitals.csv"
-    for path in (cases_path, hosp_path):
+    cases_path, hosp_path, truth_path = out / "cases.parquet", out / "hospitals.csv", out / "planted.arrow"
+    total = getattr(chunks, "n_cases", None)
+    # Pairs (cases, truth) or tables: known from the iterator (RegionChunks), else from its first item.
+    with_truth = getattr(chunks, "planted", None)
+    chunks = iter(chunks)
+    if with_truth is None:
+        first = next(chunks, None)
+        with_truth = isinstance(first, tuple)
+        chunks = itertools.chain([] if first is None else [first], chunks)
+    for path in (cases_path, hosp_path) + ((truth_path,) if with_truth else ()):
         check_output(path, list(inputs))
     if batch_rows is not None and batch_rows < 1:
         raise ValueError("batch_rows must be at least 1")
     export = _export(schema)
     file_schema = CASE_SCHEMA if export is None else export(CASE_SCHEMA.empty_table()).schema
     home = hospitals["region"][0].as_py() if hospitals.num_rows else None
-    total = getattr(chunks, "n_cases", None)
     tally = _tally(None, home)
+    counts = dict.fromkeys(PLANTED_PATTERNS, 0)
 
-    def written():
-        for t in chunks:
-            tally.update(_tally(t, home, tally))
-            yield t if export is None else export(t)
-            del t
-            if progress is not None:
-                progress(tally["cases"], total)
+    with contextlib.ExitStack() as stack:
+        truth_writer = None
+        if with_truth:
+            tmp = stack.enter_context(_atomic_file(_resolve_output(truth_path, directory=False)))
+            # Arrow IPC, not Parquet: a directory given as input reads every .parquet file in it
+            truth_writer = stack.enter_context(pa.ipc.new_file(str(tmp), PLANTED_SCHEMA))
 
-    stream = written() if batch_rows is None else _rebatch(written(), batch_rows)
-    write_batches(stream, cases_path, file_schema)
+        def written():
+            for item in chunks:
+                if with_truth:
+                    t, truth = item
+                    truth_writer.write_table(truth)
+                    for d in pc.value_counts(truth["pattern"]).to_pylist():
+                        counts[d["values"]] += d["counts"]
+                    del truth
+                else:
+                    t = item
+                del item
+                tally.update(_tally(t, home, tally))
+                yield t if export is None else export(t)
+                del t
+                if progress is not None:
+                    progress(tally["cases"], total)
+
+        stream = written() if batch_rows is None else _rebatch(written(), batch_rows)
+        write_batches(stream, cases_path, file_schema)
     write_table(hospitals, hosp_path)
-    return cases_path, hosp_path, _summary(tally, hospitals)
+    summary = _summary(tally, hospitals)
+    if with_truth:
+        summary["planted"] = counts
+        summary["planted_path"] = truth_path
+    return cases_path, hosp_path, summary
 
 
 def _tally(cases, home, before=None) -> dict:

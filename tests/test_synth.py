@@ -463,3 +463,305 @@ def test_cli_errors(tmp_path):
                          "--codes-icd10", str(bad)])
     assert code == 1 and "code" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------- planted patterns
+
+
+def _digest(table: pa.Table) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in table.column_names:
+        h.update(name.encode())
+        h.update(repr(table[name].to_pylist()).encode())
+    return h.hexdigest()
+
+
+# Content digests of the default output, from before over-long stays and up-coding existed. A change
+# here means the default random streams moved (an extra or reordered draw): every seed's data, and
+# the shipped demo tables built from them, would change. Update only on purpose.
+PINNED = {
+    "one chunk": "747c8a96a1ba83a91a8ab597e2d36ce2008c5d786de15793286f6fefbcf3af7d",
+    "chunks of 1000": "bb995fb5b666c9651b626a670d45361902e7a9c6e7c57a76fed9b40a11a50164",
+    "registry": "0d0791d2d4069e7f293d3b046c34516c44341d315aada9c0ad18d236b117e0fd",
+}
+
+
+def test_default_output_is_pinned():
+    cases, hosp = synth_region(2026, 3000, seed=7, bad_rows=0.02)
+    assert _digest(cases) == PINNED["one chunk"]
+    assert _digest(hosp) == PINNED["registry"]
+    chunked, _ = synth_region(2026, 3000, seed=7, bad_rows=0.02, chunk_rows=1000)
+    assert _digest(chunked) == PINNED["chunks of 1000"]
+
+
+def test_new_shares_at_zero_and_the_truth_change_nothing():
+    base, hosp = synth_region(2026, 4000, seed=3, bad_rows=0.02, chunk_rows=1500)
+    zero = synth.SynthParams(over_long_share=0.0, upcoding_hospitals=0.0, upcoding_rate=0.9,
+                             over_long_factor=(4.0, 6.0), over_long_cost=2.0)
+    again, hosp2, truth = synth_region(2026, 4000, seed=3, bad_rows=0.02, chunk_rows=1500, params=zero, planted=True)
+    assert again.equals(base) and hosp2.equals(hosp)
+    assert set(truth["pattern"].to_pylist()) == {"low_cost_short_stay", "readmission_15d"}
+    # iter_region with the truth gives the same chunks, and the truth chunk by chunk
+    _, chunks = synth.iter_region(2026, 4000, seed=3, bad_rows=0.02, chunk_rows=1500, planted=True)
+    pairs = list(chunks)
+    assert len(pairs) == 3 and all(isinstance(p, tuple) for p in pairs)
+    assert pa.concat_tables([c for c, _ in pairs]).equals(base)
+    assert pa.concat_tables([t for _, t in pairs]).equals(truth)
+
+
+def test_truth_schema_and_rows():
+    cases, _, truth = synth_region(2026, N, seed=7, region=REGION, planted=True,
+                                   params=synth.SynthParams(over_long_share=0.02, upcoding_hospitals=0.05))
+    assert truth.schema.equals(synth.PLANTED_SCHEMA)
+    assert set(truth["pattern"].to_pylist()) == set(synth.PLANTED_PATTERNS)
+    per_case = truth.filter(pc.not_equal(truth["pattern"], "upcoding_hospital"))
+    assert per_case["case_id"].null_count == 0
+    # every case row names a case of the table, with its hospital; a (pattern, case) at most once
+    hosp_of = dict(zip(cases["case_id"].to_pylist(), cases["hospital_id"].to_pylist()))
+    pairs = list(zip(per_case["pattern"].to_pylist(), per_case["case_id"].to_pylist()))
+    assert len(set(pairs)) == len(pairs)
+    assert all(hosp_of[c] == h for c, h in zip(per_case["case_id"].to_pylist(), per_case["hospital_id"].to_pylist()))
+    # rows follow the cases' order
+    pos = {c: i for i, c in enumerate(cases["case_id"].to_pylist())}
+    order = [pos[c] for c in per_case["case_id"].to_pylist()]
+    assert order == sorted(order)
+    # low-cost stays: about 1.5 % of the cases, LOS 1-2 days, never also over-long
+    low = set(truth.filter(pc.equal(truth["pattern"], "low_cost_short_stay"))["case_id"].to_pylist())
+    assert abs(len(low) - 0.015 * N) < 4 * np.sqrt(0.015 * N)
+    los_of = dict(zip(cases["case_id"].to_pylist(), cases["los"].to_pylist()))
+    assert all(los_of[c] <= 2 for c in low)
+    over = set(truth.filter(pc.equal(truth["pattern"], "over_long_stay"))["case_id"].to_pylist())
+    assert not low & over
+    assert abs(len(over) - 0.02 * 0.985 * N) < 4 * np.sqrt(0.02 * N)
+
+
+def _readmissions(cases: pa.Table) -> set:
+    """Case ids of the admissions that start 1-14 days after the same patient's previous discharge."""
+    df = cases.select(["case_id", "patient_id", "admit_date", "discharge_date"]).to_pandas()
+    df = df.sort_values(["patient_id", "admit_date"])
+    same = df["patient_id"].eq(df["patient_id"].shift())
+    gap = (df["admit_date"] - df["discharge_date"].shift()).map(lambda d: getattr(d, "days", -1))
+    return set(df.loc[same & (gap >= 1) & (gap <= 14), "case_id"])
+
+
+@pytest.mark.parametrize("chunk_rows", [synth.CHUNK_ROWS, 3000])
+def test_readmission_truth_is_exactly_the_data(chunk_rows):
+    params = synth.SynthParams(over_long_share=0.03)
+    cases, _, truth = synth_region(2026, 20_000, seed=5, params=params, chunk_rows=chunk_rows, planted=True)
+    got = truth.filter(pc.equal(truth["pattern"], "readmission_15d"))
+    assert set(got["case_id"].to_pylist()) == _readmissions(cases)
+    assert got.num_rows > 0.03 * cases.num_rows
+
+
+def test_truth_leaves_out_rejected_rows():
+    from dipengine import reader
+
+    params = synth.SynthParams(over_long_share=0.03, upcoding_hospitals=0.05)
+    cases, hosp, truth = synth_region(2026, 10_000, seed=6, bad_rows=0.05, params=params, planted=True)
+    out = reader.read_cases(cases, hosp, period="2026")
+    accepted = set(cases.filter(pc.is_null(out["reason"]))["case_id"].to_pylist())
+    per_case = truth.filter(pc.is_valid(truth["case_id"]))
+    assert set(per_case["case_id"].to_pylist()) <= accepted
+    # readmissions: those of the data whose case and previous admission are both clean
+    assert set(per_case.filter(pc.equal(per_case["pattern"], "readmission_15d"))["case_id"].to_pylist()) <= _readmissions(cases)
+
+
+def _by_stay(cases: pa.Table):
+    """The cases as a frame indexed by (patient, n-th stay of the patient)."""
+    df = cases.to_pandas().sort_values(["patient_id", "admit_date"])
+    df["stay"] = df.groupby("patient_id").cumcount()
+    df["total_fen"] = yuan_to_fen(pa.array(df["total_cost"], pa.decimal128(18, 2)))[0]
+    return df.set_index(["patient_id", "stay"]).sort_index()
+
+
+def test_over_long_stays_against_the_same_region_without_them():
+    n = 30_000
+    base, _ = synth_region(2026, n, seed=8)
+    params = synth.SynthParams(over_long_share=0.04)
+    planted, _, truth = synth_region(2026, n, seed=8, params=params, planted=True)
+    a, b = _by_stay(base), _by_stay(planted)
+    assert a.index.equals(b.index)  # the same patients and stays
+    over = b["case_id"].isin(truth.filter(pc.equal(truth["pattern"], "over_long_stay"))["case_id"].to_pylist())
+    assert over.sum() > 0.03 * n
+    # The planted stays are what changed, and changed as documented.
+    changed = a["los"].to_numpy() != b["los"].to_numpy()
+    assert (changed == over.to_numpy()).all()
+    assert (b.loc[over, "los"] >= 3 * a.loc[over, "los"]).all()
+    ta, tb = a.loc[over, "total_fen"], b.loc[over, "total_fen"]
+    assert (tb >= ta).all() and (tb <= 1.2 * ta + 1).all() and (tb > ta).mean() > 0.95
+    # Nothing else about any case changed ...
+    same = ["hospital_id", "insurance_type", "person_type", "insured_region", "remote_filing", "sex", "age",
+            "age_days", "discharge_mode", "main_dx", "main_proc"]
+    for col in same:
+        assert a[col].equals(b[col]), col
+    assert [list(x) for x in a["other_dx"]] == [list(x) for x in b["other_dx"]]
+    assert (a.loc[~over, "total_fen"] == b.loc[~over, "total_fen"]).all()
+    for col in ("fund_paid", "patient_paid", "out_of_catalogue_cost", "class_b_cost"):
+        assert (a.loc[~over, col] == b.loc[~over, col]).all(), col
+    # ... and only the dates of patients with a planted stay moved.
+    touched = b.index.get_level_values(0).isin(b.index[over].get_level_values(0))
+    for col in ("admit_date", "discharge_date"):
+        assert (a.loc[~touched, col] == b.loc[~touched, col]).all()
+    # Stays of one patient never overlap and every date lies in the year.
+    assert (b["discharge_date"] - b["admit_date"]).map(lambda d: d.days).eq(b["los"]).all()
+    nxt = b.groupby(level=0)["admit_date"].shift(-1)
+    assert ((nxt - b["discharge_date"]).dropna().map(lambda d: d.days) >= 1).all()
+    assert str(b["admit_date"].min()) >= "2026-01-01" and str(b["discharge_date"].max()) <= "2026-12-31"
+    # The low-cost stays are the same ones.
+    low = lambda t, df: df["case_id"].isin(t.filter(pc.equal(t["pattern"], "low_cost_short_stay"))["case_id"].to_pylist())
+    _, _, truth0 = synth_region(2026, n, seed=8, planted=True)
+    assert (low(truth0, a).to_numpy() == low(truth, b).to_numpy()).all()
+
+
+def test_over_long_stays_stand_out_in_their_group():
+    from dipengine import grouper
+
+    params = synth.SynthParams(over_long_share=0.02)
+    cases, _, truth = synth_region(2026, 60_000, seed=9, params=params, planted=True)
+    g = grouper.group(cases, "demo")
+    df = cases.select(["case_id", "los"]).to_pandas().assign(group=g["dip_code"].to_pylist())
+    df["over"] = df["case_id"].isin(truth.filter(pc.equal(truth["pattern"], "over_long_stay"))["case_id"].to_pylist())
+    ratio = df["los"] / df.groupby("group")["los"].transform("median")
+    flagged = ratio >= 2.8
+    assert flagged[df["over"]].mean() > 0.95  # recall of a plain rule
+    assert df["over"][flagged].mean() > 0.8  # and its precision
+
+
+@pytest.fixture(scope="module")
+def upcoded():
+    params = synth.SynthParams(upcoding_hospitals=0.05)
+    base, hosp = synth_region(2026, N, seed=12)
+    cases, hosp2, truth = synth_region(2026, N, seed=12, params=params, planted=True)
+    assert hosp2.equals(hosp)
+    ids = truth.filter(pc.equal(truth["pattern"], "upcoding_hospital"))["hospital_id"].to_pylist()
+    return base, cases, hosp, truth, ids
+
+
+def test_upcoding_hospitals_are_drawn_among_levels_2_and_3(upcoded):
+    _, _, hosp, truth, ids = upcoded
+    rows = truth.filter(pc.equal(truth["pattern"], "upcoding_hospital"))
+    assert rows["case_id"].null_count == rows.num_rows == 3 == len(set(ids))  # round(0.05 * 60)
+    assert truth["pattern"][:3].to_pylist() == ["upcoding_hospital"] * 3  # first
+    level = dict(zip(hosp["hospital_id"].to_pylist(), hosp["level"].to_pylist()))
+    assert all(level[h] in (2, 3) for h in ids)
+    # The same hospitals in every year of the seed and on the reused registry; at least one.
+    params = synth.SynthParams(upcoding_hospitals=0.05)
+    for kw in ({}, {"hospitals": hosp}):
+        _, _, t = synth_region(2024, 500, seed=12, params=params, planted=True, **kw)
+        assert t.filter(pc.equal(t["pattern"], "upcoding_hospital"))["hospital_id"].to_pylist() == ids
+    _, _, t = synth_region(2026, 100, seed=12, planted=True, params=synth.SynthParams(upcoding_hospitals=0.001))
+    assert t.filter(pc.equal(t["pattern"], "upcoding_hospital")).num_rows == 1
+    one_level = hosp.filter(pc.equal(hosp["level"], 1))
+    with pytest.raises(ValueError, match="level-2 or level-3"):
+        synth_region(2026, 10, hospitals=one_level, params=params)
+
+
+def test_upcoding_adds_only_severe_secondary_diagnoses(upcoded):
+    from dipengine.io import read_table
+    from dipengine.rules import longest_prefix
+
+    base, cases, _, _, ids = upcoded
+    # Same rows (no date changes); every column but other_dx identical.
+    assert base.drop_columns(["other_dx"]).equals(cases.drop_columns(["other_dx"]))
+    at = np.isin(cases["hospital_id"].to_numpy(zero_copy_only=False), ids)
+    before, after = base["other_dx"].to_pylist(), cases["other_dx"].to_pylist()
+    assert all(before[i] == after[i] for i in np.flatnonzero(~at))
+    added = [after[i][len(before[i]):] for i in np.flatnonzero(at)]
+    assert all(after[i][:len(before[i])] == before[i] for i in np.flatnonzero(at))
+    share = np.mean([len(a) > 0 for a in added])
+    assert 0.5 < share < 0.65  # upcoding_rate 0.6 (a few draws repeat a code the case has)
+    # The added codes: severity III or CCI weight >= 2 in the shipped catalogues, no repeats, never the main code.
+    flat = pa.array(sorted({c for a in added for c in a}), pa.string())
+    sev, cci = (read_table(str(synth._data_path(n))) for n in ("severity_dx.csv", "cci_weights.csv"))
+    main = codes.main_code(flat)
+    s_row = longest_prefix(main, sev["dx_prefix"].to_pylist())
+    c_row = longest_prefix(main, cci["dx_prefix"].to_pylist())
+    s_lvl = [sev["level"][r].as_py() if r >= 0 else None for r in s_row]
+    c_w = [int(cci["weight"][r].as_py()) if r >= 0 else 0 for r in c_row]
+    assert all(lv == "III" or w >= 2 for lv, w in zip(s_lvl, c_w))
+    assert "III" in s_lvl and max(c_w) >= 2
+    assert pc.all(codes.is_valid_dx(flat)).as_py()
+    main_dx = cases["main_dx"].to_pylist()
+    assert all(len(set(x)) == len(x) and main_dx[i] not in x for i, x in enumerate(after))
+
+
+def test_upcoding_hospitals_stand_out_on_the_demo_rules(upcoded):
+    from dipengine import grouper, reader
+
+    _, cases, hosp, _, ids = upcoded
+    assert reader.read_cases(cases, hosp, period="2026")["reason"].null_count == cases.num_rows  # all accepted
+    g = grouper.group(cases, "demo")
+    df = cases.select(["hospital_id"]).to_pandas().assign(aux=pc.is_valid(g["aux_subtype"]).to_numpy(zero_copy_only=False))
+    share = df.groupby("hospital_id")["aux"].mean()
+    level = dict(zip(hosp["hospital_id"].to_pylist(), hosp["level"].to_pylist()))
+    for h in ids:
+        peers = share[[x for x in share.index if level[x] == level[h] and x not in ids]]
+        assert share[h] > 1.5 * peers.median() and share[h] > peers.max() + 0.1, (h, share[h], peers.describe())
+
+
+def test_planting_arguments_are_checked():
+    for kw in ({"over_long_share": 1.5}, {"upcoding_hospitals": -0.1}, {"upcoding_rate": 2.0},
+               {"over_long_factor": (0.5, 2.0)}, {"over_long_factor": (5.0, 3.0)}):
+        with pytest.raises(ValueError):
+            synth_region(2026, 10, params=synth.SynthParams(**kw))
+
+
+def test_write_region_stream_writes_the_truth(tmp_path):
+    params = synth.SynthParams(over_long_share=0.02, upcoding_hospitals=0.05)
+    cases, hosp, truth = synth_region(2026, 5000, seed=2, params=params, chunk_rows=2000, planted=True)
+    _, chunks = synth.iter_region(2026, 5000, seed=2, params=params, chunk_rows=2000, planted=True)
+    _, _, s = synth.write_region_stream(chunks, hosp, tmp_path / "a", batch_rows=1500)
+    assert pq.read_table(tmp_path / "a" / "cases.parquet").equals(cases)
+    with pa.ipc.open_file(tmp_path / "a" / "planted.arrow") as f:
+        back = f.read_all()
+        assert back.equals(truth) and f.num_record_batches == 3
+    assert s["planted"] == {p: truth["pattern"].to_pylist().count(p) for p in synth.PLANTED_PATTERNS}
+    assert s["planted_path"] == tmp_path / "a" / "planted.arrow"
+    # any iterable of pairs; tables alone write no truth
+    synth.write_region_stream([(cases, truth)], hosp, tmp_path / "b")
+    assert _truth(tmp_path / "b").equals(truth)
+    _, _, s = synth.write_region_stream([cases], hosp, tmp_path / "c")
+    assert not (tmp_path / "c" / "planted.arrow").exists() and "planted" not in s
+
+
+def test_cli_writes_planted_truth(tmp_path):
+    from dipengine.io import write_table
+
+    code, out, _ = _run(["synth", "--year", "2026", "--cases", "6000", "--out", str(tmp_path / "r"), "--seed", "3",
+                         "--over-long", "0.02", "--upcoding-hospitals", "0.05", "--upcoding-rate", "0.5",
+                         "--bad-rows", "0.01", "--schema", "nhsa"])
+    assert code == 0 and "planted.arrow" in out and "over_long_stay" in out and "upcoding_hospital 3" in out
+    params = synth.SynthParams(over_long_share=0.02, upcoding_hospitals=0.05, upcoding_rate=0.5)
+    _, _, truth = synth_region(2026, 6000, seed=3, params=params, bad_rows=0.01, planted=True)
+    assert _truth(tmp_path / "r").equals(truth)
+    # By default: the low-cost stays and readmissions, over the same cases as before.
+    code, out, _ = _run(["synth", "--year", "2026", "--cases", "3000", "--out", str(tmp_path / "d"), "--seed", "3"])
+    assert code == 0
+    base, _, truth = synth_region(2026, 3000, seed=3, planted=True)
+    assert pq.read_table(tmp_path / "d" / "cases.parquet").equals(base)
+    back = _truth(tmp_path / "d")
+    assert back.equals(truth) and set(back["pattern"].to_pylist()) == {"low_cost_short_stay", "readmission_15d"}
+    # A registry without level-2/3 hospitals cannot up-code: a usage error, nothing written.
+    level1 = tmp_path / "level1.csv"
+    _, hosp = synth_region(2026, 1, seed=3)
+    write_table(hosp.filter(pc.equal(hosp["level"], 1)), level1)
+    code, _, err = _run(["synth", "--year", "2026", "--cases", "10", "--out", str(tmp_path / "x"),
+                         "--hospitals", str(level1), "--upcoding-hospitals", "0.1"])
+    assert code == 2 and "level-2 or level-3" in err and not (tmp_path / "x").exists()
+
+
+def _truth(directory):
+    with pa.ipc.open_file(directory / "planted.arrow") as f:
+        return f.read_all()
+
+
+def test_a_region_directory_as_input_reads_the_cases_only(tmp_path):
+    from dipengine.cli import main
+    from pathlib import Path
+
+    from dipengine.io import source_files
+
+    assert main(["synth", "--year", "2026", "--cases", "500", "--out", str(tmp_path / "r"), "--over-long", "0.1"]) == 0
+    assert [Path(f).name for f in source_files(str(tmp_path / "r"))] == ["cases.parquet"]
