@@ -23,6 +23,7 @@ COMMANDS = {
     "benefits": "benefits",
     "estimate": "estimate",
     "audit": "audit",
+    "report": "report",
 }
 
 
