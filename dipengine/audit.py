@@ -16,8 +16,9 @@ Case patterns (each a boolean column of ``flags.parquet``, with its evidence tex
   ``"group"``: same DIP group; ``"any"``);
 - ``transfer_readmission``: the previous admission ended in a transfer out (离院方式 2 or 3) and the
   patient was back at the same hospital within ``readmit_days`` days;
-- ``low_standard`` (低标入院): cost ratio below ``low_cost_ratio`` and a stay of at most
-  ``short_los`` days;
+- ``low_standard`` (低标入院): a stay of at most ``short_los`` days that costs below
+  ``low_cost_ratio`` of the reference, or that lasts at most ``short_stay_share`` of the group's
+  median LOS and costs below ``short_stay_cost_ratio``;
 - ``over_long_stay``: LOS above ``long_los_factor`` × the ``long_los_quantile`` of the group's LOS
   in the run (groups of at least ``long_los_min_cases`` cases);
 - ``low_risk_death``: died (离院方式 5) in a group whose death rate in the run is below
@@ -58,8 +59,10 @@ class AuditOptions:
     readmit_days: int = 15
     readmit_hospital: str = "same"      # same | any
     readmit_group: str = "category"     # category | group | any
-    low_cost_ratio: float = 0.4
+    low_cost_ratio: float = 0.35
     short_los: int = 2
+    short_stay_share: float = 0.3           # a stay this short against the group's median LOS ...
+    short_stay_cost_ratio: float = 0.8      # ... is low-standard below this cost ratio
     long_los_quantile: float = 0.5
     long_los_factor: float = 2.8
     long_los_min_cases: int = 20
@@ -86,7 +89,8 @@ class AuditOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "must be a non-negative integer")
-        for name in ("low_cost_ratio", "long_los_factor", "upcoding_factor", "upcoding_min_diff", "upcoding_min_shift",
+        for name in ("low_cost_ratio", "short_stay_share", "short_stay_cost_ratio", "long_los_factor",
+                     "upcoding_factor", "upcoding_min_diff", "upcoding_min_shift",
                      "low_risk_death_rate", "assessment_per_flagged", "assessment_upcoding"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
@@ -226,13 +230,14 @@ def _starts_any(col, prefixes) -> np.ndarray:
 class Flags:
     """What :func:`flag_cases` finds: one boolean array per :data:`CASE_FLAGS`, and the evidence
     of the windows (previous admission row, gap in days: -1 none) and of the norms (the group's
-    LOS limit, its death rate: NaN none)."""
+    LOS limit and median, its death rate: NaN none)."""
 
     masks: dict
     prev_row: np.ndarray
     gap: np.ndarray
     los_limit: np.ndarray
     group_death_rate: np.ndarray
+    los_median: np.ndarray
 
 
 def _group_quantile(key: np.ndarray, values: np.ndarray, q: float, min_n: int) -> np.ndarray:
@@ -321,13 +326,17 @@ def flag_cases(f: pa.Table, opt: AuditOptions) -> Flags:
     low_risk_death = died & big & (rate < opt.low_risk_death_rate)
     group_rate = np.where(big, rate, np.nan)
 
-    low_standard = scored & ~np.isnan(ratio) & (ratio < opt.low_cost_ratio) & (los >= 0) & (los <= opt.short_los)
+    median = _group_quantile(group, np.where(los >= 0, los, 0), 0.5, max(opt.long_los_min_cases, 1))
+    short = scored & ~np.isnan(ratio) & (los >= 0) & (los <= opt.short_los)
+    far_shorter = ~np.isnan(median) & (los <= opt.short_stay_share * median) & (ratio < opt.short_stay_cost_ratio)
+    low_standard = short & ((ratio < opt.low_cost_ratio) | far_shorter)
 
     inconsistent = scored & (_np(f["coding"], np.int64, 0) != 0)  # coding_bits, per batch
 
     masks = {"readmission": readmission, "transfer_readmission": transfer, "low_standard": low_standard,
              "over_long_stay": over_long, "low_risk_death": low_risk_death, "inconsistent_coding": inconsistent}
-    return Flags(masks=masks, prev_row=prev_row, gap=gap, los_limit=los_limit, group_death_rate=group_rate)
+    return Flags(masks=masks, prev_row=prev_row, gap=gap, los_limit=los_limit, group_death_rate=group_rate,
+                 los_median=median)
 
 
 def flag_cases_reference(f: pa.Table, opt: AuditOptions) -> dict:
@@ -365,9 +374,13 @@ def flag_cases_reference(f: pa.Table, opt: AuditOptions) -> dict:
     for i, r in enumerate(rows):
         if ok[i] and r["group"] is not None and r["group"] >= 0:
             groups.setdefault(r["group"], []).append(i)
+    median = [None] * n
     for idx in groups.values():
         stays = sorted(max(rows[i]["los"], 0) if rows[i]["los"] is not None else 0 for i in idx)
         if len(idx) >= max(opt.long_los_min_cases, 1):
+            mid = stays[max(int(np.ceil(0.5 * len(stays))) - 1, 0)]
+            for i in idx:
+                median[i] = mid
             k = max(int(np.ceil(opt.long_los_quantile * len(stays))) - 1, 0)
             limit = stays[k] * opt.long_los_factor
             for i in idx:
@@ -383,8 +396,10 @@ def flag_cases_reference(f: pa.Table, opt: AuditOptions) -> dict:
         if not ok[i]:
             continue
         los, ratio = r["los"], r["ratio"]
-        out["low_standard"][i] = (ratio is not None and not np.isnan(ratio) and ratio < opt.low_cost_ratio
-                                  and los is not None and 0 <= los <= opt.short_los)
+        short = ratio is not None and not np.isnan(ratio) and los is not None and 0 <= los <= opt.short_los
+        far_shorter = (median[i] is not None and los is not None and los <= opt.short_stay_share * median[i]
+                       and ratio is not None and ratio < opt.short_stay_cost_ratio)
+        out["low_standard"][i] = bool(short and (ratio < opt.low_cost_ratio or far_shorter))
         out["inconsistent_coding"][i] = bool(r["coding"])
     return out
 
@@ -453,6 +468,8 @@ def flags_table(f: pa.Table, fl: Flags, hosp_ids: pa.Array, dip_codes: pa.Array)
     lim = pa.array(np.round(np.nan_to_num(fl.los_limit[rows]), 1)).cast(pa.string())
     rate = pa.array(np.round(np.nan_to_num(fl.group_death_rate[rows]) * 100, 2)).cast(pa.string())
     ratio = pa.array(np.round(_np(sub["ratio"], np.float64, 0.0), 3)).cast(pa.string())
+    med = fl.los_median[rows]
+    med_txt = pc.if_else(pa.array(np.isnan(med)), pa.scalar("-"), pa.array(np.nan_to_num(med)).cast(pa.string()))
 
     def only(mask, text):
         return pc.if_else(pa.array(mask), text, pa.scalar(None, pa.string()))
@@ -462,7 +479,8 @@ def flags_table(f: pa.Table, fl: Flags, hosp_ids: pa.Array, dip_codes: pa.Array)
         ev = [
             only(sm["readmission"], _text("readmitted ", gap, " days after ", prev_case, " (", prev_dip, ")")),
             only(sm["transfer_readmission"], _text("back ", gap, " days after a transfer out (", prev_case, ")")),
-            only(sm["low_standard"], _text("cost ratio ", ratio, " with a stay of ", los, " days")),
+            only(sm["low_standard"], _text("cost ratio ", ratio, " with a stay of ", los, " days (group median ",
+                                       med_txt, ")")),
             only(sm["over_long_stay"], _text("LOS ", los, " days > limit ", lim, " of the group")),
             only(sm["low_risk_death"], _text("death in a group with a death rate of ", rate, " %")),
             only(sm["inconsistent_coding"], _join([
