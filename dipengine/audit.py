@@ -472,6 +472,9 @@ def flags_table(f: pa.Table, fl: Flags, hosp_ids: pa.Array, dip_codes: pa.Array)
     med_txt = pc.if_else(pa.array(np.isnan(med)), pa.scalar("-"), pa.array(np.nan_to_num(med)).cast(pa.string()))
 
     def only(mask, text):
+        """``text`` (an array, or one string for every row) where ``mask``, else null."""
+        if isinstance(text, str):
+            text = pa.scalar(text, pa.string())
         return pc.if_else(pa.array(mask), text, pa.scalar(None, pa.string()))
 
     k = len(rows)
@@ -484,10 +487,10 @@ def flags_table(f: pa.Table, fl: Flags, hosp_ids: pa.Array, dip_codes: pa.Array)
             only(sm["over_long_stay"], _text("LOS ", los, " days > limit ", lim, " of the group")),
             only(sm["low_risk_death"], _text("death in a group with a death rate of ", rate, " %")),
             only(sm["inconsistent_coding"], _join([
-                only(_np(sub["coding"], np.int64, 0) & bit != 0, pa.array([text] * k, pa.string()))
+                only(_np(sub["coding"], np.int64, 0) & bit != 0, text)
                 for bit, text in CODING_BITS.items()], ", ")),
         ]
-        names = [only(sm[c], pa.array([c] * k, pa.string())) for c in CASE_FLAGS]
+        names = [only(sm[c], c) for c in CASE_FLAGS]
         flags_sub, ev_sub = _join(names, ","), _join(ev, "; ")
     else:
         flags_sub = ev_sub = pa.array([], pa.string())

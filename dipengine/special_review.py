@@ -147,8 +147,8 @@ class Reviewed:
         safe = np.where(on, idx, 0)
         new_pts = np.where(k == 0, self.points_e4[safe] if len(self.kind) else 0, np.where(k == 1, 0, pts))
         amount = np.where(k == 1, self.amount_fen[safe] if len(self.kind) else 0, 0)
-        names = np.array(REVIEW_KINDS + ("",), dtype=object)[np.where(k >= 0, k, 3)]
-        review = pa.array(np.where(k >= 0, names, None), pa.string())
+        review = pa.DictionaryArray.from_arrays(pa.array(np.where(k >= 0, k, 0).astype(np.int8), mask=k < 0),
+                                                pa.array(REVIEW_KINDS, pa.string())).cast(pa.string())
         out = scored
         for name, col in (("points_e4", pa.array(new_pts, pa.int64())),
                           ("case_points", pa.array(new_pts / 10_000.0, pa.float64()))):
