@@ -2,7 +2,8 @@
 
 synthetic region (3 history years + the current year) -> local catalogue from the history ->
 read and group the current year once -> 12 monthly pre-settlements -> annual clearing ->
-patient-side benefits. Everything is written under one directory, atomically.
+patient-side benefits -> audit (against the last history year) -> the Excel statements and the
+HTML report of the annual clearing. Everything is written under one directory, atomically.
 """
 from __future__ import annotations
 
@@ -361,6 +362,17 @@ def _relative_build_paths(rules_dir: Path, root: Path) -> None:
     write_manifest(rules_dir, meta, files)
 
 
+def _relative_audit_paths(result, top: Path) -> None:
+    """The audit manifest's input paths relative to the demo folder (two runs: the same bytes)."""
+    par = result.manifest["parameters"]
+    for key in ("hospitals", "input", "history"):
+        if par.get(key):
+            par[key] = [Path(x).relative_to(top).as_posix() if Path(x).is_relative_to(top) else x for x in par[key]]
+    for key in ("rules", "pricing"):
+        if par.get(key) and Path(par[key]).is_relative_to(top):
+            par[key] = Path(par[key]).relative_to(top).as_posix()
+
+
 def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int = 2026,
              region: str = "440200", history_cases: int | None = None, bad_rows: float = 0.005,
              echo=None) -> DemoSummary:
@@ -400,7 +412,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
     out = Path(out)
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
-        say(f"[1/6] synthetic region {region}: {history_cases:,} cases a year {year - 3}-{year - 1}, "
+        say(f"[1/8] synthetic region {region}: {history_cases:,} cases a year {year - 3}-{year - 1}, "
             f"{n_cases:,} in {year}")
         current, hospitals = synth_region(year, n_cases, seed=seed, region=region, bad_rows=bad_rows)
         write_table(hospitals, tmp / "hospitals.csv")
@@ -415,7 +427,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         stages["synth"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        say("[2/6] local catalogue from the history (catalog build)")
+        say("[2/8] local catalogue from the history (catalog build)")
         cat = build_catalog(history_files, tmp / "hospitals.csv", out=tmp / "rules",
                             pricing_out=tmp / "pricing", name="demo")
         _add_benefits_table(tmp / "pricing")
@@ -425,7 +437,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         stages["catalog"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        say(f"[3/6] read, validate and group {year}")
+        say(f"[3/8] read, validate and group {year}")
         hosp = hospitals
         cases = read_cases(tmp / "cases.parquet", hosp, period=str(year))
         # As `settle` does with a pricing dir holding benefits.csv (estimate mode): cases
@@ -453,7 +465,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
             res.manifest["rules"] = {"name": rules.name, "version": rules.version}
 
         t = time.perf_counter()
-        say("[4/6] 12 monthly pre-settlements")
+        say("[4/8] 12 monthly pre-settlements")
         monthly_dirs = []
         monthly_paid = 0
         for m, idx in _month_slices(cases["discharge_date"], year):
@@ -468,7 +480,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         stages["monthly"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        say("[5/6] annual clearing")
+        say("[5/8] annual clearing")
         from dipengine.settlement import read_monthly
         annual = settle_scored(scored_year, cases, hosp, policy, str(year),
                                monthly=read_monthly(monthly_dirs, year))
@@ -479,7 +491,7 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
         stages["annual"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        say("[6/6] patient-side benefits")
+        say("[6/8] patient-side benefits")
         ben = compute_benefits(cases, benefit_rules, hosp)
         write_table(ben, tmp / "benefits.parquet")
         ins = cases["insurance_type"]
@@ -490,6 +502,22 @@ def run_demo(out="dip-demo", n_cases: int = 200_000, seed: int = 0, *, year: int
             fund = pc.sum(pc.filter(ben["fund_benefit_fen"], sel)).as_py() or 0
             fund_share[p] = fund / scope if scope else float("nan")
         stages["benefits"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        say("[7/8] audit: flags, hospital indicators, worklist")
+        from dipengine.audit import audit, write_audit
+
+        checked = audit(tmp / "cases.parquet", rules, policy, hosp, history=[history_files[-1]])
+        _relative_audit_paths(checked, tmp)
+        write_audit(checked, tmp / "audit", hosp)
+        stages["audit"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        say("[8/8] report: Excel statements and the HTML report of the annual clearing")
+        from dipengine.report import write_report
+
+        write_report(tmp / "annual", tmp / "report", audit=tmp / "audit", paths_relative_to=tmp)
+        stages["report"] = time.perf_counter() - t
 
     st = annual.hospitals
     pools = annual.manifest["pools"]

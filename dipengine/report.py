@@ -1166,13 +1166,22 @@ def _sha(path: Path) -> str:
     return sha256_file(path)
 
 
-def write_report(settle_dir, out, *, monthly=None, audit=None, force=None) -> ReportResult:
+def _shown(path, top) -> str:
+    """``path`` as the manifest records it: relative to ``top`` when it lies inside it."""
+    if top is not None and Path(path).resolve().is_relative_to(Path(top).resolve()):
+        return Path(path).resolve().relative_to(Path(top).resolve()).as_posix()
+    return str(path)
+
+
+def write_report(settle_dir, out, *, monthly=None, audit=None, force=None, paths_relative_to=None) -> ReportResult:
     """Write the report of a settlement output directory into ``out`` (docs/report.md).
 
     ``monthly``: monthly output directories whose point values are plotted (default: the annual
     manifest's ``parameters.monthly``); ``audit``: a ``dipengine audit --out`` directory whose
     ``indicators.parquet`` is plotted. ``out`` is written atomically (``dipengine.io.atomic_dir``)
     and never over or around an input. Raises :class:`DataError` (one line) on a bad input.
+    ``paths_relative_to``: a folder the manifest's input paths are written relative to (the demo's,
+    so that two demo runs give the same bytes); default: as given.
     """
     settle = read_settlement(settle_dir)
     months = monthly_runs(settle, list(monthly) if monthly else None)
@@ -1198,8 +1207,9 @@ def write_report(settle_dir, out, *, monthly=None, audit=None, force=None) -> Re
             "version": __version__,
             "kind": settle.kind,
             "period": settle.period,
-            "parameters": {"settlement": str(settle_dir), "monthly": [str(m.path) for m in months],
-                           "audit": None if audit is None else str(audit)},
+            "parameters": {"settlement": _shown(settle_dir, paths_relative_to),
+                           "monthly": [_shown(m.path, paths_relative_to) for m in months],
+                           "audit": None if audit is None else _shown(audit, paths_relative_to)},
             "months": [m.period for m in months],
             "workbook": {"file": WORKBOOK, "sheets": len(wb_info["sheets"]), "hospitals": len(wb_info["sheets"]) - 1,
                          "statements": len(settle.statements), "case_rows": wb_info["case_rows"]},

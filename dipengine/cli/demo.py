@@ -52,7 +52,8 @@ def command(out, n_cases, seed, year, force):
     """Synthetic region -> catalogue from history -> group -> 12 monthly runs -> annual clearing.
 
     Writes OUT/rules, OUT/pricing, OUT/hospitals.csv, OUT/history_<year>.parquet, OUT/cases.parquet,
-    OUT/monthly/<YYYY-MM>/, OUT/annual/ (each as `settle --out` writes it) and OUT/benefits.parquet,
+    OUT/monthly/<YYYY-MM>/, OUT/annual/ (each as `settle --out` writes it), OUT/benefits.parquet,
+    OUT/audit/ (as `audit --out` writes it) and OUT/report/ (statements.xlsx, report.html),
     then prints the headline figures: Σ standard against the total-cost budget and Σ fund due
     against the fund budget net of the reserve (equal to the fen when the point value floats),
     and how the clearing relates to the fund budget (assessment, surplus retention and
@@ -89,4 +90,6 @@ def command(out, n_cases, seed, year, force):
     click.echo("  lose most: " + ", ".join(f"{h} {_yuan(v)}" for h, v in s.losers))
     click.echo("  policy-scope fund share: "
                + ", ".join(f"{p} {v:.1%}" for p, v in s.fund_share.items()))
+    click.echo(f"  audit and reports: {s.out}/audit/worklist.csv, {s.out}/report/statements.xlsx, "
+               f"{s.out}/report/report.html")
     click.echo(f"  done in {s.seconds:.1f} s")
